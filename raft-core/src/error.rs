@@ -1,0 +1,65 @@
+//! Errors, one enum per API surface.
+
+use crate::types::{Index, NodeId};
+
+/// A [`crate::Config`] that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A field has a value the engine cannot run with.
+    #[error("invalid raft config: {field} {reason}")]
+    Invalid {
+        /// The field at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The start state contradicts the log store.
+    #[error("invalid raft start state: {0}")]
+    StartState(String),
+}
+
+/// Why a proposal was refused. Nothing was appended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// Only the leader takes proposals; `leader` is the one this node knows, if any.
+    #[error("not the leader (leader: {})", leader.map_or("unknown".to_string(), |l| l.to_string()))]
+    NotLeader {
+        /// The leader this node knows of in its current term.
+        leader: Option<NodeId>,
+    },
+}
+
+/// Why a message was refused. The node's state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// The message is addressed to another node.
+    #[error("message for node {to} delivered to node {me}")]
+    WrongRecipient {
+        /// The addressee.
+        to: NodeId,
+        /// This node.
+        me: NodeId,
+    },
+    /// The message breaks the protocol's shape (a peer bug or a corrupted message).
+    #[error("malformed message from node {from}: {reason}")]
+    Malformed {
+        /// The sender.
+        from: NodeId,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A read from the [`crate::LogStore`] that could not be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The entries were compacted away (they are covered by a snapshot).
+    #[error("log entries before index {first} were compacted")]
+    Compacted {
+        /// The first index the store still holds.
+        first: Index,
+    },
+    /// The store failed to read (for example an IO error). The engine retries later.
+    #[error("log store unavailable: {0}")]
+    Unavailable(String),
+}

@@ -1,0 +1,246 @@
+//! The engine's view of the log: the durable part in a [`LogStore`], the not-yet-durable
+//! suffix in [`Unstable`], and the commit and apply cursors (paper §5.3, Figure 2).
+//!
+//! ```text
+//!   first ........ persisted | unstable ......... last
+//!   [ store                  ][ unstable entries   ]
+//!         applied <= apply_cursor <= commit <= last
+//! ```
+
+mod unstable;
+
+use crate::error::StoreError;
+use crate::storage::LogStore;
+use crate::types::{Entry, EntryId, Index, Term};
+use unstable::Unstable;
+
+/// The log of one node.
+pub(crate) struct RaftLog<S> {
+    pub(crate) store: S,
+    unstable: Unstable,
+    /// The highest index known committed. Invariant: `commit <= last_index()`.
+    pub(crate) commit: Index,
+    /// Entries up to here were handed to the host to apply. Invariant:
+    /// `applied <= apply_cursor <= commit`.
+    pub(crate) apply_cursor: Index,
+    /// The host reported entries up to here applied.
+    pub(crate) applied: Index,
+}
+
+impl<S: LogStore> RaftLog<S> {
+    /// A log over `store`, with entries up to `applied` already applied.
+    pub(crate) fn new(store: S, commit: Index, applied: Index) -> RaftLog<S> {
+        let last = store.last_index();
+        RaftLog { store, unstable: Unstable::new(last), commit, apply_cursor: applied, applied }
+    }
+
+    /// The last index of the log.
+    pub(crate) fn last_index(&self) -> Index {
+        self.unstable.last_index().unwrap_or_else(|| self.store.last_index())
+    }
+
+    /// The id of the last entry (0/0 for an empty log).
+    pub(crate) fn last_entry_id(&self) -> EntryId {
+        let last = self.last_index();
+        EntryId::new(self.term(last).unwrap_or_default(), last)
+    }
+
+    /// The last index that is durable and belongs to this log (a pending conflict may have
+    /// replaced the store's suffix).
+    pub(crate) fn persisted_index(&self) -> Index {
+        if self.unstable.entries.is_empty() {
+            self.store.last_index()
+        } else {
+            self.unstable.offset.prev()
+        }
+    }
+
+    /// The term of the entry at `index`, if the log holds it (index 0 has term 0).
+    pub(crate) fn term(&self, index: Index) -> Option<Term> {
+        if index == Index(0) {
+            return Some(Term(0));
+        }
+        if let Some(term) = self.unstable.term(index) {
+            return Some(term);
+        }
+        if index >= self.unstable.offset || index > self.store.last_index() {
+            return None;
+        }
+        self.store.term(index).ok()
+    }
+
+    /// Whether this log holds the entry `id` (the AppendEntries consistency check, §5.3).
+    pub(crate) fn matches(&self, id: EntryId) -> bool {
+        self.term(id.index) == Some(id.term)
+    }
+
+    /// The index of the first of `entries` that this log does not hold (a conflict or a new
+    /// entry), if any.
+    pub(crate) fn find_conflict(&self, entries: &[Entry]) -> Option<Index> {
+        entries.iter().find(|entry| !self.matches(entry.id())).map(|entry| entry.index)
+    }
+
+    /// The last entry at or below `index` whose term is at most `term`: where this log may
+    /// agree with one that has `term` at `index`. Skips a whole term per step (fast back-off).
+    pub(crate) fn find_conflict_by_term(&self, index: Index, term: Term) -> EntryId {
+        let mut probe = index.min(self.last_index());
+        loop {
+            match self.term(probe) {
+                Some(t) if t <= term => return EntryId::new(t, probe),
+                Some(_) => probe = probe.prev(),
+                // Compacted: the snapshot's boundary is the best guess we have.
+                None => return EntryId::new(Term(0), probe),
+            }
+        }
+    }
+
+    /// Appends `entries`, replacing any suffix from `entries[0].index` on.
+    ///
+    /// # Panics
+    /// If that would replace a committed entry or leave a gap: callers check first.
+    pub(crate) fn append(&mut self, entries: Vec<Entry>) {
+        let Some(first) = entries.first() else { return };
+        assert!(
+            first.index > self.commit && first.index <= self.last_index().next(),
+            "append at {} conflicts with commit {} or leaves a gap after {}",
+            first.index,
+            self.commit,
+            self.last_index()
+        );
+        self.unstable.truncate_and_append(entries);
+    }
+
+    /// Appends one entry right after the last one (a leader's proposal).
+    pub(crate) fn push(&mut self, entry: Entry) {
+        debug_assert_eq!(entry.index, self.last_index().next());
+        if self.unstable.entries.is_empty() {
+            self.unstable.offset = entry.index;
+        }
+        self.unstable.push(entry);
+    }
+
+    /// Entries in `[lo, hi)` within `max_bytes` (at least one), from the store and the
+    /// unstable suffix.
+    pub(crate) fn entries(
+        &self,
+        lo: Index,
+        hi: Index,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StoreError> {
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let split = self.unstable.offset;
+        let mut out = Vec::new();
+        if lo < split {
+            let stored_hi = hi.min(split);
+            out = self.store.entries(lo, stored_hi, max_bytes)?;
+            if (out.len() as u64) < stored_hi.0 - lo.0 {
+                return Ok(out); // the byte budget ran out inside the store
+            }
+        }
+        if hi > split {
+            let mut used: u64 = out.iter().map(Entry::size_bytes).sum();
+            let from = (lo.max(split).0 - split.0) as usize;
+            let to = ((hi.0 - split.0) as usize).min(self.unstable.entries.len());
+            for entry in &self.unstable.entries[from.min(to)..to] {
+                used += entry.size_bytes();
+                if used > max_bytes && !out.is_empty() {
+                    break;
+                }
+                out.push(entry.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Advances the commit index to `index` if that is higher.
+    ///
+    /// # Panics
+    /// If `index` is beyond the last index: committing an entry the log lacks is a bug.
+    pub(crate) fn commit_to(&mut self, index: Index) -> bool {
+        if index <= self.commit {
+            return false;
+        }
+        assert!(
+            index <= self.last_index(),
+            "commit {index} is beyond the last index {}",
+            self.last_index()
+        );
+        self.commit = index;
+        true
+    }
+
+    /// Unstable entries not yet handed to the host; marks them handed out.
+    pub(crate) fn take_to_persist(&mut self) -> Vec<Entry> {
+        self.unstable.take_to_persist()
+    }
+
+    /// Whether unstable entries wait to be handed out to persist.
+    pub(crate) fn has_entries_to_persist(&self) -> bool {
+        self.unstable.last_index().is_some_and(|last| last > self.unstable.handed_out)
+    }
+
+    /// The host made entries up to `id` durable.
+    pub(crate) fn stable_to(&mut self, id: EntryId) {
+        self.unstable.stable_to(id)
+    }
+
+    /// The highest index that may be handed out to apply: committed and durable here.
+    fn applicable_index(&self) -> Index {
+        self.commit.min(self.persisted_index())
+    }
+
+    /// Whether committed entries wait to be handed out for applying.
+    pub(crate) fn has_entries_to_apply(&self) -> bool {
+        self.applicable_index() > self.apply_cursor
+    }
+
+    /// The next committed entries to apply, within `max_bytes`; advances the apply cursor.
+    pub(crate) fn take_to_apply(&mut self, max_bytes: u64) -> Vec<Entry> {
+        let hi = self.applicable_index().next();
+        match self.entries(self.apply_cursor.next(), hi, max_bytes) {
+            Ok(entries) => {
+                if let Some(last) = entries.last() {
+                    self.apply_cursor = last.index;
+                }
+                entries
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read committed entries to apply; retrying later");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The host applied entries up to `index`.
+    pub(crate) fn applied_to(&mut self, index: Index) {
+        assert!(
+            index <= self.apply_cursor,
+            "applied {index} beyond what was handed out ({})",
+            self.apply_cursor
+        );
+        self.applied = self.applied.max(index);
+    }
+
+    /// The term of each entry in the unstable suffix never decreases (one of the whole-state
+    /// invariants); returns a description of the first violation.
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        if self.commit > self.last_index() {
+            return Err(format!("commit {} > last index {}", self.commit, self.last_index()));
+        }
+        if !(self.applied <= self.apply_cursor && self.apply_cursor <= self.commit) {
+            return Err(format!(
+                "applied {} <= apply cursor {} <= commit {} broken",
+                self.applied, self.apply_cursor, self.commit
+            ));
+        }
+        let entries = &self.unstable.entries;
+        for (i, pair) in entries.windows(2).enumerate() {
+            if pair[0].term > pair[1].term || pair[1].index != pair[0].index.next() {
+                return Err(format!("unstable entries out of order at position {i}"));
+            }
+        }
+        Ok(())
+    }
+}

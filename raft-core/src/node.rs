@@ -1,0 +1,268 @@
+//! [`RawNode`]: the engine's one way in and one way out.
+
+use crate::config::Config;
+use crate::error::{ConfigError, ProposeError, StepError, StoreError};
+use crate::log::RaftLog;
+use crate::message::Message;
+use crate::raft::Raft;
+use crate::ready::{Ready, ReadyNumber};
+use crate::storage::LogStore;
+use crate::tracker::Progress;
+use crate::types::{Entry, EntryId, HardState, Index, NodeId, Role, SoftState, Term};
+use bytes::Bytes;
+use std::collections::{BTreeSet, VecDeque};
+
+/// What a node starts from: its durable hard state, the voters, and how far its state machine
+/// has applied the log.
+#[derive(Clone, Debug, Default)]
+pub struct InitialState {
+    /// The persisted hard state (all zero for a new node).
+    pub hard_state: HardState,
+    /// The voting members, this node included if it votes.
+    pub voters: Vec<NodeId>,
+    /// The index the state machine has applied (0 for a fresh state machine).
+    pub applied: Index,
+}
+
+/// A snapshot of a node's state, for hosts, tests and status pages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The node's id.
+    pub id: NodeId,
+    /// Current term, vote and commit index.
+    pub hard_state: HardState,
+    /// Current role and known leader.
+    pub soft_state: SoftState,
+    /// The last index of the log.
+    pub last_index: Index,
+    /// The last index durable on this node.
+    pub persisted_index: Index,
+    /// The last index the host reported applied.
+    pub applied: Index,
+}
+
+/// A Raft node without IO: feed it ticks, messages and proposals; take [`Ready`] batches out.
+///
+/// Invariant: every Ready handed out is acknowledged with [`RawNode::on_persisted`] in order,
+/// and its `committed_entries` with [`RawNode::on_applied`].
+pub struct RawNode<S> {
+    raft: Raft<S>,
+    /// The hard and soft state as of the last Ready handed out.
+    prev_hard_state: HardState,
+    prev_soft_state: SoftState,
+    /// Readies handed out and not yet acknowledged durable, oldest first, with the last entry
+    /// each carried.
+    in_flight: VecDeque<(ReadyNumber, Option<EntryId>)>,
+    next_number: u64,
+}
+
+impl<S: LogStore> RawNode<S> {
+    /// A node over `store`, starting as a follower from `initial`.
+    pub fn new(config: Config, store: S, initial: InitialState) -> Result<RawNode<S>, ConfigError> {
+        config.validate()?;
+        let InitialState { hard_state, voters, applied } = initial;
+        let last = store.last_index();
+        if hard_state.commit > last {
+            return Err(ConfigError::StartState(format!(
+                "persisted commit {} is beyond the last log index {last}",
+                hard_state.commit
+            )));
+        }
+        if applied > hard_state.commit {
+            return Err(ConfigError::StartState(format!(
+                "applied {applied} is beyond the persisted commit {}",
+                hard_state.commit
+            )));
+        }
+        let voters: BTreeSet<NodeId> = voters.into_iter().collect();
+        let log = RaftLog::new(store, hard_state.commit, applied);
+        let raft = Raft::new(config, log, hard_state, voters);
+        let prev_soft_state = raft.soft_state();
+        Ok(RawNode { raft, prev_hard_state: hard_state, prev_soft_state, in_flight: VecDeque::new(), next_number: 1 })
+    }
+
+    /// Advances the logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.raft.tick();
+    }
+
+    /// Handles a message from a peer. A malformed or misaddressed message is refused with an
+    /// error and changes nothing; every other message is handled (perhaps by ignoring it).
+    pub fn step(&mut self, msg: Message) -> Result<(), StepError> {
+        self.raft.step(msg)
+    }
+
+    /// Proposes `data` for the log. Returns the index it will have if it commits (it may not:
+    /// a new leader can replace it).
+    pub fn propose(&mut self, data: Bytes) -> Result<Index, ProposeError> {
+        self.raft.propose(data)
+    }
+
+    /// Starts an election now, as if the election timeout had expired.
+    pub fn campaign(&mut self) {
+        self.raft.start_election();
+    }
+
+    /// The transport could not deliver to `peer`: stop streaming to it and probe instead.
+    pub fn report_unreachable(&mut self, peer: NodeId) {
+        if self.raft.role == Role::Leader {
+            if let Some(pr) = self.raft.tracker.progress.get_mut(&peer) {
+                pr.become_probe();
+            }
+        }
+    }
+
+    /// Whether [`RawNode::ready`] has anything to hand out.
+    pub fn has_ready(&self) -> bool {
+        let raft = &self.raft;
+        raft.pending_broadcast
+            || !raft.msgs.is_empty()
+            || !raft.msgs_after_persist.is_empty()
+            || raft.hard_state() != self.prev_hard_state
+            || raft.soft_state() != self.prev_soft_state
+            || raft.log.has_entries_to_persist()
+            || raft.log.has_entries_to_apply()
+    }
+
+    /// Takes the next batch of work. See [`Ready`] for what to do with it.
+    pub fn ready(&mut self) -> Ready {
+        self.raft.flush_broadcast();
+        let raft = &mut self.raft;
+        let number = ReadyNumber(self.next_number);
+        self.next_number += 1;
+        let hard_state = raft.hard_state();
+        let soft_state = raft.soft_state();
+        let entries = raft.log.take_to_persist();
+        self.in_flight.push_back((number, entries.last().map(Entry::id)));
+        let ready = Ready {
+            number,
+            soft_state: (soft_state != self.prev_soft_state).then_some(soft_state),
+            hard_state: (hard_state != self.prev_hard_state).then_some(hard_state),
+            entries,
+            messages: std::mem::take(&mut raft.msgs),
+            messages_after_persist: std::mem::take(&mut raft.msgs_after_persist),
+            committed_entries: raft.log.take_to_apply(raft.config.apply_bytes_max),
+        };
+        self.prev_hard_state = hard_state;
+        self.prev_soft_state = soft_state;
+        ready
+    }
+
+    /// The host made Ready `number` (and every earlier one) durable and sent its
+    /// `messages_after_persist`.
+    ///
+    /// # Panics
+    /// If `number` was not handed out or was already acknowledged: a host bug.
+    pub fn on_persisted(&mut self, number: ReadyNumber) {
+        assert!(
+            self.in_flight.iter().any(|(n, _)| *n == number),
+            "node {}: Ready {number:?} is not awaiting persistence",
+            self.raft.id
+        );
+        while let Some(&(n, last)) = self.in_flight.front() {
+            if n > number {
+                break;
+            }
+            self.in_flight.pop_front();
+            if let Some(id) = last {
+                self.raft.log.stable_to(id);
+            }
+        }
+        self.raft.on_persisted();
+    }
+
+    /// The host applied committed entries up to `index`.
+    ///
+    /// # Panics
+    /// If `index` was never handed out to apply: a host bug.
+    pub fn on_applied(&mut self, index: Index) {
+        self.raft.log.applied_to(index);
+    }
+
+    /// The node's state now.
+    pub fn status(&self) -> Status {
+        let raft = &self.raft;
+        Status {
+            id: raft.id,
+            hard_state: raft.hard_state(),
+            soft_state: raft.soft_state(),
+            last_index: raft.log.last_index(),
+            persisted_index: raft.log.persisted_index(),
+            applied: raft.log.applied,
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.raft.id
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.raft.term
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.raft.role
+    }
+
+    /// The leader known in the current term.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.leader
+    }
+
+    /// The commit index.
+    pub fn commit(&self) -> Index {
+        self.raft.log.commit
+    }
+
+    /// The last index of the log.
+    pub fn last_index(&self) -> Index {
+        self.raft.log.last_index()
+    }
+
+    /// The term of the entry at `index`, if this node's log holds it.
+    pub fn log_term(&self, index: Index) -> Option<Term> {
+        self.raft.log.term(index)
+    }
+
+    /// The entries in `[lo, hi)` of this node's log (durable or not), within `max_bytes`.
+    pub fn log_entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StoreError> {
+        self.raft.log.entries(lo, hi, max_bytes)
+    }
+
+    /// The leader's view of `peer`'s replication (None unless this node leads).
+    pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
+        if self.raft.role != Role::Leader {
+            return None;
+        }
+        self.raft.tracker.progress.get(&peer)
+    }
+
+    /// The voting members.
+    pub fn voters(&self) -> &BTreeSet<NodeId> {
+        &self.raft.tracker.voters
+    }
+
+    /// The log store.
+    pub fn store(&self) -> &S {
+        &self.raft.log.store
+    }
+
+    /// The log store, for the host to write what a Ready asked it to persist.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.raft.log.store
+    }
+
+    /// Consumes the node, returning its store (what survives a crash).
+    pub fn into_store(self) -> S {
+        self.raft.log.store
+    }
+
+    /// Checks the whole-state invariants (commit <= last index, applied <= commit, a leader's
+    /// own match is durable, ...). Tests and the simulator call it after every input.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.raft.check_invariants()
+    }
+}

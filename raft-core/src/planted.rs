@@ -1,0 +1,48 @@
+//! Deliberately broken Raft rules, for proving that the simulator's checkers can fail.
+//!
+//! Each variant names the rule it breaks. They are only selectable with the `planted-bugs`
+//! feature (`Config::planted_bug`); without it, every check for them compiles to `false`.
+
+/// A rule to break on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PlantedBug {
+    /// Commit an entry of an earlier term by counting replicas (breaks paper §5.4.2, Figure 8).
+    CommitEarlierTerm,
+    /// Send a vote response before the vote is durable (breaks the persist-before-answer rule,
+    /// paper Figure 2: a restarted node can vote twice in one term).
+    VoteBeforePersist,
+    /// Grant votes without the up-to-date check (breaks paper §5.4.1, Leader Completeness).
+    SkipUpToDateCheck,
+    /// Count the leader's own log toward the quorum before it is durable (breaks thesis
+    /// §10.2.1: a crash loses an entry that was reported committed).
+    LeaderCountsUnpersisted,
+    /// Accept an append without checking that `prev` matches (breaks Log Matching, §5.3).
+    SkipConsistencyCheck,
+}
+
+impl PlantedBug {
+    /// Every planted bug, for tests that try them all.
+    pub const ALL: [PlantedBug; 5] = [
+        PlantedBug::CommitEarlierTerm,
+        PlantedBug::VoteBeforePersist,
+        PlantedBug::SkipUpToDateCheck,
+        PlantedBug::LeaderCountsUnpersisted,
+        PlantedBug::SkipConsistencyCheck,
+    ];
+
+    /// The name used on the command line of `raft-sim --planted-bug`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlantedBug::CommitEarlierTerm => "commit-earlier-term",
+            PlantedBug::VoteBeforePersist => "vote-before-persist",
+            PlantedBug::SkipUpToDateCheck => "skip-up-to-date-check",
+            PlantedBug::LeaderCountsUnpersisted => "leader-counts-unpersisted",
+            PlantedBug::SkipConsistencyCheck => "skip-consistency-check",
+        }
+    }
+
+    /// The bug named `name`, if any.
+    pub fn from_name(name: &str) -> Option<PlantedBug> {
+        PlantedBug::ALL.into_iter().find(|bug| bug.name() == name)
+    }
+}

@@ -1,0 +1,271 @@
+//! The shared state of one Raft node and the rules every role obeys: the term rules of paper
+//! §5.1 (and their PreVote/CheckQuorum refinements, thesis §9.6 and §4.2.3), role changes, and
+//! the dispatch of each message to its handler in `election.rs` or `replication.rs`.
+
+use crate::config::Config;
+use crate::error::StepError;
+use crate::log::RaftLog;
+use crate::message::{Message, MessageBody};
+use crate::rng::Rng;
+use crate::storage::LogStore;
+use crate::tracker::ProgressTracker;
+use crate::types::{HardState, Index, NodeId, Role, SoftState, Term};
+use std::collections::BTreeSet;
+
+/// One node's Raft state. Driven only through [`crate::RawNode`].
+pub(crate) struct Raft<S> {
+    pub(crate) id: NodeId,
+    pub(crate) config: Config,
+    /// The current term. Invariant: never decreases.
+    pub(crate) term: Term,
+    /// The vote cast in `term`. Invariant: a leader or candidate voted for itself.
+    pub(crate) vote: Option<NodeId>,
+    /// The leader known in `term`.
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) role: Role,
+    pub(crate) log: RaftLog<S>,
+    pub(crate) tracker: ProgressTracker,
+    /// Ticks since the election timer was last reset (by a leader's message, a granted vote,
+    /// or a role change); on a leader, ticks since the last CheckQuorum round.
+    pub(crate) election_elapsed: u32,
+    /// Ticks since the last heartbeat (leader only).
+    pub(crate) heartbeat_elapsed: u32,
+    /// The current randomized election timeout, in `[election_ticks, 2 * election_ticks)`.
+    pub(crate) election_timeout: u32,
+    rng: Rng,
+    /// Messages that may leave at once.
+    pub(crate) msgs: Vec<Message>,
+    /// Messages that may leave only after everything handed out so far is durable.
+    pub(crate) msgs_after_persist: Vec<Message>,
+    /// New entries wait to be sent to followers (sent in one batch at the next Ready).
+    pub(crate) pending_broadcast: bool,
+}
+
+impl<S: LogStore> Raft<S> {
+    /// A follower with the given durable state.
+    pub(crate) fn new(
+        config: Config,
+        log: RaftLog<S>,
+        hard_state: HardState,
+        voters: BTreeSet<NodeId>,
+    ) -> Raft<S> {
+        let rng = Rng::new(config.seed ^ config.id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut raft = Raft {
+            id: config.id,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            leader: None,
+            role: Role::Follower,
+            log,
+            tracker: ProgressTracker::new(voters),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            election_timeout: config.election_ticks,
+            rng,
+            msgs: Vec::new(),
+            msgs_after_persist: Vec::new(),
+            pending_broadcast: false,
+            config,
+        };
+        raft.reset_timers();
+        raft
+    }
+
+    pub(crate) fn hard_state(&self) -> HardState {
+        HardState { term: self.term, vote: self.vote, commit: self.log.commit }
+    }
+
+    pub(crate) fn soft_state(&self) -> SoftState {
+        SoftState { leader: self.leader, role: self.role }
+    }
+
+    /// Whether this node may vote and campaign.
+    pub(crate) fn is_voter(&self) -> bool {
+        self.tracker.voters.contains(&self.id)
+    }
+
+    /// The other voters, in id order.
+    pub(crate) fn peers(&self) -> Vec<NodeId> {
+        self.tracker.voters.iter().copied().filter(|&id| id != self.id).collect()
+    }
+
+    /// Queues a message that may leave at once.
+    pub(crate) fn send(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        self.msgs.push(Message { from: self.id, to, term, body });
+    }
+
+    /// Queues a message that may leave only once everything this node handed out to persist
+    /// so far is durable: answers to votes and appends, and a candidate's vote requests.
+    pub(crate) fn send_after_persist(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        self.msgs_after_persist.push(Message { from: self.id, to, term, body });
+    }
+
+    /// Restarts the election and heartbeat timers and draws a new election timeout.
+    pub(crate) fn reset_timers(&mut self) {
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        let ticks = self.config.election_ticks;
+        self.election_timeout = ticks + self.rng.below(u64::from(ticks)) as u32;
+    }
+
+    /// Adopts `term` (if newer, forgetting the vote) and follows `leader`.
+    pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(term >= self.term, "node {} at term {} moved back to {term}", self.id, self.term);
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.pending_broadcast = false;
+        self.tracker.votes.clear();
+        self.reset_timers();
+        tracing::debug!(id = %self.id, term = %self.term, ?leader, "became follower");
+    }
+
+    /// One tick of the logical clock.
+    pub(crate) fn tick(&mut self) {
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            Role::Follower | Role::PreCandidate | Role::Candidate => self.tick_election(),
+        }
+    }
+
+    /// Handles one message from a peer.
+    pub(crate) fn step(&mut self, msg: Message) -> Result<(), StepError> {
+        validate(&msg, self.id)?;
+        if msg.term > self.term && !self.on_higher_term(&msg) {
+            return Ok(());
+        }
+        if msg.term < self.term {
+            self.on_lower_term(&msg);
+            return Ok(());
+        }
+        let (from, term) = (msg.from, msg.term);
+        match msg.body {
+            MessageBody::PreVote { last } => self.handle_vote_request(from, term, last, true),
+            MessageBody::Vote { last } => self.handle_vote_request(from, term, last, false),
+            MessageBody::PreVoteResponse { granted } => {
+                self.handle_vote_response(from, term, granted, true)
+            }
+            MessageBody::VoteResponse { granted } => {
+                self.handle_vote_response(from, term, granted, false)
+            }
+            MessageBody::Append { prev, entries, commit } => {
+                self.handle_append(from, prev, entries, commit)
+            }
+            MessageBody::AppendResponse(result) => self.handle_append_response(from, result),
+            MessageBody::Heartbeat { commit } => self.handle_heartbeat(from, commit),
+            MessageBody::HeartbeatResponse => self.handle_heartbeat_response(from),
+        }
+        Ok(())
+    }
+
+    /// A message from a later term (paper §5.1: adopt it). Returns whether to go on handling
+    /// the message in the (possibly new) term.
+    fn on_higher_term(&mut self, msg: &Message) -> bool {
+        match msg.body {
+            MessageBody::PreVote { .. } | MessageBody::Vote { .. } => {
+                // CheckQuorum's lease (thesis §4.2.3): while a leader was heard from within the
+                // election timeout, a vote request cannot depose it. This is what keeps a
+                // partitioned or removed node from disrupting a healthy cluster.
+                let in_lease = self.config.check_quorum
+                    && self.leader.is_some()
+                    && self.election_elapsed < self.config.election_ticks;
+                if in_lease {
+                    tracing::debug!(id = %self.id, from = %msg.from, "vote request ignored in lease");
+                    return false;
+                }
+                // A PreVote changes nobody's term (thesis §9.6).
+                if matches!(msg.body, MessageBody::Vote { .. }) {
+                    self.become_follower(msg.term, None);
+                }
+                true
+            }
+            // A granted pre-vote carries the term the pre-candidate would campaign in.
+            MessageBody::PreVoteResponse { granted: true } => true,
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+                self.become_follower(msg.term, Some(msg.from));
+                true
+            }
+            _ => {
+                self.become_follower(msg.term, None);
+                true
+            }
+        }
+    }
+
+    /// A message from an earlier term: ignored, but a stale leader and a stale pre-candidate
+    /// are told the current term so they stop.
+    fn on_lower_term(&mut self, msg: &Message) {
+        match msg.body {
+            // With CheckQuorum or PreVote this node may have raised its term while cut off and
+            // ignores vote requests in lease; answering lets the stale leader step down and
+            // the cluster converge on the new term (etcd-io/raft does the same).
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
+                if self.config.check_quorum || self.config.pre_vote =>
+            {
+                self.send_after_persist(msg.from, self.term, MessageBody::HeartbeatResponse);
+            }
+            MessageBody::PreVote { .. } => {
+                let body = MessageBody::PreVoteResponse { granted: false };
+                self.send_after_persist(msg.from, self.term, body);
+            }
+            _ => {}
+        }
+    }
+
+    /// The whole-state invariants, checked after every input by tests and the simulator.
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        self.log.check_invariants()?;
+        let me = self.id;
+        match self.role {
+            Role::Leader => {
+                if self.leader != Some(me) || self.vote != Some(me) {
+                    return Err(format!("leader {me} has leader {:?} vote {:?}", self.leader, self.vote));
+                }
+                let last = self.log.last_index();
+                for (id, pr) in &self.tracker.progress {
+                    if pr.match_index >= pr.next_index || pr.match_index > last {
+                        return Err(format!("progress of {id}: {pr:?} with last index {last}"));
+                    }
+                }
+                let own = self.tracker.progress.get(&me).map_or(Index(0), |pr| pr.match_index);
+                if own > self.log.persisted_index() && !self.config.has_bug(crate::PlantedBug::LeaderCountsUnpersisted) {
+                    return Err(format!("leader's own match {own} is not durable"));
+                }
+            }
+            Role::Candidate if self.vote != Some(me) => {
+                return Err(format!("candidate {me} voted for {:?}", self.vote));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Rejects messages whose shape breaks the protocol, before they touch any state.
+fn validate(msg: &Message, me: NodeId) -> Result<(), StepError> {
+    if msg.to != me {
+        return Err(StepError::WrongRecipient { to: msg.to, me });
+    }
+    let malformed = |reason: String| Err(StepError::Malformed { from: msg.from, reason });
+    if msg.from == me || msg.from == NodeId(0) {
+        return malformed(format!("sender id {} is invalid", msg.from));
+    }
+    if let MessageBody::Append { prev, entries, .. } = &msg.body {
+        let mut expected = prev.index.next();
+        let mut prev_term = prev.term;
+        for entry in entries {
+            if entry.index != expected {
+                return malformed(format!("entry index {} where {expected} was due", entry.index));
+            }
+            if entry.term < prev_term || entry.term > msg.term {
+                return malformed(format!("entry {} has an impossible term", entry.id()));
+            }
+            prev_term = entry.term;
+            expected = expected.next();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! Log replication (paper §5.3) and commitment (§5.4.2, thesis §10.2.1).
+//!
+//! Leader side: proposals append to the leader's log and are sent in batches; each follower is
+//! probed until the logs agree, then streamed to within its in-flight window. A rejection
+//! carries a hint so the leader skips back a whole term per round trip. An entry commits when
+//! a majority holds it durably and it is of the leader's own term (Figure 8); the leader's own
+//! log counts only once the host reported it durable, so the host may write it in parallel
+//! with sending it.
+//!
+//! Follower side: the consistency check on `prev`, truncation of a conflicting suffix, and
+//! the commit index learned from the leader.
+
+use crate::error::ProposeError;
+use crate::message::{AppendResult, MessageBody};
+use crate::planted::PlantedBug;
+use crate::raft::Raft;
+use crate::storage::LogStore;
+use crate::tracker::ProgressState;
+use crate::types::{Entry, EntryId, EntryKind, Index, NodeId, Role};
+use bytes::Bytes;
+
+impl<S: LogStore> Raft<S> {
+    /// Appends a proposal to the leader's log. It is sent to followers with the next Ready.
+    pub(crate) fn propose(&mut self, data: Bytes) -> Result<Index, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader: self.leader });
+        }
+        let index = self.log.last_index().next();
+        self.log.push(Entry { term: self.term, index, kind: EntryKind::Normal, data });
+        self.pending_broadcast = true;
+        Ok(index)
+    }
+
+    /// Sends what new entries are waiting to every follower that can take them.
+    pub(crate) fn flush_broadcast(&mut self) {
+        if std::mem::take(&mut self.pending_broadcast) && self.role == Role::Leader {
+            self.broadcast_append(false);
+        }
+    }
+
+    /// Sends appends to every follower; with `send_if_empty`, also an empty one to followers
+    /// that are up to date (to tell them a new commit index).
+    fn broadcast_append(&mut self, send_if_empty: bool) {
+        for peer in self.peers() {
+            if self.maybe_send_append(peer, send_if_empty) {
+                self.send_appends(peer);
+            }
+        }
+    }
+
+    /// Sends as many appends to `to` as its progress allows.
+    fn send_appends(&mut self, to: NodeId) {
+        while self.maybe_send_append(to, false) {}
+    }
+
+    /// Sends one append to `to` unless its progress is paused or (without `send_if_empty`) it
+    /// has nothing new. Returns whether entries were sent (so the caller may send more).
+    fn maybe_send_append(&mut self, to: NodeId, send_if_empty: bool) -> bool {
+        let last = self.log.last_index();
+        let Some(pr) = self.tracker.progress.get_mut(&to) else { return false };
+        if pr.is_paused() {
+            return false;
+        }
+        let prev_index = pr.next_index.prev();
+        let Some(prev_term) = self.log.term(prev_index) else {
+            // The entry was compacted away; only a snapshot can help this follower.
+            return false;
+        };
+        let entries = match self.log.entries(pr.next_index, last.next(), self.config.append_bytes_max) {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::warn!(%error, %to, "cannot read entries for follower; retrying later");
+                return false;
+            }
+        };
+        if entries.is_empty() && !send_if_empty {
+            return false;
+        }
+        let sent_any = !entries.is_empty();
+        let bytes = entries.iter().map(Entry::size_bytes).sum();
+        pr.sent_append(entries.last().map_or(prev_index, |e| e.index), bytes);
+        let prev = EntryId::new(prev_term, prev_index);
+        let commit = self.log.commit;
+        self.send(to, self.term, MessageBody::Append { prev, entries, commit });
+        sent_any
+    }
+
+    /// Sends every follower a heartbeat carrying a commit index it is known to hold.
+    pub(crate) fn broadcast_heartbeat(&mut self) {
+        for peer in self.peers() {
+            let matched = self.tracker.progress.get(&peer).map_or(Index(0), |pr| pr.match_index);
+            let commit = self.log.commit.min(matched);
+            self.send(peer, self.term, MessageBody::Heartbeat { commit });
+        }
+    }
+
+    /// An append from the leader of the current term.
+    pub(crate) fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev: EntryId,
+        entries: Vec<Entry>,
+        commit: Index,
+    ) {
+        if !self.follow(from) {
+            return;
+        }
+        if prev.index < self.log.commit {
+            // Everything up to the commit index already matches the leader.
+            let result = AppendResult::Accepted { match_index: self.log.commit };
+            self.send_after_persist(from, self.term, MessageBody::AppendResponse(result));
+            return;
+        }
+        let consistent = self.log.matches(prev)
+            || (self.config.has_bug(PlantedBug::SkipConsistencyCheck)
+                && prev.index <= self.log.last_index());
+        if !consistent {
+            let hint = self.log.find_conflict_by_term(prev.index, prev.term);
+            let result = AppendResult::Rejected { rejected: prev.index, hint };
+            self.send_after_persist(from, self.term, MessageBody::AppendResponse(result));
+            return;
+        }
+        let last_new = prev.index.plus(entries.len() as u64);
+        if let Some(conflict) = self.log.find_conflict(&entries) {
+            if conflict <= self.log.commit {
+                // Only a broken leader overwrites a committed entry; refuse rather than obey.
+                tracing::error!(%from, %conflict, commit = %self.log.commit,
+                    "append would overwrite a committed entry; ignored");
+                return;
+            }
+            let mut entries = entries;
+            entries.drain(..(conflict.0 - prev.index.0 - 1) as usize);
+            self.log.append(entries);
+        }
+        self.log.commit_to(commit.min(last_new));
+        let result = AppendResult::Accepted { match_index: last_new };
+        self.send_after_persist(from, self.term, MessageBody::AppendResponse(result));
+    }
+
+    /// A heartbeat from the leader of the current term.
+    pub(crate) fn handle_heartbeat(&mut self, from: NodeId, commit: Index) {
+        if !self.follow(from) {
+            return;
+        }
+        self.log.commit_to(commit.min(self.log.last_index()));
+        self.send_after_persist(from, self.term, MessageBody::HeartbeatResponse);
+    }
+
+    /// Accepts `from` as the leader of the current term. Returns false (and changes nothing)
+    /// if this node is itself the leader: two leaders in one term would break Election Safety.
+    fn follow(&mut self, from: NodeId) -> bool {
+        if self.role == Role::Leader {
+            tracing::error!(id = %self.id, %from, term = %self.term, "another leader in my term");
+            return false;
+        }
+        if self.role != Role::Follower {
+            self.become_follower(self.term, Some(from));
+        }
+        self.leader = Some(from);
+        self.election_elapsed = 0;
+        true
+    }
+
+    /// A follower's answer to an append.
+    pub(crate) fn handle_append_response(&mut self, from: NodeId, result: AppendResult) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        match result {
+            AppendResult::Accepted { match_index } => {
+                let Some(pr) = self.tracker.progress.get_mut(&from) else { return };
+                pr.recent_active = true;
+                if match_index > last {
+                    tracing::warn!(%from, %match_index, %last, "follower claims a match beyond my log");
+                    return;
+                }
+                let news = pr.update_match(match_index);
+                if pr.state == ProgressState::Probe && match_index >= pr.match_index {
+                    pr.become_replicate();
+                }
+                if news && self.maybe_commit() {
+                    self.broadcast_append(true);
+                } else {
+                    self.send_appends(from);
+                }
+            }
+            AppendResult::Rejected { rejected, hint } => {
+                // Skip back over the follower's whole conflicting term, and over ours.
+                let hint_next = if hint.term.0 > 0 {
+                    self.log.find_conflict_by_term(hint.index, hint.term).index.next()
+                } else {
+                    hint.index.next()
+                };
+                let Some(pr) = self.tracker.progress.get_mut(&from) else { return };
+                pr.recent_active = true;
+                if pr.reject(rejected, hint_next) {
+                    self.maybe_send_append(from, true);
+                }
+            }
+        }
+    }
+
+    /// A follower's answer to a heartbeat: it is alive, so resume a paused probe and send what
+    /// it lacks.
+    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        let Some(pr) = self.tracker.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        pr.probe_sent = false;
+        if pr.state == ProgressState::Replicate && pr.inflights.is_full() {
+            // The follower is alive but the window is full: an append or its answer was
+            // probably lost. Free one slot; a gap makes the next append fail and probe.
+            pr.inflights.free_first();
+        }
+        if pr.match_index < last {
+            self.send_appends(from);
+        }
+    }
+
+    /// Entries up to `index` are durable here. On a leader this may commit.
+    pub(crate) fn on_persisted(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let persisted = self.log.persisted_index();
+        if let Some(own) = self.tracker.progress.get_mut(&self.id) {
+            own.update_match(persisted);
+        }
+        if self.maybe_commit() {
+            self.broadcast_append(true);
+        }
+    }
+
+    /// Advances the commit index to the highest index a majority holds, if that entry is of
+    /// the current term (paper §5.4.2: never commit an earlier term's entry by counting).
+    pub(crate) fn maybe_commit(&mut self) -> bool {
+        if self.config.has_bug(PlantedBug::LeaderCountsUnpersisted) {
+            let last = self.log.last_index();
+            if let Some(own) = self.tracker.progress.get_mut(&self.id) {
+                own.update_match(last);
+            }
+        }
+        let index = self.tracker.committed_index();
+        if index <= self.log.commit {
+            return false;
+        }
+        let own_term = self.log.term(index) == Some(self.term);
+        if !own_term && !self.config.has_bug(PlantedBug::CommitEarlierTerm) {
+            return false;
+        }
+        self.log.commit_to(index)
+    }
+}

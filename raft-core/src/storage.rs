@@ -1,0 +1,155 @@
+//! The read side of durable log storage, and an in-memory implementation.
+//!
+//! The engine never writes storage: the host writes what [`crate::Ready`] hands it, then calls
+//! [`crate::RawNode::on_persisted`]. The engine only reads entries it no longer holds itself,
+//! through [`LogStore`]. The write-ahead log of `raft-log` implements it for real nodes;
+//! [`MemLogStore`] serves tests and the simulator.
+
+use crate::error::StoreError;
+use crate::types::{Entry, Index, Term};
+
+/// Read access to the durable part of the log.
+///
+/// Invariants the implementation keeps: entries are contiguous from `first_index()` to
+/// `last_index()`; `term(first_index() - 1)` is answered (the term of the entry compacted
+/// last, or 0 for index 0).
+pub trait LogStore {
+    /// The first index held. Entries below it were compacted.
+    fn first_index(&self) -> Index;
+    /// The last index held; `first_index() - 1` when the store holds no entry.
+    fn last_index(&self) -> Index;
+    /// The term of the entry at `index`, for `index` in `[first_index() - 1, last_index()]`.
+    fn term(&self, index: Index) -> Result<Term, StoreError>;
+    /// Entries in `[lo, hi)`, stopping once their total [`Entry::size_bytes`] would exceed
+    /// `max_bytes`, but always at least one entry when `lo < hi`.
+    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StoreError>;
+}
+
+/// A log store in memory: what the host has "persisted", for tests and the simulator.
+#[derive(Clone, Debug, Default)]
+pub struct MemLogStore {
+    /// Entries from index `snapshot_index + 1` on.
+    entries: Vec<Entry>,
+    snapshot_index: Index,
+    snapshot_term: Term,
+}
+
+impl MemLogStore {
+    /// An empty store.
+    pub fn new() -> MemLogStore {
+        MemLogStore::default()
+    }
+
+    /// Appends `entries` as a Ready asks: entries at or after `entries[0].index` are discarded
+    /// first, then the new ones are added.
+    ///
+    /// # Panics
+    /// If `entries` would leave a gap after the last entry or reach into the compacted prefix:
+    /// that is a host bug, not input.
+    pub fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        assert!(
+            first.index > self.snapshot_index && first.index <= self.last_index().next(),
+            "append at {} does not fit a store holding {}..={}",
+            first.index,
+            self.first_index(),
+            self.last_index()
+        );
+        let keep = (first.index.0 - self.snapshot_index.0 - 1) as usize;
+        self.entries.truncate(keep);
+        self.entries.extend_from_slice(entries);
+    }
+
+    fn position(&self, index: Index) -> Option<usize> {
+        if index <= self.snapshot_index || index > self.last_index() {
+            return None;
+        }
+        Some((index.0 - self.snapshot_index.0 - 1) as usize)
+    }
+}
+
+impl LogStore for MemLogStore {
+    fn first_index(&self) -> Index {
+        self.snapshot_index.next()
+    }
+
+    fn last_index(&self) -> Index {
+        self.snapshot_index.plus(self.entries.len() as u64)
+    }
+
+    fn term(&self, index: Index) -> Result<Term, StoreError> {
+        if index == self.snapshot_index {
+            return Ok(self.snapshot_term);
+        }
+        match self.position(index) {
+            Some(pos) => Ok(self.entries[pos].term),
+            None if index < self.snapshot_index => {
+                Err(StoreError::Compacted { first: self.first_index() })
+            }
+            None => Err(StoreError::Unavailable(format!(
+                "index {index} is beyond the last index {}",
+                self.last_index()
+            ))),
+        }
+    }
+
+    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StoreError> {
+        if lo <= self.snapshot_index {
+            return Err(StoreError::Compacted { first: self.first_index() });
+        }
+        let (Some(start), true) = (self.position(lo), hi <= self.last_index().next()) else {
+            return Err(StoreError::Unavailable(format!(
+                "range {lo}..{hi} is beyond the last index {}",
+                self.last_index()
+            )));
+        };
+        let end = (hi.0 - self.snapshot_index.0 - 1) as usize;
+        Ok(take_within_budget(&self.entries[start..end], max_bytes))
+    }
+}
+
+/// Clones entries from the front of `entries` while their sizes fit `max_bytes`, always at
+/// least one.
+pub(crate) fn take_within_budget(entries: &[Entry], max_bytes: u64) -> Vec<Entry> {
+    let mut total = 0;
+    let mut taken = Vec::new();
+    for entry in entries {
+        total += entry.size_bytes();
+        if total > max_bytes && !taken.is_empty() {
+            break;
+        }
+        taken.push(entry.clone());
+    }
+    taken
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::EntryKind;
+    use bytes::Bytes;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry { term: Term(term), index: Index(index), kind: EntryKind::Normal, data: Bytes::new() }
+    }
+
+    #[test]
+    fn append_replaces_a_conflicting_suffix() {
+        let mut store = MemLogStore::new();
+        store.append(&[entry(1, 1), entry(1, 2), entry(1, 3)]);
+        store.append(&[entry(2, 2)]);
+        assert_eq!(store.last_index(), Index(2));
+        assert_eq!(store.term(Index(2)), Ok(Term(2)));
+        assert_eq!(store.term(Index(0)), Ok(Term(0)));
+    }
+
+    #[test]
+    fn entries_respect_the_byte_budget_but_return_at_least_one() {
+        let mut store = MemLogStore::new();
+        store.append(&[entry(1, 1), entry(1, 2), entry(1, 3)]);
+        assert_eq!(store.entries(Index(1), Index(4), 0).unwrap().len(), 1);
+        assert_eq!(store.entries(Index(1), Index(4), 48).unwrap().len(), 2);
+        assert_eq!(store.entries(Index(1), Index(4), u64::MAX).unwrap().len(), 3);
+        assert!(store.entries(Index(1), Index(5), u64::MAX).is_err());
+    }
+}

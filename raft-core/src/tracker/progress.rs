@@ -1,0 +1,184 @@
+//! What a leader knows about one follower's log (paper §5.3 nextIndex and matchIndex), and the
+//! follower's flow-control state.
+//!
+//! ```text
+//!            accepted append                  rejection / unreachable
+//!   Probe  ------------------->  Replicate  --------------------------> Probe
+//!   one append at a time,       pipelined appends up to the
+//!   paused until answered       in-flight window
+//! ```
+
+use super::inflights::Inflights;
+use crate::types::Index;
+
+/// The flow-control state of one follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressState {
+    /// Where the logs agree is unknown: one append at a time, then wait for the answer.
+    Probe,
+    /// The logs agree up to `match_index`: stream appends, bounded by the in-flight window.
+    Replicate,
+}
+
+/// The leader's view of one follower.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// The highest index known to be durable and matching on the follower.
+    /// Invariant: `match_index < next_index`.
+    pub match_index: Index,
+    /// The next index to send.
+    pub next_index: Index,
+    /// The flow-control state.
+    pub state: ProgressState,
+    /// In Probe: an append is outstanding, so no other is sent until an answer or heartbeat.
+    pub probe_sent: bool,
+    /// In Replicate: the appends in flight.
+    pub inflights: Inflights,
+    /// Whether the follower answered since the last CheckQuorum round.
+    pub recent_active: bool,
+}
+
+impl Progress {
+    /// A follower about which nothing is known but that it may hold entries up to
+    /// `next_index - 1`.
+    pub fn new(next_index: Index, inflights: Inflights) -> Progress {
+        Progress {
+            match_index: Index(0),
+            next_index,
+            state: ProgressState::Probe,
+            probe_sent: false,
+            inflights,
+            recent_active: false,
+        }
+    }
+
+    /// Whether no append may be sent now.
+    pub fn is_paused(&self) -> bool {
+        match self.state {
+            ProgressState::Probe => self.probe_sent,
+            ProgressState::Replicate => self.inflights.is_full(),
+        }
+    }
+
+    /// Back to probing from just after the last known match.
+    pub fn become_probe(&mut self) {
+        self.state = ProgressState::Probe;
+        self.next_index = self.match_index.next();
+        self.probe_sent = false;
+        self.inflights.reset();
+    }
+
+    /// Start streaming after the last known match.
+    pub fn become_replicate(&mut self) {
+        self.state = ProgressState::Replicate;
+        self.next_index = self.match_index.next();
+        self.probe_sent = false;
+        self.inflights.reset();
+    }
+
+    /// An append carrying entries up to `last` (`bytes` of them) was sent; `last` is
+    /// `next_index - 1` for an empty append.
+    pub fn sent_append(&mut self, last: Index, bytes: u64) {
+        match self.state {
+            ProgressState::Replicate => {
+                if last >= self.next_index {
+                    self.next_index = last.next();
+                    self.inflights.add(last.0, bytes);
+                }
+            }
+            ProgressState::Probe => self.probe_sent = true,
+        }
+    }
+
+    /// The follower holds entries up to `index`. Returns whether that is news.
+    pub fn update_match(&mut self, index: Index) -> bool {
+        let news = index > self.match_index;
+        if news {
+            self.match_index = index;
+            self.probe_sent = false;
+        }
+        self.next_index = self.next_index.max(index.next());
+        self.inflights.free_to(index.0);
+        news
+    }
+
+    /// The follower rejected an append whose `prev.index` was `rejected`; `hint_next` is where
+    /// the hint says the next probe should start. Returns false for a stale rejection (an
+    /// answer to an append older than the current probe, or below the match).
+    pub fn reject(&mut self, rejected: Index, hint_next: Index) -> bool {
+        match self.state {
+            ProgressState::Replicate => {
+                if rejected <= self.match_index {
+                    return false;
+                }
+                self.become_probe();
+                true
+            }
+            ProgressState::Probe => {
+                if self.next_index.prev() != rejected {
+                    return false;
+                }
+                self.next_index = rejected.min(hint_next).max(self.match_index.next());
+                self.probe_sent = false;
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress() -> Progress {
+        Progress::new(Index(11), Inflights::new(2, 1000))
+    }
+
+    #[test]
+    fn probe_pauses_after_one_append_and_resumes_on_an_answer() {
+        let mut pr = progress();
+        assert!(!pr.is_paused());
+        pr.sent_append(Index(12), 10);
+        assert!(pr.is_paused());
+        assert!(pr.update_match(Index(12)));
+        assert!(!pr.is_paused());
+        assert_eq!(pr.next_index, Index(13));
+    }
+
+    #[test]
+    fn replicate_streams_until_the_window_is_full() {
+        let mut pr = progress();
+        pr.update_match(Index(10));
+        pr.become_replicate();
+        pr.sent_append(Index(12), 10);
+        pr.sent_append(Index(14), 10);
+        assert!(pr.is_paused(), "two appends fill a window of two");
+        assert_eq!(pr.next_index, Index(15));
+        pr.update_match(Index(12));
+        assert!(!pr.is_paused());
+    }
+
+    #[test]
+    fn a_rejection_in_replicate_falls_back_to_probe_from_the_match() {
+        let mut pr = progress();
+        pr.update_match(Index(10));
+        pr.become_replicate();
+        pr.sent_append(Index(20), 10);
+        assert!(!pr.reject(Index(9), Index(1)), "a rejection below the match is stale");
+        assert!(pr.reject(Index(15), Index(1)));
+        assert_eq!((pr.state, pr.next_index), (ProgressState::Probe, Index(11)));
+    }
+
+    #[test]
+    fn a_rejection_in_probe_jumps_to_the_hint_but_not_below_the_match() {
+        let mut pr = Progress::new(Index(101), Inflights::new(2, 1000));
+        pr.sent_append(Index(100), 0);
+        assert!(!pr.reject(Index(50), Index(10)), "not the outstanding probe: stale");
+        assert!(pr.reject(Index(100), Index(41)));
+        assert_eq!(pr.next_index, Index(41));
+        pr.update_match(Index(30));
+        pr.sent_append(Index(40), 0);
+        assert!(pr.reject(Index(40), Index(5)));
+        assert_eq!(pr.next_index, Index(31), "never below match + 1");
+    }
+}
