@@ -61,9 +61,8 @@ impl Config {
 
     /// Checks the configuration, naming the first field that is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &'static str, reason: &'static str| {
-            Err(ConfigError::Invalid { field, reason })
-        };
+        let invalid =
+            |field: &'static str, reason: &'static str| Err(ConfigError::Invalid { field, reason });
         if self.id.0 == 0 {
             return invalid("id", "must not be 0");
         }
@@ -76,8 +75,7 @@ impl Config {
         if self.inflight_msgs_max == 0 {
             return invalid("inflight_msgs_max", "must be at least 1");
         }
-        if self.inflight_bytes_max == 0 || self.append_bytes_max == 0 || self.apply_bytes_max == 0
-        {
+        if self.inflight_bytes_max == 0 || self.append_bytes_max == 0 || self.apply_bytes_max == 0 {
             return invalid("*_bytes_max", "byte limits must be at least 1");
         }
         Ok(())

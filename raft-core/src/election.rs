@@ -94,7 +94,12 @@ impl<S: LogStore> Raft<S> {
             own.update_match(self.log.persisted_index());
             own.recent_active = true;
         }
-        let noop = Entry { term: self.term, index: last.next(), kind: EntryKind::Noop, data: Bytes::new() };
+        let noop = Entry {
+            term: self.term,
+            index: last.next(),
+            kind: EntryKind::Noop,
+            data: Bytes::new(),
+        };
         self.log.push(noop);
         self.pending_broadcast = true;
         tracing::debug!(id = %self.id, term = %self.term, "became leader");

@@ -78,7 +78,13 @@ impl<S: LogStore> RawNode<S> {
         let log = RaftLog::new(store, hard_state.commit, applied);
         let raft = Raft::new(config, log, hard_state, voters);
         let prev_soft_state = raft.soft_state();
-        Ok(RawNode { raft, prev_hard_state: hard_state, prev_soft_state, in_flight: VecDeque::new(), next_number: 1 })
+        Ok(RawNode {
+            raft,
+            prev_hard_state: hard_state,
+            prev_soft_state,
+            in_flight: VecDeque::new(),
+            next_number: 1,
+        })
     }
 
     /// Advances the logical clock by one tick.
@@ -228,7 +234,12 @@ impl<S: LogStore> RawNode<S> {
     }
 
     /// The entries in `[lo, hi)` of this node's log (durable or not), within `max_bytes`.
-    pub fn log_entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StoreError> {
+    pub fn log_entries(
+        &self,
+        lo: Index,
+        hi: Index,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StoreError> {
         self.raft.log.entries(lo, hi, max_bytes)
     }
 

@@ -222,7 +222,10 @@ impl<S: LogStore> Raft<S> {
         match self.role {
             Role::Leader => {
                 if self.leader != Some(me) || self.vote != Some(me) {
-                    return Err(format!("leader {me} has leader {:?} vote {:?}", self.leader, self.vote));
+                    return Err(format!(
+                        "leader {me} has leader {:?} vote {:?}",
+                        self.leader, self.vote
+                    ));
                 }
                 let last = self.log.last_index();
                 for (id, pr) in &self.tracker.progress {
@@ -231,7 +234,9 @@ impl<S: LogStore> Raft<S> {
                     }
                 }
                 let own = self.tracker.progress.get(&me).map_or(Index(0), |pr| pr.match_index);
-                if own > self.log.persisted_index() && !self.config.has_bug(crate::PlantedBug::LeaderCountsUnpersisted) {
+                if own > self.log.persisted_index()
+                    && !self.config.has_bug(crate::PlantedBug::LeaderCountsUnpersisted)
+                {
                     return Err(format!("leader's own match {own} is not durable"));
                 }
             }

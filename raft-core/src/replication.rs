@@ -66,13 +66,14 @@ impl<S: LogStore> Raft<S> {
             // The entry was compacted away; only a snapshot can help this follower.
             return false;
         };
-        let entries = match self.log.entries(pr.next_index, last.next(), self.config.append_bytes_max) {
-            Ok(entries) => entries,
-            Err(error) => {
-                tracing::warn!(%error, %to, "cannot read entries for follower; retrying later");
-                return false;
-            }
-        };
+        let entries =
+            match self.log.entries(pr.next_index, last.next(), self.config.append_bytes_max) {
+                Ok(entries) => entries,
+                Err(error) => {
+                    tracing::warn!(%error, %to, "cannot read entries for follower; retrying later");
+                    return false;
+                }
+            };
         if entries.is_empty() && !send_if_empty {
             return false;
         }

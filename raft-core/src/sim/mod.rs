@@ -1,0 +1,652 @@
+//! A deterministic cluster simulator: 3, 5 or 7 nodes in one process, driven from one seed.
+//!
+//! Every random choice (which node ticks, which message arrives next, which is lost or
+//! duplicated, when a node crashes or the network splits) comes from one [`Rng`] seeded with
+//! the run's seed, so a seed replays exactly. A run has two phases:
+//!
+//! 1. **Safety**: `steps` random actions with faults: messages dropped, duplicated, delayed and
+//!    reordered; symmetric and one-way partitions; crashes that lose everything not yet
+//!    acknowledged durable, and restarts from what was. After every action the
+//!    [`checker`] verifies Figure 3's properties and each node's own invariants.
+//! 2. **Liveness**: the faults heal; within a bounded number of ticks a leader must emerge and
+//!    a new proposal must commit.
+//!
+//! A failing run reports the seed and a command that replays it with a trace of the last
+//! events (the run is deterministic, so the trace is taken by replaying, not by recording
+//! every run).
+
+pub mod checker;
+pub mod network;
+
+use crate::config::Config;
+use crate::message::Message;
+use crate::node::{InitialState, RawNode};
+use crate::ready::Ready;
+use crate::rng::Rng;
+use crate::storage::{LogStore, MemLogStore};
+use crate::types::{HardState, Index, NodeId, Role, Term};
+use bytes::Bytes;
+use checker::{Checker, Violation};
+use network::Network;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+
+/// How many trace lines a failure report shows.
+pub const TRACE_TAIL: usize = 60;
+
+/// What to simulate. [`SimOptions::from_seed`] derives everything but the seed-independent
+/// knobs from the seed.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// The run's seed.
+    pub seed: u64,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Actions in the safety phase.
+    pub steps: u64,
+    /// Per mille of messages dropped.
+    pub drop_per_mille: u64,
+    /// Per mille of messages duplicated.
+    pub duplicate_per_mille: u64,
+    /// Per mille of actions that crash a node.
+    pub crash_per_mille: u64,
+    /// Per mille of actions that change the partition.
+    pub partition_per_mille: u64,
+    /// PreVote on the nodes.
+    pub pre_vote: bool,
+    /// CheckQuorum on the nodes.
+    pub check_quorum: bool,
+    /// Bytes per append message (small values split batches).
+    pub append_bytes_max: u64,
+    /// Appends in flight per follower.
+    pub inflight_msgs_max: usize,
+    /// Keep a trace of every event (slower; used to replay failures).
+    pub trace: bool,
+    /// A rule to break on purpose.
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bug: Option<crate::PlantedBug>,
+}
+
+impl SimOptions {
+    /// Options derived from `seed`: the cluster size cycles 3, 5, 7 and the fault rates and
+    /// engine limits are drawn from the seed.
+    pub fn from_seed(seed: u64, steps: u64) -> SimOptions {
+        let mut rng = Rng::new(seed ^ 0x5eed_5eed_5eed_5eed);
+        SimOptions {
+            seed,
+            nodes: [3, 5, 7][(seed % 3) as usize],
+            steps,
+            drop_per_mille: rng.below(150),
+            duplicate_per_mille: rng.below(50),
+            crash_per_mille: 1 + rng.below(5),
+            partition_per_mille: 1 + rng.below(8),
+            pre_vote: !rng.chance(1, 4),
+            check_quorum: !rng.chance(1, 4),
+            append_bytes_max: [64, 256, 1 << 20][rng.below(3) as usize],
+            inflight_msgs_max: [1, 4, 64][rng.below(3) as usize],
+            trace: false,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: None,
+        }
+    }
+
+    /// The command line that replays this run with a trace.
+    pub fn replay_command(&self) -> String {
+        #[allow(unused_mut)]
+        let mut cmd = format!(
+            "cargo run --release -p raft-core --features testkit,planted-bugs --bin raft-sim -- \
+             --seed {} --nodes {} --steps {} --trace",
+            self.seed, self.nodes, self.steps
+        );
+        #[cfg(feature = "planted-bugs")]
+        if let Some(bug) = self.planted_bug {
+            let _ = write!(cmd, " --planted-bug {}", bug.name());
+        }
+        cmd
+    }
+}
+
+/// What a run that held every property did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimReport {
+    /// Actions taken in both phases.
+    pub actions: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Entries committed.
+    pub committed: u64,
+    /// Leaders elected.
+    pub elections: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Ticks the liveness phase needed to elect a leader and commit a proposal.
+    pub liveness_ticks: u64,
+    /// The trace, when asked for.
+    pub trace: Vec<String>,
+}
+
+/// A run that broke a property.
+#[derive(Clone, Debug)]
+pub struct SimFailure {
+    /// The options of the run.
+    pub options: SimOptions,
+    /// The action at which it broke.
+    pub action: u64,
+    /// What broke.
+    pub violation: Violation,
+    /// The last events before it (filled by [`run_with_trace_on_failure`]).
+    pub trace_tail: Vec<String>,
+}
+
+impl std::fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "seed {} failed at action {}: {}",
+            self.options.seed, self.action, self.violation
+        )?;
+        writeln!(f, "replay: {}", self.options.replay_command())?;
+        if !self.trace_tail.is_empty() {
+            writeln!(f, "last {} events:", self.trace_tail.len())?;
+            for line in &self.trace_tail {
+                writeln!(f, "  {line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One simulated node: the engine while it is up, and what its disk holds.
+struct SimNode {
+    id: NodeId,
+    /// `None` while crashed.
+    raw: Option<RawNode<MemLogStore>>,
+    /// The store while crashed (while up it lives inside `raw`).
+    crashed_store: Option<MemLogStore>,
+    /// The durable hard state.
+    durable: HardState,
+    /// Readies taken (their `messages` already sent) and not yet persisted.
+    unpersisted: VecDeque<Ready>,
+    /// What the state machine applied (volatile: a crash loses it).
+    applied: Index,
+    /// The commit index the checker last saw.
+    seen_commit: Index,
+    /// The role and term the checker last saw.
+    seen_role: (Role, Term),
+}
+
+/// A simulated cluster.
+pub struct Simulation {
+    options: SimOptions,
+    rng: Rng,
+    nodes: Vec<SimNode>,
+    network: Network,
+    checker: Checker,
+    report: SimReport,
+    action: u64,
+    proposals: u64,
+}
+
+impl Simulation {
+    /// A cluster of fresh nodes.
+    pub fn new(options: SimOptions) -> Simulation {
+        let ids: Vec<NodeId> = (1..=options.nodes as u64).map(NodeId).collect();
+        let mut sim = Simulation {
+            rng: Rng::new(options.seed),
+            nodes: Vec::new(),
+            network: Network::new(options.drop_per_mille, options.duplicate_per_mille),
+            checker: Checker::default(),
+            report: SimReport::default(),
+            action: 0,
+            proposals: 0,
+            options,
+        };
+        for id in ids {
+            let raw = sim.start_node(id, MemLogStore::new(), HardState::default());
+            sim.nodes.push(SimNode {
+                id,
+                raw: Some(raw),
+                crashed_store: None,
+                durable: HardState::default(),
+                unpersisted: VecDeque::new(),
+                applied: Index(0),
+                seen_commit: Index(0),
+                seen_role: (Role::Follower, Term(0)),
+            });
+        }
+        sim
+    }
+
+    fn node_config(&self, id: NodeId) -> Config {
+        let o = &self.options;
+        Config {
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            pre_vote: o.pre_vote,
+            check_quorum: o.check_quorum,
+            seed: o.seed,
+            append_bytes_max: o.append_bytes_max,
+            inflight_msgs_max: o.inflight_msgs_max,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: o.planted_bug,
+            ..Config::new(id)
+        }
+    }
+
+    fn start_node(
+        &self,
+        id: NodeId,
+        store: MemLogStore,
+        durable: HardState,
+    ) -> RawNode<MemLogStore> {
+        let voters = (1..=self.options.nodes as u64).map(NodeId).collect();
+        let initial = InitialState { hard_state: durable, voters, applied: Index(0) };
+        RawNode::new(self.node_config(id), store, initial).expect("the simulator's config is valid")
+    }
+
+    /// Runs both phases. Returns the report, or the first violation.
+    pub fn run(mut self) -> Result<SimReport, SimFailure> {
+        let result = self.safety_phase().and_then(|()| self.liveness_phase());
+        match result {
+            Ok(()) => Ok(self.report),
+            Err(violation) => Err(SimFailure {
+                options: self.options.clone(),
+                action: self.action,
+                violation,
+                trace_tail: tail(&self.report.trace),
+            }),
+        }
+    }
+
+    fn trace(&mut self, line: impl FnOnce() -> String) {
+        if self.options.trace {
+            let line = format!("{:>6} {}", self.action, line());
+            self.report.trace.push(line);
+        }
+    }
+
+    fn safety_phase(&mut self) -> Result<(), Violation> {
+        for _ in 0..self.options.steps {
+            self.action += 1;
+            self.random_action()?;
+        }
+        Ok(())
+    }
+
+    fn random_action(&mut self) -> Result<(), Violation> {
+        let o = &self.options;
+        if self.rng.chance(o.crash_per_mille, 1000) {
+            return self.crash_random();
+        }
+        if self.rng.chance(o.partition_per_mille, 1000) {
+            self.change_partition();
+            return Ok(());
+        }
+        let i = self.rng.below(self.nodes.len() as u64) as usize;
+        if self.nodes[i].raw.is_none() {
+            // A crashed node comes back after a while.
+            return if self.rng.chance(1, 20) { self.restart(i) } else { Ok(()) };
+        }
+        match self.rng.below(100) {
+            0..=24 => self.tick(i),
+            25..=59 => self.deliver_one(),
+            60..=74 => self.take_ready(i),
+            75..=89 => self.persist_one(i),
+            _ => self.propose(i),
+        }
+    }
+
+    fn tick(&mut self, i: usize) -> Result<(), Violation> {
+        self.trace(|| format!("tick {}", i + 1));
+        let raw = self.nodes[i].raw.as_mut().expect("ticked node is up");
+        raw.tick();
+        self.after_input(i)
+    }
+
+    /// A client proposes at node `i`; told of another leader, it retries there once (as a
+    /// client following the leader hint would).
+    fn propose(&mut self, i: usize) -> Result<(), Violation> {
+        self.proposals += 1;
+        let data = Bytes::from(format!("v{}", self.proposals));
+        let raw = self.nodes[i].raw.as_mut().expect("proposing node is up");
+        let mut target = i;
+        let mut result = raw.propose(data.clone());
+        if let Err(crate::ProposeError::NotLeader { leader: Some(leader) }) = result {
+            let j = leader.0 as usize - 1;
+            if let Some(raw) = self.nodes[j].raw.as_mut() {
+                target = j;
+                result = raw.propose(data.clone());
+            }
+        }
+        self.trace(|| format!("propose {} {data:?} -> {result:?}", target + 1));
+        self.after_input(target)
+    }
+
+    fn deliver_one(&mut self) -> Result<(), Violation> {
+        let Some(msg) = self.network.take_random(&mut self.rng) else { return Ok(()) };
+        let i = msg.to.0 as usize - 1;
+        let Some(raw) = self.nodes[i].raw.as_mut() else { return Ok(()) };
+        self.report.delivered += 1;
+        let line = self.options.trace.then(|| format!("deliver {msg}"));
+        let result = raw.step(msg);
+        if let Some(line) = line {
+            self.trace(|| format!("{line} -> {result:?}"));
+        }
+        if let Err(error) = result {
+            return Err(Violation {
+                property: "Engine accepts well-formed messages",
+                detail: error.to_string(),
+            });
+        }
+        self.after_input(i)
+    }
+
+    /// Takes a Ready: sends its `messages` at once, applies its committed entries, and keeps
+    /// the rest until the node persists it.
+    fn take_ready(&mut self, i: usize) -> Result<(), Violation> {
+        let node = &mut self.nodes[i];
+        let raw = node.raw.as_mut().expect("node is up");
+        if !raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = raw.ready();
+        let id = node.id;
+        for entry in &ready.entries {
+            let prev_term = raw.log_term(entry.index.prev()).unwrap_or_default();
+            self.checker.on_append(id, entry, prev_term)?;
+        }
+        for entry in &ready.committed_entries {
+            self.checker.on_apply(id, entry, node.applied)?;
+            node.applied = entry.index;
+        }
+        if let Some(last) = ready.committed_entries.last() {
+            raw.on_applied(last.index);
+        }
+        let messages = std::mem::take(&mut ready.messages);
+        node.unpersisted.push_back(ready);
+        if self.options.trace {
+            let r = self.nodes[i].unpersisted.back().expect("just pushed");
+            let line = describe_ready(i, r, &messages);
+            self.trace(|| line);
+        }
+        for msg in messages {
+            self.send(i, msg)?;
+        }
+        self.after_input(i)
+    }
+
+    /// Makes the oldest taken Ready of node `i` durable, then sends what had to wait for it.
+    fn persist_one(&mut self, i: usize) -> Result<(), Violation> {
+        let node = &mut self.nodes[i];
+        let Some(ready) = node.unpersisted.pop_front() else { return Ok(()) };
+        let raw = node.raw.as_mut().expect("node is up");
+        if let Some(hard_state) = ready.hard_state {
+            node.durable = hard_state;
+        }
+        raw.store_mut().append(&ready.entries);
+        let number = ready.number;
+        self.trace(|| format!("persist {} ready #{}", i + 1, number.0));
+        for msg in ready.messages_after_persist {
+            self.send(i, msg)?;
+        }
+        self.nodes[i].raw.as_mut().expect("node is up").on_persisted(number);
+        self.after_input(i)
+    }
+
+    fn send(&mut self, i: usize, msg: Message) -> Result<(), Violation> {
+        let node = &self.nodes[i];
+        let store = node.raw.as_ref().expect("sending node is up").store();
+        self.checker.on_send(&msg, &node.durable, |index| store.term(index).ok())?;
+        self.network.send(msg, &mut self.rng);
+        Ok(())
+    }
+
+    fn crash_random(&mut self) -> Result<(), Violation> {
+        let up: Vec<usize> =
+            (0..self.nodes.len()).filter(|&i| self.nodes[i].raw.is_some()).collect();
+        // Keep at least one node up so the run keeps moving.
+        if up.len() <= 1 {
+            return Ok(());
+        }
+        let i = up[self.rng.below(up.len() as u64) as usize];
+        self.crash(i);
+        Ok(())
+    }
+
+    /// Crashes node `i`: everything not yet persisted is lost.
+    fn crash(&mut self, i: usize) {
+        self.trace(|| format!("crash {}", i + 1));
+        self.report.crashes += 1;
+        let node = &mut self.nodes[i];
+        let raw = node.raw.take().expect("crashing node is up");
+        node.crashed_store = Some(raw.into_store());
+        node.unpersisted.clear();
+        node.applied = Index(0);
+    }
+
+    /// Restarts node `i` from its durable state.
+    fn restart(&mut self, i: usize) -> Result<(), Violation> {
+        self.trace(|| format!("restart {}", i + 1));
+        let node = &self.nodes[i];
+        let store = node.crashed_store.clone().expect("restarting node was crashed");
+        let voters = (1..=self.options.nodes as u64).map(NodeId).collect();
+        let initial = InitialState { hard_state: node.durable, voters, applied: Index(0) };
+        let raw = RawNode::new(self.node_config(node.id), store, initial).map_err(|error| {
+            Violation { property: "Durable state restarts", detail: error.to_string() }
+        })?;
+        let node = &mut self.nodes[i];
+        node.seen_commit = raw.commit();
+        node.seen_role = (Role::Follower, raw.term());
+        node.crashed_store = None;
+        node.raw = Some(raw);
+        Ok(())
+    }
+
+    fn change_partition(&mut self) {
+        let all: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        self.network.heal();
+        let n = all.len() as u64;
+        let line = match self.rng.below(4) {
+            0 => "heal".to_string(),
+            1 => {
+                // A minority (possibly holding the leader) cut off from the rest.
+                let size = 1 + self.rng.below(n / 2) as usize;
+                let side = self.pick_nodes(&all, size);
+                self.network.isolate(&side, &all);
+                format!("partition {side:?} from the rest")
+            }
+            2 => {
+                // A bridge: two halves that only one node sees both of.
+                let bridge = all[self.rng.below(n) as usize];
+                let others: Vec<NodeId> = all.iter().copied().filter(|&id| id != bridge).collect();
+                let half = others.len() / 2;
+                for &a in &others[..half] {
+                    for &b in &others[half..] {
+                        self.network.block_one_way(a, b);
+                        self.network.block_one_way(b, a);
+                    }
+                }
+                format!("bridge through {bridge}")
+            }
+            _ => {
+                let from = all[self.rng.below(n) as usize];
+                let to = all[self.rng.below(n) as usize];
+                self.network.block_one_way(from, to);
+                format!("cut link {from}->{to} one way")
+            }
+        };
+        self.trace(|| line);
+    }
+
+    fn pick_nodes(&mut self, all: &[NodeId], count: usize) -> Vec<NodeId> {
+        let mut pool = all.to_vec();
+        let mut picked = Vec::new();
+        for _ in 0..count {
+            let k = self.rng.below(pool.len() as u64) as usize;
+            picked.push(pool.swap_remove(k));
+        }
+        picked.sort();
+        picked
+    }
+
+    /// After any input to node `i`: its invariants, a new leader's properties, and newly
+    /// committed entries.
+    fn after_input(&mut self, i: usize) -> Result<(), Violation> {
+        let node = &mut self.nodes[i];
+        let Some(raw) = node.raw.as_ref() else { return Ok(()) };
+        let id = node.id;
+        raw.check_invariants().map_err(|detail| Violation {
+            property: "Node invariants",
+            detail: format!("node {id}: {detail}"),
+        })?;
+        let role = (raw.role(), raw.term());
+        if role != node.seen_role {
+            node.seen_role = role;
+            if role.0 == Role::Leader {
+                self.report.elections += 1;
+                self.checker.on_leader(id, role.1)?;
+                self.checker.check_leader_log(id, role.1, |index| raw.log_term(index))?;
+                self.trace(|| format!("node {id} is leader of term {}", role.1));
+            }
+        }
+        let node = &mut self.nodes[i];
+        let raw = node.raw.as_ref().expect("checked above");
+        let commit = raw.commit();
+        if commit > node.seen_commit {
+            let entries =
+                raw.log_entries(node.seen_commit.next(), commit.next(), u64::MAX).map_err(|e| {
+                    Violation { property: "Committed entries are readable", detail: e.to_string() }
+                })?;
+            node.seen_commit = commit;
+            self.checker.on_commit(id, &entries)?;
+            self.report.committed = self.checker.committed_len();
+        }
+        Ok(())
+    }
+
+    /// Heals every fault and requires a leader and a new commit within a bound.
+    fn liveness_phase(&mut self) -> Result<(), Violation> {
+        self.trace(|| "liveness phase: heal everything".to_string());
+        self.network.heal();
+        self.network.drop_per_mille = 0;
+        self.network.duplicate_per_mille = 0;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].raw.is_none() {
+                self.restart(i)?;
+            }
+        }
+        const TICKS_MAX: u64 = 500;
+        let marker = Bytes::from(format!("liveness-{}", self.options.seed));
+        let mut proposed_at: Option<Index> = None;
+        for tick in 1..=TICKS_MAX {
+            for i in 0..self.nodes.len() {
+                self.action += 1;
+                self.tick(i)?;
+            }
+            self.settle()?;
+            if let Some(index) = proposed_at {
+                if self.checker.is_committed(index, &marker) {
+                    self.report.liveness_ticks = tick;
+                    self.report.actions = self.action;
+                    return Ok(());
+                }
+            }
+            if let Some(i) = self.stable_leader() {
+                let raw = self.nodes[i].raw.as_mut().expect("leader is up");
+                let committed_marker =
+                    proposed_at.is_some_and(|idx| raw.log_term(idx) == Some(raw.term()));
+                if !committed_marker {
+                    proposed_at = raw.propose(marker.clone()).ok();
+                    self.trace(|| {
+                        format!("liveness proposal at node {} -> {proposed_at:?}", i + 1)
+                    });
+                }
+            }
+        }
+        Err(Violation {
+            property: "Liveness",
+            detail: format!(
+                "no leader committed a new proposal within {TICKS_MAX} ticks of healing"
+            ),
+        })
+    }
+
+    /// The node leading the highest term, if every node agrees on that term.
+    fn stable_leader(&self) -> Option<usize> {
+        let top = self.nodes.iter().filter_map(|n| n.raw.as_ref()).map(|r| r.term()).max()?;
+        self.nodes.iter().position(|n| {
+            n.raw.as_ref().is_some_and(|r| r.role() == Role::Leader && r.term() == top)
+        })
+    }
+
+    /// Delivers and persists until nothing moves (with no faults left, the cluster settles).
+    fn settle(&mut self) -> Result<(), Violation> {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                while self.nodes[i].raw.as_ref().is_some_and(|r| r.has_ready()) {
+                    self.action += 1;
+                    self.take_ready(i)?;
+                    moved = true;
+                }
+                while !self.nodes[i].unpersisted.is_empty() {
+                    self.action += 1;
+                    self.persist_one(i)?;
+                    moved = true;
+                }
+            }
+            while !self.network.is_empty() {
+                self.action += 1;
+                self.deliver_one()?;
+                moved = true;
+            }
+            if !moved {
+                return Ok(());
+            }
+        }
+        Err(Violation { property: "Liveness", detail: "the cluster never settled".to_string() })
+    }
+}
+
+fn describe_ready(i: usize, ready: &Ready, messages: &[Message]) -> String {
+    let mut line = format!("ready {} #{}", i + 1, ready.number.0);
+    if let Some(ss) = ready.soft_state {
+        let _ = write!(line, " {} leader={:?}", ss.role, ss.leader.map(|l| l.0));
+    }
+    if let Some(hs) = ready.hard_state {
+        let _ = write!(
+            line,
+            " hard(term={} vote={:?} commit={})",
+            hs.term,
+            hs.vote.map(|v| v.0),
+            hs.commit
+        );
+    }
+    if let (Some(first), Some(last)) = (ready.entries.first(), ready.entries.last()) {
+        let _ = write!(line, " entries {}..{}", first.id(), last.id());
+    }
+    if let Some(last) = ready.committed_entries.last() {
+        let _ = write!(line, " apply..{}", last.index);
+    }
+    for msg in messages {
+        let _ = write!(line, "\n         send {msg}");
+    }
+    for msg in &ready.messages_after_persist {
+        let _ = write!(line, "\n         after persist: {msg}");
+    }
+    line
+}
+
+fn tail(trace: &[String]) -> Vec<String> {
+    trace[trace.len().saturating_sub(TRACE_TAIL)..].to_vec()
+}
+
+/// Runs `options`; on a failure, replays the same seed with tracing on to attach the last
+/// events before the violation.
+pub fn run_with_trace_on_failure(options: SimOptions) -> Result<SimReport, SimFailure> {
+    match Simulation::new(options.clone()).run() {
+        Ok(report) => Ok(report),
+        Err(failure) if options.trace => Err(failure),
+        Err(_) => Simulation::new(SimOptions { trace: true, ..options }).run(),
+    }
+}
