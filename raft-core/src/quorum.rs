@@ -116,9 +116,9 @@ mod tests {
             (5, &[1, 9], &[], Pending), // node 9 is not a voter
         ];
         for (n, granted, rejected, want) in table {
-            let mut votes = BTreeMap::new();
-            granted.iter().for_each(|&id| drop(votes.insert(NodeId(id), true)));
-            rejected.iter().for_each(|&id| drop(votes.insert(NodeId(id), false)));
+            let granted = granted.iter().map(|&id| (NodeId(id), true));
+            let rejected = rejected.iter().map(|&id| (NodeId(id), false));
+            let votes: BTreeMap<NodeId, bool> = granted.chain(rejected).collect();
             assert_eq!(vote_result(&voters(*n), &votes), *want, "{n} voters, {votes:?}");
         }
     }

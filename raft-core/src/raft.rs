@@ -5,11 +5,11 @@
 use crate::config::Config;
 use crate::error::StepError;
 use crate::log::RaftLog;
-use crate::message::{Message, MessageBody};
+use crate::message::{AppendResult, Message, MessageBody};
 use crate::rng::Rng;
 use crate::storage::LogStore;
 use crate::tracker::ProgressTracker;
-use crate::types::{HardState, Index, NodeId, Role, SoftState, Term};
+use crate::types::{EntryId, HardState, Index, NodeId, Role, SoftState, Term};
 use std::collections::BTreeSet;
 
 /// One node's Raft state. Driven only through [`crate::RawNode`].
@@ -258,6 +258,14 @@ fn validate(msg: &Message, me: NodeId) -> Result<(), StepError> {
     if msg.from == me || msg.from == NodeId(0) {
         return malformed(format!("sender id {} is invalid", msg.from));
     }
+    if !numbers_in_range(msg) {
+        return malformed(format!(
+            "{} carries a term above {} or an index above {}",
+            msg.body.kind_name(),
+            Term::MAX,
+            Index::MAX
+        ));
+    }
     if let MessageBody::Append { prev, entries, .. } = &msg.body {
         let mut expected = prev.index.next();
         let mut prev_term = prev.term;
@@ -273,4 +281,31 @@ fn validate(msg: &Message, me: NodeId) -> Result<(), StepError> {
         }
     }
     Ok(())
+}
+
+/// Whether every term and index in `msg` is at most [`Term::MAX`] / [`Index::MAX`], so no
+/// arithmetic on them can overflow.
+fn numbers_in_range(msg: &Message) -> bool {
+    let id_ok = |id: &EntryId| id.term <= Term::MAX && id.index <= Index::MAX;
+    msg.term <= Term::MAX
+        && match &msg.body {
+            MessageBody::PreVote { last } | MessageBody::Vote { last } => id_ok(last),
+            MessageBody::Append { prev, entries, commit } => {
+                id_ok(prev)
+                    && *commit <= Index::MAX
+                    && prev.index.0.checked_add(entries.len() as u64).is_some_and(|last| {
+                        last <= Index::MAX.0
+                    })
+            }
+            MessageBody::AppendResponse(AppendResult::Accepted { match_index }) => {
+                *match_index <= Index::MAX
+            }
+            MessageBody::AppendResponse(AppendResult::Rejected { rejected, hint }) => {
+                *rejected <= Index::MAX && id_ok(hint)
+            }
+            MessageBody::Heartbeat { commit } => *commit <= Index::MAX,
+            MessageBody::PreVoteResponse { .. }
+            | MessageBody::VoteResponse { .. }
+            | MessageBody::HeartbeatResponse => true,
+        }
 }

@@ -203,7 +203,9 @@ impl<S: LogStore> Raft<S> {
     }
 
     /// A follower's answer to a heartbeat: it is alive, so resume a paused probe and send what
-    /// it lacks.
+    /// it lacks. If everything was already sent but not acknowledged, the appends (or their
+    /// answers) may have been lost: an empty append at `next_index - 1` makes the follower
+    /// either confirm the match or reject it, which starts a probe from its real match.
     pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId) {
         if self.role != Role::Leader {
             return;
@@ -217,7 +219,7 @@ impl<S: LogStore> Raft<S> {
             // probably lost. Free one slot; a gap makes the next append fail and probe.
             pr.inflights.free_first();
         }
-        if pr.match_index < last {
+        if pr.match_index < last && self.maybe_send_append(from, true) {
             self.send_appends(from);
         }
     }

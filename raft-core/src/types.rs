@@ -36,6 +36,10 @@ newtype_u64!(
 );
 
 impl Term {
+    /// The largest term a message may carry. Real clusters never come near it; the bound keeps
+    /// `next()` from overflowing however far a faulty peer pushes the term.
+    pub const MAX: Term = Term(u64::MAX >> 1);
+
     /// The term after this one.
     pub fn next(self) -> Term {
         Term(self.0 + 1)
@@ -43,6 +47,9 @@ impl Term {
 }
 
 impl Index {
+    /// The largest index a message may carry (see [`Term::MAX`]).
+    pub const MAX: Index = Index(u64::MAX >> 1);
+
     /// The index after this one.
     pub fn next(self) -> Index {
         Index(self.0 + 1)

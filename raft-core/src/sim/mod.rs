@@ -524,7 +524,9 @@ impl Simulation {
         Ok(())
     }
 
-    /// Heals every fault and requires a leader and a new commit within a bound.
+    /// Heals every fault, then requires within a bound: a leader whose whole log every node
+    /// holds and has committed (no follower is left behind), and then a new proposal
+    /// committed on every node.
     fn liveness_phase(&mut self) -> Result<(), Violation> {
         self.trace(|| "liveness phase: heal everything".to_string());
         self.network.heal();
@@ -537,37 +539,48 @@ impl Simulation {
         }
         const TICKS_MAX: u64 = 500;
         let marker = Bytes::from(format!("liveness-{}", self.options.seed));
-        let mut proposed_at: Option<Index> = None;
+        let mut proposed_at: Option<(usize, Index)> = None;
         for tick in 1..=TICKS_MAX {
             for i in 0..self.nodes.len() {
                 self.action += 1;
                 self.tick(i)?;
             }
             self.settle()?;
-            if let Some(index) = proposed_at {
-                if self.checker.is_committed(index, &marker) {
+            let Some(leader) = self.stable_leader() else { continue };
+            if !self.converged_on(leader) {
+                continue;
+            }
+            match proposed_at {
+                Some((at, index)) if at == leader && self.checker.is_committed(index, &marker) => {
                     self.report.liveness_ticks = tick;
                     self.report.actions = self.action;
                     return Ok(());
                 }
-            }
-            if let Some(i) = self.stable_leader() {
-                let raw = self.nodes[i].raw.as_mut().expect("leader is up");
-                let committed_marker =
-                    proposed_at.is_some_and(|idx| raw.log_term(idx) == Some(raw.term()));
-                if !committed_marker {
-                    proposed_at = raw.propose(marker.clone()).ok();
-                    self.trace(|| {
-                        format!("liveness proposal at node {} -> {proposed_at:?}", i + 1)
-                    });
+                Some((at, _)) if at == leader => {}
+                _ => {
+                    let raw = self.nodes[leader].raw.as_mut().expect("leader is up");
+                    let index = raw.propose(marker.clone()).ok();
+                    proposed_at = index.map(|index| (leader, index));
+                    self.trace(|| format!("liveness proposal at node {} -> {index:?}", leader + 1));
                 }
             }
         }
         Err(Violation {
             property: "Liveness",
             detail: format!(
-                "no leader committed a new proposal within {TICKS_MAX} ticks of healing"
+                "within {TICKS_MAX} ticks of healing, no leader brought every node up to its \
+                 log and committed a new proposal"
             ),
+        })
+    }
+
+    /// Whether every node holds the leader's whole log and has committed all of it.
+    fn converged_on(&self, leader: usize) -> bool {
+        let raw = self.nodes[leader].raw.as_ref().expect("leader is up");
+        let last = raw.last_index();
+        let leader_term = raw.log_term(last);
+        self.nodes.iter().filter_map(|n| n.raw.as_ref()).all(|r| {
+            r.commit() == last && r.last_index() == last && r.log_term(last) == leader_term
         })
     }
 
