@@ -18,16 +18,21 @@ pub enum PlantedBug {
     LeaderCountsUnpersisted,
     /// Accept an append without checking that `prev` matches (breaks Log Matching, §5.3).
     SkipConsistencyCheck,
+    /// Do not resend appends that were lost in the replicate state when a heartbeat answer
+    /// shows the follower is behind (breaks liveness: the follower waits for the next
+    /// proposal, forever if none comes).
+    ForgetLostAppends,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that try them all.
-    pub const ALL: [PlantedBug; 5] = [
+    pub const ALL: [PlantedBug; 6] = [
         PlantedBug::CommitEarlierTerm,
         PlantedBug::VoteBeforePersist,
         PlantedBug::SkipUpToDateCheck,
         PlantedBug::LeaderCountsUnpersisted,
         PlantedBug::SkipConsistencyCheck,
+        PlantedBug::ForgetLostAppends,
     ];
 
     /// The name used on the command line of `raft-sim --planted-bug`.
@@ -38,6 +43,7 @@ impl PlantedBug {
             PlantedBug::SkipUpToDateCheck => "skip-up-to-date-check",
             PlantedBug::LeaderCountsUnpersisted => "leader-counts-unpersisted",
             PlantedBug::SkipConsistencyCheck => "skip-consistency-check",
+            PlantedBug::ForgetLostAppends => "forget-lost-appends",
         }
     }
 

@@ -293,9 +293,11 @@ fn numbers_in_range(msg: &Message) -> bool {
             MessageBody::Append { prev, entries, commit } => {
                 id_ok(prev)
                     && *commit <= Index::MAX
-                    && prev.index.0.checked_add(entries.len() as u64).is_some_and(|last| {
-                        last <= Index::MAX.0
-                    })
+                    && prev
+                        .index
+                        .0
+                        .checked_add(entries.len() as u64)
+                        .is_some_and(|last| last <= Index::MAX.0)
             }
             MessageBody::AppendResponse(AppendResult::Accepted { match_index }) => {
                 *match_index <= Index::MAX

@@ -219,7 +219,8 @@ impl<S: LogStore> Raft<S> {
             // probably lost. Free one slot; a gap makes the next append fail and probe.
             pr.inflights.free_first();
         }
-        if pr.match_index < last && self.maybe_send_append(from, true) {
+        let resend = !self.config.has_bug(PlantedBug::ForgetLostAppends);
+        if pr.match_index < last && self.maybe_send_append(from, resend) {
             self.send_appends(from);
         }
     }

@@ -5,9 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{entries_with_terms, node_with_log, run_of, Cluster, Node};
-use raft_core::{
-    AppendResult, Entry, HardState, Index, Message, MessageBody, NodeId, Role, Term,
-};
+use raft_core::{AppendResult, Entry, HardState, Index, Message, MessageBody, NodeId, Role, Term};
 
 /// Builds a log from runs of (term, length), starting at index 1.
 fn log_of_runs(runs: &[(u64, usize)]) -> Vec<Entry> {
@@ -21,7 +19,8 @@ fn restarted(id: u64, log: &[Entry], term: u64) -> Node {
 }
 
 fn is_rejection_from_2(m: &Message) -> bool {
-    m.from == NodeId(2) && matches!(m.body, MessageBody::AppendResponse(AppendResult::Rejected { .. }))
+    m.from == NodeId(2)
+        && matches!(m.body, MessageBody::AppendResponse(AppendResult::Rejected { .. }))
 }
 
 /// Delivers everything until quiet, counting the append rejections node 2 sends.

@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    entries_with_terms, entry, msg, node, node_with_log, persist_ready, process_ready, Cluster, Node,
+    entries_with_terms, entry, msg, node, node_with_log, persist_ready, process_ready, Cluster,
+    Node,
 };
 use raft_core::{
     AppendResult, EntryId, HardState, Index, Message, MessageBody, NodeId, Role, StepError, Term,

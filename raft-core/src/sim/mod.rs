@@ -8,8 +8,9 @@
 //!    reordered; symmetric and one-way partitions; crashes that lose everything not yet
 //!    acknowledged durable, and restarts from what was. After every action the
 //!    [`checker`] verifies Figure 3's properties and each node's own invariants.
-//! 2. **Liveness**: the faults heal; within a bounded number of ticks a leader must emerge and
-//!    a new proposal must commit.
+//! 2. **Liveness**: the faults heal; within a bounded number of ticks a leader must emerge,
+//!    every node must hold and commit the leader's whole log, and a new proposal must commit
+//!    on every node.
 //!
 //! A failing run reports the seed and a command that replays it with a trace of the last
 //! events (the run is deterministic, so the trace is taken by replaying, not by recording
