@@ -246,16 +246,16 @@ impl Simulation {
     }
 
     /// Runs both phases. Returns the report, or the first violation.
-    pub fn run(mut self) -> Result<SimReport, SimFailure> {
+    pub fn run(mut self) -> Result<SimReport, Box<SimFailure>> {
         let result = self.safety_phase().and_then(|()| self.liveness_phase());
         match result {
             Ok(()) => Ok(self.report),
-            Err(violation) => Err(SimFailure {
+            Err(violation) => Err(Box::new(SimFailure {
                 options: self.options.clone(),
                 action: self.action,
                 violation,
                 trace_tail: tail(&self.report.trace),
-            }),
+            })),
         }
     }
 
@@ -657,7 +657,7 @@ fn tail(trace: &[String]) -> Vec<String> {
 
 /// Runs `options`; on a failure, replays the same seed with tracing on to attach the last
 /// events before the violation.
-pub fn run_with_trace_on_failure(options: SimOptions) -> Result<SimReport, SimFailure> {
+pub fn run_with_trace_on_failure(options: SimOptions) -> Result<SimReport, Box<SimFailure>> {
     match Simulation::new(options.clone()).run() {
         Ok(report) => Ok(report),
         Err(failure) if options.trace => Err(failure),

@@ -32,7 +32,7 @@ pub fn entries_with_terms(terms: &[u64]) -> Vec<Entry> {
 
 /// `count` copies of `term`, for building long logs with `entries_with_terms`.
 pub fn run_of(term: u64, count: usize) -> impl Iterator<Item = u64> {
-    std::iter::repeat(term).take(count)
+    std::iter::repeat_n(term, count)
 }
 
 /// A node of `voters` with default config (tweaked by `tune`) and an empty log.
