@@ -81,17 +81,30 @@ impl<S: LogStore> RaftLog<S> {
     }
 
     /// The last entry at or below `index` whose term is at most `term`: where this log may
-    /// agree with one that has `term` at `index`. Skips a whole term per step (fast back-off).
+    /// agree with one that has `term` at `index`. The leader and follower each skip a whole
+    /// term per round trip this way (fast back-off, §5.3).
+    ///
+    /// Terms never decrease along a log, so the entries with term at most `term` form a
+    /// prefix and a binary search finds its end in O(log n) term lookups. Below the first
+    /// index whose term is known (compacted), the answer is that index with term 0.
     pub(crate) fn find_conflict_by_term(&self, index: Index, term: Term) -> EntryId {
-        let mut probe = index.min(self.last_index());
-        loop {
-            match self.term(probe) {
-                Some(t) if t <= term => return EntryId::new(t, probe),
-                Some(_) => probe = probe.prev(),
-                // Compacted: the snapshot's boundary is the best guess we have.
-                None => return EntryId::new(Term(0), probe),
+        let mut hi = index.min(self.last_index());
+        let mut lo = self.store.first_index().prev().min(hi);
+        match (self.term(lo), self.term(hi)) {
+            (_, Some(t)) if t <= term => return EntryId::new(t, hi),
+            (Some(t), _) if t <= term => {}
+            _ => return EntryId::new(Term(0), lo),
+        }
+        // Invariant: term(lo) <= term < term(hi).
+        while hi.0 - lo.0 > 1 {
+            let mid = Index(lo.0 + (hi.0 - lo.0) / 2);
+            match self.term(mid) {
+                Some(t) if t <= term => lo = mid,
+                Some(_) => hi = mid,
+                None => return EntryId::new(Term(0), mid),
             }
         }
+        EntryId::new(self.term(lo).unwrap_or_default(), lo)
     }
 
     /// Appends `entries`, replacing any suffix from `entries[0].index` on.
@@ -242,5 +255,72 @@ impl<S: LogStore> RaftLog<S> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemLogStore;
+    use crate::types::EntryKind;
+    use bytes::Bytes;
+
+    fn log_with_terms(terms: &[u64]) -> RaftLog<MemLogStore> {
+        let entries: Vec<Entry> = (1..)
+            .zip(terms)
+            .map(|(i, &t)| Entry {
+                term: Term(t),
+                index: Index(i),
+                kind: EntryKind::Normal,
+                data: Bytes::new(),
+            })
+            .collect();
+        let mut store = MemLogStore::new();
+        store.append(&entries);
+        RaftLog::new(store, Index(0), Index(0))
+    }
+
+    /// The obvious linear walk, as the reference for the binary search.
+    fn find_conflict_by_term_linear(
+        log: &RaftLog<MemLogStore>,
+        index: Index,
+        term: Term,
+    ) -> EntryId {
+        let mut probe = index.min(log.last_index());
+        loop {
+            match log.term(probe) {
+                Some(t) if t <= term => return EntryId::new(t, probe),
+                Some(_) => probe = probe.prev(),
+                None => return EntryId::new(Term(0), probe),
+            }
+        }
+    }
+
+    #[test]
+    fn find_conflict_by_term_agrees_with_a_linear_walk() {
+        let logs: [&[u64]; 5] =
+            [&[], &[1], &[1, 1, 2, 2, 2, 5], &[3, 3, 3], &[1, 2, 3, 4, 5, 6, 7]];
+        for terms in logs {
+            let log = log_with_terms(terms);
+            for index in 0..=terms.len() as u64 + 2 {
+                for term in 0..=8 {
+                    let (index, term) = (Index(index), Term(term));
+                    assert_eq!(
+                        log.find_conflict_by_term(index, term),
+                        find_conflict_by_term_linear(&log, index, term),
+                        "log {terms:?}, index {index}, term {term}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn find_conflict_by_term_skips_a_whole_term() {
+        let log = log_with_terms(&[1, 1, 2, 2, 2, 5]);
+        assert_eq!(log.find_conflict_by_term(Index(6), Term(4)), EntryId::new(Term(2), Index(5)));
+        assert_eq!(log.find_conflict_by_term(Index(5), Term(1)), EntryId::new(Term(1), Index(2)));
+        assert_eq!(log.find_conflict_by_term(Index(9), Term(9)), EntryId::new(Term(5), Index(6)));
+        assert_eq!(log.find_conflict_by_term(Index(4), Term(0)), EntryId::new(Term(0), Index(0)));
     }
 }
