@@ -9,16 +9,32 @@ use raft_core::PlantedBug;
 const STEPS: u64 = 5_000;
 
 /// The first seed below `seeds_max` whose run with `bug` breaks a property, and the property.
-fn first_catch(bug: PlantedBug, seeds_max: u64) -> Option<(u64, &'static str)> {
+fn first_catch(
+    bug: PlantedBug,
+    seeds_max: u64,
+    tune: impl Fn(&mut SimOptions),
+) -> Option<(u64, &'static str)> {
     (0..seeds_max).find_map(|seed| {
-        let options = SimOptions { planted_bug: Some(bug), ..SimOptions::from_seed(seed, STEPS) };
+        let mut options =
+            SimOptions { planted_bug: Some(bug), ..SimOptions::from_seed(seed, STEPS) };
+        tune(&mut options);
         Simulation::new(options).run().err().map(|failure| (seed, failure.violation.property))
     })
 }
 
 /// Asserts `bug` is caught within `seeds_max` seeds, by a checker named in `properties`.
 fn assert_caught(bug: PlantedBug, seeds_max: u64, properties: &[&str]) {
-    let (seed, property) = first_catch(bug, seeds_max)
+    assert_caught_with(bug, seeds_max, properties, |_| {});
+}
+
+/// [`assert_caught`] with options changed by `tune`.
+fn assert_caught_with(
+    bug: PlantedBug,
+    seeds_max: u64,
+    properties: &[&str],
+    tune: impl Fn(&mut SimOptions),
+) {
+    let (seed, property) = first_catch(bug, seeds_max, tune)
         .unwrap_or_else(|| panic!("{} survived {seeds_max} seeds", bug.name()));
     println!("{}: caught at seed {seed} by {property}", bug.name());
     assert!(properties.contains(&property), "{} caught by {property} at seed {seed}", bug.name());
@@ -38,6 +54,23 @@ fn commit_earlier_term_is_caught() {
 #[test]
 fn vote_before_persist_is_caught() {
     assert_caught(PlantedBug::VoteBeforePersist, 50, &["Persist before answering"]);
+}
+
+/// The same bug with the persist-before-answer checker off: a node that granted a vote,
+/// crashed before writing it and restarted can vote again in the same term, and two leaders
+/// of one term show up (Election Safety, §5.2), or their logs diverge.
+#[test]
+fn vote_before_persist_is_caught_by_figure_3_checkers_too() {
+    let properties = [
+        "Election Safety",
+        "Log Matching",
+        "Leader Completeness",
+        "State Machine Safety",
+        "Committed entries are never changed",
+    ];
+    assert_caught_with(PlantedBug::VoteBeforePersist, 1_000, &properties, |options| {
+        options.check_persist_before_answer = false;
+    });
 }
 
 /// §5.4.1: without the up-to-date check a node missing committed entries can win.
