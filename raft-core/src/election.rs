@@ -63,7 +63,7 @@ impl<S: LogStore> Raft<S> {
     /// requests leave only after the new term and vote are durable: a candidate that crashed
     /// before persisting them could otherwise vote again in the same term.
     fn become_candidate(&mut self) {
-        self.term = self.term.next();
+        self.enter_term(self.term.next());
         self.vote = Some(self.id);
         self.role = Role::Candidate;
         self.leader = None;

@@ -112,8 +112,7 @@ impl<S: LogStore> Raft<S> {
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         assert!(term >= self.term, "node {} at term {} moved back to {term}", self.id, self.term);
         if term > self.term {
-            self.term = term;
-            self.vote = None;
+            self.enter_term(term);
         }
         self.role = Role::Follower;
         self.leader = leader;
@@ -121,6 +120,17 @@ impl<S: LogStore> Raft<S> {
         self.tracker.votes.clear();
         self.reset_timers();
         tracing::debug!(id = %self.id, term = %self.term, ?leader, "became follower");
+    }
+
+    /// Moves to the later `term` with no vote yet. Answers still queued for the durable write
+    /// from the earlier term are dropped (as if lost): they speak for a term this node has
+    /// left, and an append ack among them may name entries that a leader of the new term
+    /// replaces before the write, so sending it would claim entries the disk does not hold.
+    pub(crate) fn enter_term(&mut self, term: Term) {
+        assert!(term > self.term, "node {} at term {} entering {term}", self.id, self.term);
+        self.term = term;
+        self.vote = None;
+        self.msgs_after_persist.retain(|msg| msg.term >= term);
     }
 
     /// One tick of the logical clock.

@@ -129,3 +129,25 @@ fn follower_applies_only_what_it_has_persisted() {
     let applied: Vec<_> = second.committed_entries.iter().map(|e| e.index).collect();
     assert_eq!(applied, vec![Index(1), Index(2)]);
 }
+
+/// An ack queued in one term must not leave after the node moved to a later term whose leader
+/// replaced the acknowledged entries in the same Ready: the ack would claim entries the disk
+/// never holds. (Found by the simulator, seed 4292 of the 100,000-seed run.)
+///
+/// 1. Node 2 at term 4 receives entries 1..=2 of term 4 and queues "match=2".
+/// 2. Before its host takes a Ready, a term-5 leader sends entry 5/1, which replaces them.
+/// 3. The Ready writes term 5 and entry 5/1 only; "term 4, match 2" must not be in it.
+#[test]
+fn ack_from_a_left_term_is_not_sent() {
+    let mut n2 = node(2, &[1, 2, 3], |_| {});
+    let prev = EntryId::new(Term(0), Index(0));
+    let old = vec![entry(4, 1), entry(4, 2)];
+    n2.step(msg(3, 2, 4, MessageBody::Append { prev, entries: old, commit: Index(0) })).unwrap();
+    let new = vec![entry(5, 1)];
+    n2.step(msg(1, 2, 5, MessageBody::Append { prev, entries: new, commit: Index(0) })).unwrap();
+    let ready = n2.ready();
+    assert_eq!(ready.entries, vec![entry(5, 1)]);
+    let accepted = AppendResult::Accepted { match_index: Index(1) };
+    let ack = MessageBody::AppendResponse(accepted);
+    assert_eq!(ready.messages_after_persist, vec![msg(2, 1, 5, ack)]);
+}
