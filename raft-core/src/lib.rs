@@ -37,6 +37,10 @@
 //! | `Append`, `Heartbeat` (leader) | nothing | the leader's own entries count toward commit only after `on_persisted` |
 //! | `PreVote` request | nothing | it changes no state (thesis §9.6) |
 //!
+//! A node that moves to a later term before its host took the Ready drops the answers it had
+//! queued in the earlier term: an append ack among them could name entries that a leader of
+//! the new term replaced in the same write.
+//!
 //! The two lists in [`Ready`] make this a type, not a comment: everything in
 //! `messages_after_persist` waits for the write, everything in `messages` does not. Tests in
 //! `tests/durability.rs` assert it for every message kind.
