@@ -32,6 +32,10 @@ pub struct Config {
     pub append_bytes_max: u64,
     /// The most entry bytes handed out in one `Ready::committed_entries`.
     pub apply_bytes_max: u64,
+    /// The most bytes of proposals a leader holds uncommitted (not yet handed out to apply)
+    /// before it refuses new ones with [`crate::ProposeError::UncommittedFull`]. One proposal
+    /// is always taken when none is pending, however large.
+    pub uncommitted_bytes_max: u64,
     /// A deliberately broken rule, for proving the simulator catches it. Never set outside
     /// tests.
     #[cfg(feature = "planted-bugs")]
@@ -41,7 +45,7 @@ pub struct Config {
 impl Config {
     /// A configuration with the defaults: election after 10 ticks, heartbeat every tick,
     /// PreVote and CheckQuorum on, 256 messages / 4 MiB in flight per follower, 1 MiB per
-    /// append, 4 MiB per apply batch.
+    /// append, 4 MiB per apply batch, 64 MiB of uncommitted proposals.
     pub fn new(id: NodeId) -> Config {
         Config {
             id,
@@ -54,6 +58,7 @@ impl Config {
             inflight_bytes_max: 4 << 20,
             append_bytes_max: 1 << 20,
             apply_bytes_max: 4 << 20,
+            uncommitted_bytes_max: 64 << 20,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }
@@ -75,7 +80,13 @@ impl Config {
         if self.inflight_msgs_max == 0 {
             return invalid("inflight_msgs_max", "must be at least 1");
         }
-        if self.inflight_bytes_max == 0 || self.append_bytes_max == 0 || self.apply_bytes_max == 0 {
+        let byte_limits = [
+            self.inflight_bytes_max,
+            self.append_bytes_max,
+            self.apply_bytes_max,
+            self.uncommitted_bytes_max,
+        ];
+        if byte_limits.contains(&0) {
             return invalid("*_bytes_max", "byte limits must be at least 1");
         }
         Ok(())

@@ -87,6 +87,7 @@ impl<S: LogStore> Raft<S> {
         self.leader = Some(self.id);
         self.tracker.votes.clear();
         self.reset_timers();
+        self.uncommitted_bytes = 0;
         let last = self.log.last_index();
         let (msgs_max, bytes_max) = (self.config.inflight_msgs_max, self.config.inflight_bytes_max);
         self.tracker.reset_progress(last, msgs_max, bytes_max);

@@ -27,6 +27,13 @@ pub enum ProposeError {
         /// The leader this node knows of in its current term.
         leader: Option<NodeId>,
     },
+    /// The leader already holds `uncommitted_bytes_max` bytes of proposals that are not yet
+    /// committed and handed out to apply; retry once some commit (backpressure).
+    #[error("too many uncommitted proposals (limit {uncommitted_bytes_max} bytes)")]
+    UncommittedFull {
+        /// The configured limit.
+        uncommitted_bytes_max: u64,
+    },
 }
 
 /// Why a message was refused. The node's state is unchanged.

@@ -139,6 +139,9 @@ impl<S: LogStore> RawNode<S> {
         let hard_state = raft.hard_state();
         let soft_state = raft.soft_state();
         let entries = raft.log.take_to_persist();
+        let committed_entries = raft.log.take_to_apply(raft.config.apply_bytes_max);
+        let applied_bytes: u64 = committed_entries.iter().map(Entry::size_bytes).sum();
+        raft.uncommitted_bytes = raft.uncommitted_bytes.saturating_sub(applied_bytes);
         self.in_flight.push_back((number, entries.last().map(Entry::id)));
         let ready = Ready {
             number,
@@ -147,7 +150,7 @@ impl<S: LogStore> RawNode<S> {
             entries,
             messages: std::mem::take(&mut raft.msgs),
             messages_after_persist: std::mem::take(&mut raft.msgs_after_persist),
-            committed_entries: raft.log.take_to_apply(raft.config.apply_bytes_max),
+            committed_entries,
         };
         self.prev_hard_state = hard_state;
         self.prev_soft_state = soft_state;

@@ -39,6 +39,9 @@ pub(crate) struct Raft<S> {
     pub(crate) msgs_after_persist: Vec<Message>,
     /// New entries wait to be sent to followers (sent in one batch at the next Ready).
     pub(crate) pending_broadcast: bool,
+    /// Leader only: bytes of this term's proposals not yet handed out to apply.
+    /// Invariant: at most `config.uncommitted_bytes_max` plus one proposal.
+    pub(crate) uncommitted_bytes: u64,
 }
 
 impl<S: LogStore> Raft<S> {
@@ -65,6 +68,7 @@ impl<S: LogStore> Raft<S> {
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
             pending_broadcast: false,
+            uncommitted_bytes: 0,
             config,
         };
         raft.reset_timers();

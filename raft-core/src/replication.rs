@@ -25,8 +25,20 @@ impl<S: LogStore> Raft<S> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader: self.leader });
         }
-        let index = self.log.last_index().next();
-        self.log.push(Entry { term: self.term, index, kind: EntryKind::Normal, data });
+        let entry = Entry {
+            term: self.term,
+            index: self.log.last_index().next(),
+            kind: EntryKind::Normal,
+            data,
+        };
+        let size = entry.size_bytes();
+        let uncommitted_bytes_max = self.config.uncommitted_bytes_max;
+        if self.uncommitted_bytes > 0 && self.uncommitted_bytes + size > uncommitted_bytes_max {
+            return Err(ProposeError::UncommittedFull { uncommitted_bytes_max });
+        }
+        self.uncommitted_bytes += size;
+        let index = entry.index;
+        self.log.push(entry);
         self.pending_broadcast = true;
         Ok(index)
     }

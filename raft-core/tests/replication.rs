@@ -1,11 +1,14 @@
 //! Replication (paper §5.3): conflict repair with the rejection hint, the pipelined in-flight
-//! window, and the byte bound on one append. tests/scenarios/replication/ shows the traces.
+//! window, the byte bound on one append, and backpressure on proposals.
+//! tests/scenarios/replication/ shows the traces.
 
 mod common;
 
 use bytes::Bytes;
 use common::{entries_with_terms, node_with_log, run_of, Cluster, Node};
-use raft_core::{AppendResult, Entry, HardState, Index, Message, MessageBody, NodeId, Role, Term};
+use raft_core::{
+    AppendResult, Entry, HardState, Index, Message, MessageBody, NodeId, ProposeError, Role, Term,
+};
 
 /// Builds a log from runs of (term, length), starting at index 1.
 fn log_of_runs(runs: &[(u64, usize)]) -> Vec<Entry> {
@@ -163,4 +166,30 @@ fn lost_appends_are_resent_after_a_heartbeat() {
     cluster.stabilize();
     assert_eq!(cluster.node(2).last_index(), last);
     assert_eq!(cluster.node(2).commit(), last);
+}
+
+/// Backpressure: a leader holds at most `uncommitted_bytes_max` bytes of proposals that are
+/// not yet committed and handed out to apply; beyond that `propose` refuses, and it takes
+/// proposals again once entries commit.
+#[test]
+fn proposals_beyond_uncommitted_bytes_max_are_refused() {
+    let entry_bytes = 100 + 24;
+    let mut cluster = Cluster::new(3, |c| c.uncommitted_bytes_max = 10 * entry_bytes);
+    cluster.elect(1);
+    let data = Bytes::from(vec![7u8; 100]);
+    for _ in 0..10 {
+        cluster.node(1).propose(data.clone()).unwrap();
+    }
+    let refused = cluster.node(1).propose(data.clone()).unwrap_err();
+    assert_eq!(refused, ProposeError::UncommittedFull { uncommitted_bytes_max: 10 * entry_bytes });
+    assert_eq!(cluster.node(1).last_index(), Index(11), "the refused proposal was appended");
+
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).commit(), Index(11));
+    for _ in 0..10 {
+        cluster.node(1).propose(data.clone()).unwrap();
+    }
+    // One proposal is always taken when none is pending, however large.
+    cluster.stabilize();
+    cluster.node(1).propose(Bytes::from(vec![7u8; 100 * 1024])).unwrap();
 }
