@@ -1,0 +1,941 @@
+//! Golden-trace protocol scenarios (STYLE.md §6, "protocol scenarios").
+//!
+//! Each file under `tests/scenarios/<topic>/<behaviour>.txt` is a goldenscript: commands that
+//! drive a small cluster of [`RawNode`]s over [`MemLogStore`]s, and the trace they print. The
+//! host loop here is the honest one of the crate docs (send `messages`, persist, send
+//! `messages_after_persist`, `on_persisted`, apply, `on_applied`); the network is an explicit
+//! FIFO queue that delivers only when a script says so. Nothing is random: election timeouts
+//! come from each node's seeded `Config`, so every run prints the same bytes.
+//!
+//! Regenerate after an intended change, then review the diff message by message:
+//!
+//! ```sh
+//! UPDATE_GOLDENFILES=1 cargo test -p raft-core --release --test scenarios
+//! ```
+//!
+//! # Commands
+//!
+//! Node ids are 1..=N. `B` is `true` or `false`.
+//!
+//! - `add-nodes N [pre_vote=B] [check_quorum=B] [election_ticks=T] [heartbeat_ticks=T]
+//!   [append_bytes_max=N] [inflight_msgs_max=N] [planted_bug=NAME]`: a cluster of voters
+//!   1..=N; every other setting is `Config::new`'s.
+//! - `campaign ID`: the node starts an election now (a pre-vote round first if enabled).
+//! - `propose ID DATA`: a client write at the node.
+//! - `tick ID... [times=N]`: advances the listed clocks together, N ticks (default 1).
+//! - `tick-election ID...`: ticks the listed nodes together until one's timer fires (an
+//!   election timeout, or a leader's failed CheckQuorum round) and says after how many ticks.
+//! - `process-ready ID...`: takes one Ready per node, persists it, sends, applies.
+//! - `deliver-msgs [ID...] [from=ID] [drop=ID]...`: delivers queued messages to the IDs (all
+//!   if none are given) and drops those to each `drop` ID, in the order they were sent.
+//! - `stabilize [ID...]`: process-ready and deliver among the IDs (all if none) until quiet.
+//! - `partition ID...`: cuts the listed nodes off from the rest, both ways. `heal` undoes it.
+//! - `crash ID`: loses everything the node did not persist. `restart ID`: a new engine over
+//!   the durable log and hard state.
+//! - `status [ID...]`: role, term, vote, leader, commit, last entry. `log [ID...]`: entries.
+//! - `progress ID`: a leader's view of each follower: match, next, probe or replicate.
+//!
+//! Messages print in the engine's trace format (`1->2 Append term=1 prev=1/1 commit=1
+//! [1/2 "a"]`); a message lost to a partition or a crashed node prints with `(dropped: ...)`,
+//! and identical lost messages are folded into one line with a count (`×15`). After every
+//! input, the nodes whose role, term, vote, leader or commit changed print one indented line.
+//!
+//! Every applied entry is compared across nodes (State Machine Safety, paper §5.4.3): a
+//! mismatch fails the script, unless the cluster runs a planted bug, in which case the trace
+//! prints the violation (that is what such a script is there to show).
+
+use goldenscript::Context;
+use raft_core::tracker::ProgressState;
+use raft_core::{
+    Config, Entry, EntryId, EntryKind, HardState, Index, InitialState, LogStore, MemLogStore,
+    Message, NodeId, PlantedBug, RawNode, Role, Term,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::error::Error;
+use std::fmt::Write as _;
+
+/// The result type of every command.
+type Result<T> = std::result::Result<T, Box<dyn Error>>;
+
+/// The largest cluster `add-nodes` builds.
+const NODES_MAX: u64 = 9;
+
+/// The most ticks one `tick` command takes.
+const TICKS_MAX: u32 = 10_000;
+
+/// Bounds `stabilize`, so a livelock fails the script instead of hanging it.
+const STABILIZE_ROUNDS_MAX: usize = 1000;
+
+/// The parts of a node's state a trace reports when an input changes them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Summary {
+    role: Role,
+    term: Term,
+    vote: Option<NodeId>,
+    leader: Option<NodeId>,
+    commit: Index,
+}
+
+impl Summary {
+    /// The summary of `raw` now.
+    fn of(raw: &RawNode<MemLogStore>) -> Summary {
+        let status = raw.status();
+        Summary {
+            role: status.soft_state.role,
+            term: status.hard_state.term,
+            vote: status.hard_state.vote,
+            leader: status.soft_state.leader,
+            commit: status.hard_state.commit,
+        }
+    }
+
+    /// What changed from `self` to `after`, as `became candidate, term 2, voted for 2`.
+    fn changes(&self, after: &Summary) -> Option<String> {
+        let mut parts = Vec::new();
+        if after.role != self.role {
+            parts.push(format!("became {}", after.role));
+        }
+        if after.term != self.term {
+            parts.push(format!("term {}", after.term));
+        }
+        if after.vote != self.vote || after.term != self.term {
+            if let Some(vote) = after.vote {
+                parts.push(format!("voted for {vote}"));
+            }
+        }
+        if after.leader != self.leader && after.role != Role::Leader {
+            parts.push(format!("leader {}", opt(after.leader)));
+        }
+        if after.commit != self.commit {
+            parts.push(format!("commit {}", after.commit));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+/// One node: the engine while up, and what its disk holds.
+struct Node {
+    config: Config,
+    /// `None` while crashed.
+    raw: Option<RawNode<MemLogStore>>,
+    /// The log store while crashed (while up it lives inside `raw`).
+    down_store: Option<MemLogStore>,
+    /// The hard state last persisted.
+    durable: HardState,
+}
+
+impl Node {
+    /// The running engine, or an error naming the crashed node.
+    fn up(&mut self) -> Result<&mut RawNode<MemLogStore>> {
+        let id = self.config.id;
+        self.raw.as_mut().ok_or_else(|| format!("node {id} is down").into())
+    }
+}
+
+/// The cluster, the network between its nodes, and the safety record.
+#[derive(Default)]
+struct Cluster {
+    nodes: BTreeMap<NodeId, Node>,
+    /// Messages sent and not yet delivered or dropped, oldest first.
+    queue: VecDeque<Message>,
+    /// Cut links `(from, to)`: messages on them are dropped at delivery.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// The first entry applied at each index, and the node that applied it.
+    applied: BTreeMap<Index, (NodeId, Entry)>,
+    /// A planted bug is active: a safety violation is printed rather than failing the script.
+    planted_bug: bool,
+}
+
+impl goldenscript::Runner for Cluster {
+    type Command = goldenscript::Command;
+
+    fn run(&mut self, command: &goldenscript::Command, _: &Context) -> Result<String> {
+        let mut out = String::new();
+        let mut args = Args::new(command);
+        match command.name.as_str() {
+            "add-nodes" => self.add_nodes(&mut args, &mut out)?,
+            "campaign" => self.campaign(&mut args, &mut out)?,
+            "propose" => self.propose(&mut args, &mut out)?,
+            "tick" => self.tick(&mut args, &mut out)?,
+            "tick-election" => self.tick_election(&mut args, &mut out)?,
+            "process-ready" => self.process_ready_cmd(&mut args, &mut out)?,
+            "deliver-msgs" => self.deliver_msgs(&mut args, &mut out)?,
+            "stabilize" => self.stabilize(&mut args, &mut out)?,
+            "partition" => self.partition(&mut args, &mut out)?,
+            "heal" => {
+                args.finish()?;
+                self.cut.clear();
+                writeln!(out, "healed")?;
+            }
+            "crash" => self.crash(&mut args, &mut out)?,
+            "restart" => self.restart(&mut args, &mut out)?,
+            "status" => self.status(&mut args, &mut out)?,
+            "log" => self.log(&mut args, &mut out)?,
+            "progress" => self.progress(&mut args, &mut out)?,
+            name => return Err(format!("unknown command {name}").into()),
+        }
+        Ok(out)
+    }
+}
+
+/// Argument parsing on top of goldenscript's consumer: node ids, typed keys, and a final
+/// check that nothing was left over. Every parse failure is an error, never a panic.
+struct Args<'a> {
+    command: &'a goldenscript::Command,
+    inner: goldenscript::ArgumentConsumer<'a>,
+}
+
+impl<'a> Args<'a> {
+    fn new(command: &'a goldenscript::Command) -> Args<'a> {
+        Args { command, inner: command.consume_args() }
+    }
+
+    /// The next positional argument, required.
+    fn pos(&mut self, what: &str) -> Result<&'a str> {
+        self.inner.next_pos().ok_or_else(|| format!("missing {what}").into())
+    }
+
+    /// Every remaining positional argument, parsed as a node id.
+    fn ids(&mut self) -> Result<Vec<NodeId>> {
+        std::iter::from_fn(|| self.inner.next_pos()).map(parse_id).collect()
+    }
+
+    /// The value of `key=...`, parsed, if given.
+    fn key<T: std::str::FromStr>(&mut self, key: &str) -> Result<Option<T>>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let Some(value) = self.inner.take_key(key) else { return Ok(None) };
+        value.parse().map(Some).map_err(|e| format!("bad {key}={value}: {e}").into())
+    }
+
+    /// Every value of a repeatable `key=ID`, parsed as node ids.
+    fn key_ids(&mut self, key: &str) -> Result<Vec<NodeId>> {
+        let ids = self
+            .command
+            .args
+            .iter()
+            .filter_map(|arg| match arg {
+                goldenscript::Argument::KeyValue(k, v) if k == key => Some(parse_id(v)),
+                _ => None,
+            })
+            .collect();
+        // The consumer drops every `key=` argument at once.
+        self.inner.take_key(key);
+        ids
+    }
+
+    /// Fails if any argument was not consumed.
+    fn finish(&self) -> Result<()> {
+        self.inner.reject_next()
+    }
+}
+
+fn parse_id(s: &str) -> Result<NodeId> {
+    match s.parse::<u64>() {
+        Ok(id) if id > 0 => Ok(NodeId(id)),
+        _ => Err(format!("bad node id {s:?}").into()),
+    }
+}
+
+/// `Some(3)` as `3`, `None` as `none`.
+fn opt(id: Option<NodeId>) -> String {
+    id.map_or_else(|| "none".to_string(), |id| id.to_string())
+}
+
+/// Entries as the engine's message trace writes them: `[1/1 noop 1/2 "foo"]`.
+fn fmt_entries(entries: &[Entry]) -> String {
+    let items: Vec<String> = entries
+        .iter()
+        .map(|e| match e.kind {
+            EntryKind::Noop => format!("{} noop", e.id()),
+            EntryKind::Normal => {
+                format!("{} \"{}\"", e.id(), String::from_utf8_lossy(&e.data).escape_debug())
+            }
+        })
+        .collect();
+    format!("[{}]", items.join(" "))
+}
+
+/// The id of the last entry of `store`.
+fn store_last(store: &MemLogStore) -> EntryId {
+    let last = store.last_index();
+    EntryId::new(store.term(last).unwrap_or_default(), last)
+}
+
+/// Every entry of `store`.
+fn store_entries(store: &MemLogStore) -> Result<Vec<Entry>> {
+    let (first, last) = (store.first_index(), store.last_index());
+    if last < first {
+        return Ok(Vec::new());
+    }
+    Ok(store.entries(first, last.next(), u64::MAX)?)
+}
+
+/// Each distinct item once, in order of first appearance, with how often it occurs. A node
+/// that ticked many times before its Ready was taken sends one heartbeat per tick; the trace
+/// shows them as one line with a count.
+fn fold_duplicates<T: PartialEq>(items: &[T]) -> Vec<(&T, usize)> {
+    let mut folded: Vec<(&T, usize)> = Vec::new();
+    for item in items {
+        match folded.iter_mut().find(|(seen, _)| *seen == item) {
+            Some((_, n)) => *n += 1,
+            None => folded.push((item, 1)),
+        }
+    }
+    folded
+}
+
+/// ` ×3` for a count above one, nothing otherwise.
+fn times(n: usize) -> String {
+    if n > 1 {
+        format!(" ×{n}")
+    } else {
+        String::new()
+    }
+}
+
+/// The settings `add-nodes` takes: `[pre_vote=B] [check_quorum=B] [election_ticks=T]
+/// [heartbeat_ticks=T] [append_bytes_max=N] [inflight_msgs_max=N] [planted_bug=NAME]`. Every
+/// other `Config` field keeps the value `Config::new` gives it; the seed is the node id.
+struct NodeOptions {
+    pre_vote: bool,
+    check_quorum: bool,
+    election_ticks: u32,
+    heartbeat_ticks: u32,
+    append_bytes_max: u64,
+    inflight_msgs_max: usize,
+    planted_bug: Option<PlantedBug>,
+}
+
+impl NodeOptions {
+    /// The options given in `args`, defaults for the rest.
+    fn parse(args: &mut Args) -> Result<NodeOptions> {
+        let base = Config::new(NodeId(1));
+        let planted_bug = match args.key::<String>("planted_bug")? {
+            Some(name) => {
+                Some(PlantedBug::from_name(&name).ok_or_else(|| format!("no planted bug {name}"))?)
+            }
+            None => None,
+        };
+        Ok(NodeOptions {
+            pre_vote: args.key("pre_vote")?.unwrap_or(base.pre_vote),
+            check_quorum: args.key("check_quorum")?.unwrap_or(base.check_quorum),
+            election_ticks: args.key("election_ticks")?.unwrap_or(base.election_ticks),
+            heartbeat_ticks: args.key("heartbeat_ticks")?.unwrap_or(base.heartbeat_ticks),
+            append_bytes_max: args.key("append_bytes_max")?.unwrap_or(base.append_bytes_max),
+            inflight_msgs_max: args.key("inflight_msgs_max")?.unwrap_or(base.inflight_msgs_max),
+            planted_bug,
+        })
+    }
+
+    /// The configuration of node `id`.
+    fn config(&self, id: NodeId) -> Config {
+        Config {
+            pre_vote: self.pre_vote,
+            check_quorum: self.check_quorum,
+            election_ticks: self.election_ticks,
+            heartbeat_ticks: self.heartbeat_ticks,
+            append_bytes_max: self.append_bytes_max,
+            inflight_msgs_max: self.inflight_msgs_max,
+            planted_bug: self.planted_bug,
+            ..Config::new(id)
+        }
+    }
+
+    /// The timing and election options, and any other option that differs from the default.
+    fn describe(&self) -> String {
+        let base = Config::new(NodeId(1));
+        let mut line = format!(
+            "pre_vote={} check_quorum={} election_ticks={} heartbeat_ticks={}",
+            self.pre_vote, self.check_quorum, self.election_ticks, self.heartbeat_ticks
+        );
+        if self.append_bytes_max != base.append_bytes_max {
+            line += &format!(" append_bytes_max={}", self.append_bytes_max);
+        }
+        if self.inflight_msgs_max != base.inflight_msgs_max {
+            line += &format!(" inflight_msgs_max={}", self.inflight_msgs_max);
+        }
+        if let Some(bug) = self.planted_bug {
+            line += &format!(" planted_bug={}", bug.name());
+        }
+        line
+    }
+}
+
+/// `term=1 vote=1 commit=0`.
+fn fmt_hard_state(hs: &HardState) -> String {
+    format!("term={} vote={} commit={}", hs.term, opt(hs.vote), hs.commit)
+}
+
+impl Cluster {
+    /// The node `id`, or an error if there is none.
+    fn node(&mut self, id: NodeId) -> Result<&mut Node> {
+        self.nodes.get_mut(&id).ok_or_else(|| format!("no node {id}").into())
+    }
+
+    /// The listed ids (checked to exist), or every node if none are listed.
+    fn ids_or_all(&self, ids: Vec<NodeId>) -> Result<Vec<NodeId>> {
+        if ids.is_empty() {
+            return Ok(self.nodes.keys().copied().collect());
+        }
+        self.check_ids(&ids)?;
+        Ok(ids)
+    }
+
+    /// Fails unless every id names a node.
+    fn check_ids(&self, ids: &[NodeId]) -> Result<()> {
+        match ids.iter().find(|id| !self.nodes.contains_key(id)) {
+            Some(id) => Err(format!("no node {id}").into()),
+            None => Ok(()),
+        }
+    }
+
+    /// The listed ids, at least one, each naming a node.
+    fn some_ids(&self, args: &mut Args) -> Result<Vec<NodeId>> {
+        let ids = args.ids()?;
+        if ids.is_empty() {
+            return Err("no node ids given".into());
+        }
+        self.check_ids(&ids)?;
+        Ok(ids)
+    }
+
+    /// `add-nodes N [options]`: a fresh cluster of voters 1..=N (see [`NodeOptions`]).
+    fn add_nodes(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        if !self.nodes.is_empty() {
+            return Err("the cluster already has nodes".into());
+        }
+        let count: u64 = args.pos("node count")?.parse()?;
+        if !(1..=NODES_MAX).contains(&count) {
+            return Err(format!("a cluster has 1 to {NODES_MAX} nodes").into());
+        }
+        let options = NodeOptions::parse(args)?;
+        args.finish()?;
+        self.planted_bug = options.planted_bug.is_some();
+        let voters: Vec<NodeId> = (1..=count).map(NodeId).collect();
+        for &id in &voters {
+            let config = options.config(id);
+            let initial = InitialState { voters: voters.clone(), ..InitialState::default() };
+            let raw = RawNode::new(config.clone(), MemLogStore::new(), initial)?;
+            let node =
+                Node { config, raw: Some(raw), down_store: None, durable: HardState::default() };
+            self.nodes.insert(id, node);
+        }
+        writeln!(out, "{count} nodes: {}", options.describe())?;
+        Ok(())
+    }
+
+    /// Runs `input` on node `id`, then prints what it changed and checks the invariants.
+    fn input(
+        &mut self,
+        id: NodeId,
+        out: &mut String,
+        indent: &str,
+        input: impl FnOnce(&mut RawNode<MemLogStore>) -> Result<()>,
+    ) -> Result<()> {
+        let raw = self.node(id)?.up()?;
+        let before = Summary::of(raw);
+        input(raw)?;
+        if let Some(changes) = before.changes(&Summary::of(raw)) {
+            writeln!(out, "{indent}{id}: {changes}")?;
+        }
+        raw.check_invariants().map_err(|e| format!("node {id} invariant broken: {e}"))?;
+        Ok(())
+    }
+
+    /// `campaign ID`
+    fn campaign(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let id = parse_id(args.pos("node id")?)?;
+        args.finish()?;
+        self.input(id, out, "", |raw| {
+            raw.campaign();
+            Ok(())
+        })
+    }
+
+    /// `propose ID DATA`: prints where the entry went, or why it was refused.
+    fn propose(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let id = parse_id(args.pos("node id")?)?;
+        let data = args.pos("data")?.to_string();
+        args.finish()?;
+        let mut line = String::new();
+        self.input(id, out, "", |raw| {
+            line = match raw.propose(data.clone().into()) {
+                Ok(index) => format!("{id}: proposed {}/{index} {data:?}", raw.term()),
+                Err(error) => format!("{id}: refused: {error}"),
+            };
+            Ok(())
+        })?;
+        writeln!(out, "{line}")?;
+        Ok(())
+    }
+
+    /// `tick ID... [times=N]`: the listed clocks advance together.
+    fn tick(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let times: u32 = args.key("times")?.unwrap_or(1);
+        if times > TICKS_MAX {
+            return Err(format!("at most {TICKS_MAX} ticks at a time").into());
+        }
+        let ids = self.some_ids(args)?;
+        args.finish()?;
+        for t in 1..=times {
+            for &id in &ids {
+                let mut line = String::new();
+                self.input(id, &mut line, "", |raw| {
+                    raw.tick();
+                    Ok(())
+                })?;
+                if let Some(line) = line.strip_suffix('\n') {
+                    writeln!(out, "{line} (tick {t})")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `tick-election ID...`: ticks the listed nodes together until one's timer fires: a
+    /// follower's or candidate's election timeout (it campaigns), or a leader's CheckQuorum
+    /// round that finds no quorum (it steps down). Prints who fired after how many ticks.
+    fn tick_election(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let ids = self.some_ids(args)?;
+        args.finish()?;
+        let mut ticks_max = 0;
+        for &id in &ids {
+            let node = self.node(id)?;
+            ticks_max = ticks_max.max(node.config.election_ticks.saturating_mul(3));
+            let raw = node.up()?;
+            if raw.role() != Role::Leader && raw.has_ready() {
+                return Err(format!("node {id} has an unprocessed Ready; process it first").into());
+            }
+        }
+        for t in 1..=ticks_max {
+            let mut fired = false;
+            for &id in &ids {
+                fired |= self.tick_and_report(id, t, out)?;
+            }
+            if fired {
+                return Ok(());
+            }
+        }
+        Err(format!("no timer fired within {ticks_max} ticks").into())
+    }
+
+    /// One tick of `id` for `tick-election`; reports and returns whether its timer fired.
+    fn tick_and_report(&mut self, id: NodeId, t: u32, out: &mut String) -> Result<bool> {
+        let raw = self.node(id)?.up()?;
+        let (before, had_ready) = (Summary::of(raw), raw.has_ready());
+        raw.tick();
+        raw.check_invariants().map_err(|e| format!("node {id} invariant broken: {e}"))?;
+        let after = Summary::of(raw);
+        // A leader always has heartbeats to send; only a role change means its timer fired.
+        let new_work = before.role != Role::Leader && !had_ready && raw.has_ready();
+        let timer = if before.role == Role::Leader { "check-quorum" } else { "election" };
+        let what = match before.changes(&after) {
+            None if !new_work => return Ok(false),
+            None => "campaigns again".to_string(),
+            Some(changes) if after.role == before.role => format!("campaigns again, {changes}"),
+            Some(changes) => changes,
+        };
+        writeln!(out, "{id}: {timer} timeout after {t} ticks: {what}")?;
+        Ok(true)
+    }
+
+    /// `process-ready ID...`
+    fn process_ready_cmd(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let ids = self.some_ids(args)?;
+        args.finish()?;
+        for id in ids {
+            if !self.process_ready(id, out)? {
+                writeln!(out, "ready {id}: nothing to do")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes one Ready from `id` and handles it as the crate docs' host loop does. Returns
+    /// false if the node had nothing ready.
+    fn process_ready(&mut self, id: NodeId, out: &mut String) -> Result<bool> {
+        let Cluster { nodes, queue, .. } = self;
+        let node = nodes.get_mut(&id).ok_or_else(|| format!("no node {id}"))?;
+        let raw = node.up()?;
+        if !raw.has_ready() {
+            return Ok(false);
+        }
+        let rd = raw.ready();
+        writeln!(out, "ready {id}:")?;
+        if let Some(ss) = rd.soft_state {
+            writeln!(out, "  role {}, leader {}", ss.role, opt(ss.leader))?;
+        }
+        for (msg, n) in fold_duplicates(&rd.messages) {
+            writeln!(out, "  send {msg}{}", times(n))?;
+        }
+        queue.extend(rd.messages);
+        if let Some(hs) = rd.hard_state {
+            writeln!(out, "  persist hard state {}", fmt_hard_state(&hs))?;
+            node.durable = hs;
+        }
+        let raw = node.up()?;
+        if !rd.entries.is_empty() {
+            writeln!(out, "  persist entries {}", fmt_entries(&rd.entries))?;
+            raw.store_mut().append(&rd.entries);
+        }
+        for (msg, n) in fold_duplicates(&rd.messages_after_persist) {
+            writeln!(out, "  send after persist {msg}{}", times(n))?;
+        }
+        queue.extend(rd.messages_after_persist);
+        let number = rd.number;
+        self.input(id, out, "  ", |raw| {
+            raw.on_persisted(number);
+            Ok(())
+        })?;
+        if let Some(last) = rd.committed_entries.last() {
+            writeln!(out, "  apply {}", fmt_entries(&rd.committed_entries))?;
+            self.check_applied(id, &rd.committed_entries, out)?;
+            self.node(id)?.up()?.on_applied(last.index);
+        }
+        Ok(true)
+    }
+
+    /// State Machine Safety (paper §5.4.3): no two nodes apply different entries at one index.
+    fn check_applied(&mut self, id: NodeId, entries: &[Entry], out: &mut String) -> Result<()> {
+        for entry in entries {
+            let (first, seen) = self.applied.entry(entry.index).or_insert((id, entry.clone()));
+            if seen != entry {
+                let violation = format!(
+                    "SAFETY VIOLATION (State Machine Safety, §5.4.3): node {id} applied {} \
+                     at index {} where node {first} applied {}",
+                    fmt_entries(std::slice::from_ref(entry)),
+                    entry.index,
+                    fmt_entries(std::slice::from_ref(seen)),
+                );
+                if !self.planted_bug {
+                    return Err(violation.into());
+                }
+                writeln!(out, "  {violation}")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `deliver-msgs [ID...] [from=ID] [drop=ID]...` (etcd-raft's `deliver-msgs`): delivers
+    /// queued messages addressed to the IDs and drops those addressed to a `drop` ID, in the
+    /// order they were sent; with neither, delivers everything queued. `from` limits both to
+    /// one sender.
+    fn deliver_msgs(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let from: Option<NodeId> = args.key::<String>("from")?.map(|s| parse_id(&s)).transpose()?;
+        let drop = args.key_ids("drop")?;
+        let to = args.ids()?;
+        args.finish()?;
+        self.check_ids(&to)?;
+        self.check_ids(&drop)?;
+        if let Some(id) = to.iter().find(|id| drop.contains(id)) {
+            return Err(format!("cannot both deliver and drop messages to {id}").into());
+        }
+        let all = to.is_empty() && drop.is_empty();
+        let selected =
+            self.take_queued(|m| from.is_none_or(|f| m.from == f) && (all || to.contains(&m.to)));
+        let dropped =
+            self.take_queued(|m| from.is_none_or(|f| m.from == f) && drop.contains(&m.to));
+        for (msg, n) in fold_duplicates(&dropped) {
+            writeln!(out, "{msg}{} (dropped)", times(n))?;
+        }
+        self.deliver_batch(selected, out)
+    }
+
+    /// Removes and returns the queued messages that `pick` selects, oldest first.
+    fn take_queued(&mut self, pick: impl Fn(&Message) -> bool) -> Vec<Message> {
+        let (taken, kept): (VecDeque<Message>, VecDeque<Message>) =
+            std::mem::take(&mut self.queue).into_iter().partition(pick);
+        self.queue = kept;
+        taken.into()
+    }
+
+    /// Delivers `msgs` in order. Those the partition or a crash loses are printed first,
+    /// duplicates folded (they change nothing, so their place in the order does not matter).
+    fn deliver_batch(&mut self, msgs: Vec<Message>, out: &mut String) -> Result<()> {
+        let mut lost = Vec::new();
+        let mut live = Vec::new();
+        for msg in msgs {
+            if self.cut.contains(&(msg.from, msg.to)) {
+                lost.push((msg, "partition".to_string()));
+            } else if self.node(msg.to)?.raw.is_none() {
+                let reason = format!("{} is down", msg.to);
+                lost.push((msg, reason));
+            } else {
+                live.push(msg);
+            }
+        }
+        for ((msg, reason), n) in fold_duplicates(&lost) {
+            writeln!(out, "{msg}{} (dropped: {reason})", times(n))?;
+        }
+        for msg in live {
+            writeln!(out, "{msg}")?;
+            let to = msg.to;
+            self.input(to, out, "  ", |raw| {
+                // The harness only delivers what the engine itself sent: a refusal is a bug.
+                raw.step(msg).map_err(|e| format!("node {to} refused a message: {e}").into())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `stabilize [ID...]`: among the listed nodes (all if none), processes Readies and
+    /// delivers messages until nothing moves. Messages to other nodes stay queued.
+    fn stabilize(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let ids = args.ids()?;
+        args.finish()?;
+        let ids = self.ids_or_all(ids)?;
+        for _ in 0..STABILIZE_ROUNDS_MAX {
+            let mut moved = false;
+            for &id in &ids {
+                if self.node(id)?.raw.is_some() {
+                    moved |= self.process_ready(id, out)?;
+                }
+            }
+            let msgs = self.take_queued(|m| ids.contains(&m.to));
+            moved |= !msgs.is_empty();
+            self.deliver_batch(msgs, out)?;
+            if !moved {
+                return Ok(());
+            }
+        }
+        Err(format!("not stable after {STABILIZE_ROUNDS_MAX} rounds").into())
+    }
+
+    /// `partition ID...`: the listed nodes on one side, the rest on the other.
+    fn partition(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let side: BTreeSet<NodeId> = self.some_ids(args)?.into_iter().collect();
+        args.finish()?;
+        let rest: BTreeSet<NodeId> =
+            self.nodes.keys().copied().filter(|id| !side.contains(id)).collect();
+        self.cut.clear();
+        for &a in &side {
+            for &b in &rest {
+                self.cut.insert((a, b));
+                self.cut.insert((b, a));
+            }
+        }
+        let group = |ids: &BTreeSet<NodeId>| {
+            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            format!("({})", ids.join(","))
+        };
+        writeln!(out, "partitioned: {} {}", group(&side), group(&rest))?;
+        Ok(())
+    }
+
+    /// `crash ID`: the engine and everything it did not hand out to persist are lost; the
+    /// log store and the last persisted hard state survive.
+    fn crash(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let id = parse_id(args.pos("node id")?)?;
+        args.finish()?;
+        let node = self.node(id)?;
+        let raw = node.raw.take().ok_or_else(|| format!("node {id} is already down"))?;
+        let (hard_state, last) = (raw.status().hard_state, raw.last_index());
+        let store = raw.into_store();
+        let durable_last = store_last(&store);
+        writeln!(
+            out,
+            "{id}: crashed; durable {} last={durable_last}",
+            fmt_hard_state(&node.durable)
+        )?;
+        if hard_state != node.durable || last != durable_last.index {
+            writeln!(
+                out,
+                "  lost (never persisted): {} last index {last}",
+                fmt_hard_state(&hard_state)
+            )?;
+        }
+        node.down_store = Some(store);
+        Ok(())
+    }
+
+    /// `restart ID`: a new engine over the durable log and hard state, with a state machine
+    /// that starts empty (applied = 0) and replays the committed log.
+    fn restart(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let id = parse_id(args.pos("node id")?)?;
+        args.finish()?;
+        let voters: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let node = self.node(id)?;
+        let store = node.down_store.take().ok_or_else(|| format!("node {id} is not down"))?;
+        let last = store_last(&store);
+        let initial = InitialState { hard_state: node.durable, voters, applied: Index(0) };
+        node.raw = Some(RawNode::new(node.config.clone(), store, initial)?);
+        writeln!(out, "{id}: restarted; {} last={last}", fmt_hard_state(&node.durable))?;
+        Ok(())
+    }
+
+    /// `status [ID...]`
+    fn status(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let ids = args.ids()?;
+        args.finish()?;
+        for id in self.ids_or_all(ids)? {
+            let node = self.node(id)?;
+            let Some(raw) = node.raw.as_ref() else {
+                let store = node.down_store.as_ref().ok_or("a down node keeps its store")?;
+                let durable = fmt_hard_state(&node.durable);
+                writeln!(out, "{id}: down; durable {durable} last={}", store_last(store))?;
+                continue;
+            };
+            let s = Summary::of(raw);
+            let last = raw.last_index();
+            let last = EntryId::new(raw.log_term(last).unwrap_or_default(), last);
+            writeln!(
+                out,
+                "{id}: {} term={} vote={} leader={} commit={} last={last}",
+                s.role,
+                s.term,
+                opt(s.vote),
+                opt(s.leader),
+                s.commit
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `progress ID`: the leader's view of each follower (paper §5.3 matchIndex, nextIndex)
+    /// and its flow-control state.
+    fn progress(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let id = parse_id(args.pos("node id")?)?;
+        args.finish()?;
+        let raw = self.node(id)?.up()?;
+        if raw.role() != Role::Leader {
+            return Err(format!("node {id} is not the leader").into());
+        }
+        let peers: Vec<NodeId> = raw.voters().iter().copied().filter(|&p| p != id).collect();
+        for peer in peers {
+            let pr = raw.progress(peer).ok_or_else(|| format!("no progress for {peer}"))?;
+            let state = match pr.state {
+                ProgressState::Probe if pr.probe_sent => "probe (waiting for an answer)",
+                ProgressState::Probe => "probe",
+                ProgressState::Replicate => "replicate",
+            };
+            writeln!(
+                out,
+                "{id}->{peer}: match={} next={} {state} inflight={}",
+                pr.match_index,
+                pr.next_index,
+                pr.inflights.count()
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `log [ID...]`: each node's log (a down node's durable log).
+    fn log(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let ids = args.ids()?;
+        args.finish()?;
+        for id in self.ids_or_all(ids)? {
+            let node = self.node(id)?;
+            let (entries, commit, state) = match node.raw.as_ref() {
+                Some(raw) => (
+                    raw.log_entries(Index(1), raw.last_index().next(), u64::MAX)?,
+                    raw.commit(),
+                    "",
+                ),
+                None => {
+                    let store = node.down_store.as_ref().ok_or("a down node keeps its store")?;
+                    (store_entries(store)?, node.durable.commit, " (down)")
+                }
+            };
+            writeln!(out, "{id}{state}: commit={commit} {}", fmt_entries(&entries))?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one scenario file under `tests/scenarios/`.
+fn run_scenario(path: &str) {
+    let full = format!("{}/tests/scenarios/{path}", env!("CARGO_MANIFEST_DIR"));
+    if let Err(error) = goldenscript::run(&mut Cluster::default(), &full) {
+        panic!("{path}: {error}");
+    }
+}
+
+/// Bad script input is an error from the runner (goldenscript reports it with the line
+/// number), never a panic.
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let cases = [
+        "campaign 1\n---\n",
+        "add-nodes 0\n---\n",
+        "add-nodes 3 election_ticks=1\n---\n",
+        "add-nodes 3 planted_bug=nope\n---\n",
+        "add-nodes 3 pre_vote=maybe\n---\n",
+        "add-nodes 3\n---\n\nadd-nodes 3\n---\n",
+        "add-nodes 3\n---\n\ntick 4\n---\n",
+        "add-nodes 3\n---\n\ntick 1 times=x\n---\n",
+        "add-nodes 3\n---\n\ntick 1 times=4000000000\n---\n",
+        "add-nodes 3\n---\n\ndeliver-msgs 1 drop=1\n---\n",
+        "add-nodes 3\n---\n\ndeliver-msgs drop=0\n---\n",
+        "add-nodes 3\n---\n\ncrash 1\n---\n\ncrash 1\n---\n",
+        "add-nodes 3\n---\n\ncrash 1\n---\n\ncampaign 1\n---\n",
+        "add-nodes 3\n---\n\nrestart 1\n---\n",
+        "add-nodes 3\n---\n\nprogress 1\n---\n",
+        "add-nodes 3\n---\n\npropose 1\n---\n",
+        "add-nodes 3\n---\n\nstatus x\n---\n",
+        "add-nodes 3\n---\n\nstatus 1 extra=1\n---\n",
+        "add-nodes 3\n---\n\nfly 1\n---\n",
+        // A leader without CheckQuorum has no timer that could fire.
+        "add-nodes 1 check_quorum=false\n---\n\ncampaign 1\n---\n\ntick-election 1\n---\n",
+    ];
+    for script in cases {
+        let result = goldenscript::generate(&mut Cluster::default(), script);
+        assert!(result.is_err(), "{script:?} should fail, got {result:?}");
+    }
+}
+
+/// One `#[test]` per scenario file, named after it, plus a test that no file is left out.
+macro_rules! scenarios {
+    ($($name:ident => $path:literal,)*) => {
+        $(
+            #[doc = concat!("Runs `tests/scenarios/", $path, "`.")]
+            #[test]
+            fn $name() {
+                run_scenario($path);
+            }
+        )*
+
+        /// Every `.txt` file under `tests/scenarios/` has a test above.
+        #[test]
+        fn every_scenario_file_has_a_test() {
+            let listed: BTreeSet<&str> = [$($path),*].into_iter().collect();
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+            for file in scenario_files(&root) {
+                let rel = file.strip_prefix(&root).expect("under the root");
+                let rel = rel.to_string_lossy().replace('\\', "/");
+                assert!(listed.contains(rel.as_str()), "{rel} has no test in scenarios.rs");
+            }
+        }
+    };
+}
+
+/// The `.txt` files under `dir`, recursively, sorted.
+fn scenario_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("the scenarios directory is readable")
+        .map(|entry| entry.expect("a readable directory entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            files.extend(scenario_files(&path));
+        } else if path.extension().is_some_and(|ext| ext == "txt") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+scenarios! {
+    election_basic => "election/basic.txt",
+    election_split_vote => "election/split_vote.txt",
+    election_prevote_disruptive_rejoin => "election/prevote_disruptive_rejoin.txt",
+    election_no_prevote_disruption => "election/no_prevote_disruption.txt",
+    election_check_quorum_step_down => "election/check_quorum_step_down.txt",
+    replication_log_repair => "replication/log_repair.txt",
+    replication_figure8 => "replication/figure8.txt",
+    replication_figure8_planted_bug => "replication/figure8_planted_bug.txt",
+
+}
