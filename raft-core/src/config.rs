@@ -22,7 +22,8 @@ pub struct Config {
     /// (thesis §6.2, §4.2.3).
     pub check_quorum: bool,
     /// Seed for the election-timeout generator. The same seed and the same inputs give the
-    /// same outputs.
+    /// same outputs. Nodes may share a seed (each draws its own stream by id), but a host
+    /// should draw a fresh seed at every start, or a restarted node replays its timeouts.
     pub seed: u64,
     /// The most append messages in flight to one follower in the replicate state.
     pub inflight_msgs_max: usize,

@@ -90,10 +90,9 @@ impl<S: LogStore> Raft<S> {
         self.uncommitted_bytes = 0;
         let last = self.log.last_index();
         let (msgs_max, bytes_max) = (self.config.inflight_msgs_max, self.config.inflight_bytes_max);
-        self.tracker.reset_progress(last, msgs_max, bytes_max);
+        self.tracker.reset_progress(last, msgs_max, bytes_max, self.ticks);
         if let Some(own) = self.tracker.progress.get_mut(&self.id) {
             own.update_match(self.log.persisted_index());
-            own.recent_active = true;
         }
         let noop = Entry {
             term: self.term,
@@ -168,17 +167,21 @@ impl<S: LogStore> Raft<S> {
     }
 
     /// A leader's tick: heartbeats every `heartbeat_ticks`, and with CheckQuorum a step-down
-    /// when a majority was not heard from during the last election timeout (thesis §6.2).
+    /// as soon as `election_ticks` ticks passed without hearing from a majority (thesis
+    /// §6.2). Followers campaign no earlier than `election_ticks` after their last contact
+    /// with the leader, so (with clocks ticking at about the same rate) a cut-off leader has
+    /// stepped down by about the time a new one can be elected.
     pub(crate) fn tick_leader(&mut self) {
-        self.election_elapsed += 1;
         self.heartbeat_elapsed += 1;
-        if self.election_elapsed >= self.config.election_ticks {
-            self.election_elapsed = 0;
-            if self.config.check_quorum && !self.tracker.quorum_active(self.id) {
-                tracing::info!(id = %self.id, term = %self.term, "no quorum heard; stepping down");
-                self.become_follower(self.term, None);
-                return;
-            }
+        // A leader is its own lease: it keeps ignoring disruptive vote requests while in office.
+        self.election_elapsed = 0;
+        let election_ticks = u64::from(self.config.election_ticks);
+        if self.config.check_quorum
+            && !self.tracker.quorum_heard_within(self.id, self.ticks, election_ticks)
+        {
+            tracing::info!(id = %self.id, term = %self.term, "no quorum heard; stepping down");
+            self.become_follower(self.term, None);
+            return;
         }
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;

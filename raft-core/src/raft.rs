@@ -26,12 +26,14 @@ pub(crate) struct Raft<S> {
     pub(crate) log: RaftLog<S>,
     pub(crate) tracker: ProgressTracker,
     /// Ticks since the election timer was last reset (by a leader's message, a granted vote,
-    /// or a role change); on a leader, ticks since the last CheckQuorum round.
+    /// or a role change). Always 0 on a leader, which is in its own lease while in office.
     pub(crate) election_elapsed: u32,
     /// Ticks since the last heartbeat (leader only).
     pub(crate) heartbeat_elapsed: u32,
     /// The current randomized election timeout, in `[election_ticks, 2 * election_ticks)`.
     pub(crate) election_timeout: u32,
+    /// Ticks since this node started: the leader's clock for CheckQuorum.
+    pub(crate) ticks: u64,
     rng: Rng,
     /// Messages that may leave at once.
     pub(crate) msgs: Vec<Message>,
@@ -52,7 +54,7 @@ impl<S: LogStore> Raft<S> {
         hard_state: HardState,
         voters: BTreeSet<NodeId>,
     ) -> Raft<S> {
-        let rng = Rng::new(config.seed ^ config.id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let rng = Rng::with_stream(config.seed, config.id.0);
         let mut raft = Raft {
             id: config.id,
             term: hard_state.term,
@@ -69,6 +71,7 @@ impl<S: LogStore> Raft<S> {
             msgs_after_persist: Vec::new(),
             pending_broadcast: false,
             uncommitted_bytes: 0,
+            ticks: 0,
             config,
         };
         raft.reset_timers();
@@ -139,6 +142,7 @@ impl<S: LogStore> Raft<S> {
 
     /// One tick of the logical clock.
     pub(crate) fn tick(&mut self) {
+        self.ticks += 1;
         match self.role {
             Role::Leader => self.tick_leader(),
             Role::Follower | Role::PreCandidate | Role::Candidate => self.tick_election(),

@@ -182,8 +182,9 @@ impl<S: LogStore> Raft<S> {
         let last = self.log.last_index();
         match result {
             AppendResult::Accepted { match_index } => {
+                let now = self.ticks;
                 let Some(pr) = self.tracker.progress.get_mut(&from) else { return };
-                pr.recent_active = true;
+                pr.heard_at = now;
                 if match_index > last {
                     tracing::warn!(%from, %match_index, %last, "follower claims a match beyond my log");
                     return;
@@ -205,8 +206,9 @@ impl<S: LogStore> Raft<S> {
                 } else {
                     hint.index.next()
                 };
+                let now = self.ticks;
                 let Some(pr) = self.tracker.progress.get_mut(&from) else { return };
-                pr.recent_active = true;
+                pr.heard_at = now;
                 if pr.reject(rejected, hint_next) {
                     self.maybe_send_append(from, true);
                 }
@@ -223,8 +225,9 @@ impl<S: LogStore> Raft<S> {
             return;
         }
         let last = self.log.last_index();
+        let now = self.ticks;
         let Some(pr) = self.tracker.progress.get_mut(&from) else { return };
-        pr.recent_active = true;
+        pr.heard_at = now;
         pr.probe_sent = false;
         if pr.state == ProgressState::Replicate && pr.inflights.is_full() {
             // The follower is alive but the window is full: an append or its answer was

@@ -49,6 +49,7 @@ fn malformed_append_is_refused() {
     ];
     for (message, why) in cases {
         let mut n2 = follower();
+        process_ready(&mut n2); // applies entry 1, so nothing is left to hand out
         let before = n2.status();
         let err = n2.step(message).expect_err(why);
         assert!(matches!(err, StepError::Malformed { .. }), "{why}: {err}");

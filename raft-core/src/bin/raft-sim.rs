@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! raft-sim [--seeds A..B | --seed N] [--steps N] [--nodes 3|5|7] [--trace]
-//!          [--planted-bug NAME]
+//!          [--planted-bug NAME] [--no-persist-check]
 //! ```
 
 // This host program reads the wall clock only to report its own throughput; the simulated
@@ -20,10 +20,18 @@ struct Args {
     nodes: Option<usize>,
     trace: bool,
     planted_bug: Option<raft_core::PlantedBug>,
+    persist_check: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { seeds: 0..10, steps: 5000, nodes: None, trace: false, planted_bug: None };
+    let mut args = Args {
+        seeds: 0..10,
+        steps: 5000,
+        nodes: None,
+        trace: false,
+        planted_bug: None,
+        persist_check: true,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -46,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
                 args.nodes = Some(n);
             }
             "--trace" => args.trace = true,
+            "--no-persist-check" => args.persist_check = false,
             "--planted-bug" => {
                 let name = value("--planted-bug")?;
                 let names: Vec<_> = raft_core::PlantedBug::ALL.iter().map(|b| b.name()).collect();
@@ -56,7 +65,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--help" | "-h" => {
                 return Err("usage: raft-sim [--seeds A..B | --seed N] [--steps N] [--nodes N] \
-                            [--trace] [--planted-bug NAME]"
+                            [--trace] [--planted-bug NAME] [--no-persist-check]"
                     .into())
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -92,6 +101,7 @@ fn main() -> ExitCode {
     let (mut runs, mut actions, mut committed, mut elections, mut crashes) = (0u64, 0, 0, 0, 0);
     for seed in args.seeds.clone() {
         let mut options = SimOptions::from_seed(seed, args.steps);
+        options.check_persist_before_answer = args.persist_check;
         if let Some(nodes) = args.nodes {
             options.nodes = nodes;
         }
@@ -113,6 +123,9 @@ fn main() -> ExitCode {
                 crashes += report.crashes;
             }
             Err(failure) => {
+                if args.trace {
+                    failure.trace.iter().for_each(|line| println!("{line}"));
+                }
                 eprintln!("{failure}");
                 return ExitCode::FAILURE;
             }

@@ -104,6 +104,9 @@ impl SimOptions {
              --seed {} --nodes {} --steps {} --trace",
             self.seed, self.nodes, self.steps
         );
+        if !self.check_persist_before_answer {
+            cmd.push_str(" --no-persist-check");
+        }
         #[cfg(feature = "planted-bugs")]
         if let Some(bug) = self.planted_bug {
             let _ = write!(cmd, " --planted-bug {}", bug.name());
@@ -140,8 +143,9 @@ pub struct SimFailure {
     pub action: u64,
     /// What broke.
     pub violation: Violation,
-    /// The last events before it (filled by [`run_with_trace_on_failure`]).
-    pub trace_tail: Vec<String>,
+    /// Every event up to it, when the run kept a trace (as [`run_with_trace_on_failure`]
+    /// makes it). Displaying the failure shows the last [`TRACE_TAIL`] of them.
+    pub trace: Vec<String>,
 }
 
 impl std::fmt::Display for SimFailure {
@@ -152,9 +156,10 @@ impl std::fmt::Display for SimFailure {
             self.options.seed, self.action, self.violation
         )?;
         writeln!(f, "replay: {}", self.options.replay_command())?;
-        if !self.trace_tail.is_empty() {
-            writeln!(f, "last {} events:", self.trace_tail.len())?;
-            for line in &self.trace_tail {
+        let tail = &self.trace[self.trace.len().saturating_sub(TRACE_TAIL)..];
+        if !tail.is_empty() {
+            writeln!(f, "last {} events:", tail.len())?;
+            for line in tail {
                 writeln!(f, "  {line}")?;
             }
         }
@@ -179,6 +184,9 @@ struct SimNode {
     seen_commit: Index,
     /// The role and term the checker last saw.
     seen_role: (Role, Term),
+    /// How many times the node was started; each start gets its own timeout seed, as a real
+    /// host would draw a fresh one.
+    starts: u64,
 }
 
 /// A simulated cluster.
@@ -218,19 +226,20 @@ impl Simulation {
                 applied: Index(0),
                 seen_commit: Index(0),
                 seen_role: (Role::Follower, Term(0)),
+                starts: 1,
             });
         }
         sim
     }
 
-    fn node_config(&self, id: NodeId) -> Config {
+    fn node_config(&self, id: NodeId, starts: u64) -> Config {
         let o = &self.options;
         Config {
             election_ticks: 10,
             heartbeat_ticks: 2,
             pre_vote: o.pre_vote,
             check_quorum: o.check_quorum,
-            seed: o.seed,
+            seed: Rng::with_stream(o.seed, starts).next_u64(),
             append_bytes_max: o.append_bytes_max,
             inflight_msgs_max: o.inflight_msgs_max,
             #[cfg(feature = "planted-bugs")]
@@ -247,7 +256,8 @@ impl Simulation {
     ) -> RawNode<MemLogStore> {
         let voters = (1..=self.options.nodes as u64).map(NodeId).collect();
         let initial = InitialState { hard_state: durable, voters, applied: Index(0) };
-        RawNode::new(self.node_config(id), store, initial).expect("the simulator's config is valid")
+        let config = self.node_config(id, 1);
+        RawNode::new(config, store, initial).expect("the simulator's config is valid")
     }
 
     /// Runs both phases. Returns the report, or the first violation.
@@ -259,7 +269,7 @@ impl Simulation {
                 options: self.options.clone(),
                 action: self.action,
                 violation,
-                trace_tail: tail(&self.report.trace),
+                trace: std::mem::take(&mut self.report.trace),
             })),
         }
     }
@@ -439,14 +449,17 @@ impl Simulation {
         let store = node.crashed_store.clone().expect("restarting node was crashed");
         let voters = (1..=self.options.nodes as u64).map(NodeId).collect();
         let initial = InitialState { hard_state: node.durable, voters, applied: Index(0) };
-        let raw = RawNode::new(self.node_config(node.id), store, initial).map_err(|error| {
-            Violation { property: "Durable state restarts", detail: error.to_string() }
+        let config = self.node_config(node.id, node.starts + 1);
+        let raw = RawNode::new(config, store, initial).map_err(|error| Violation {
+            property: "Durable state restarts",
+            detail: error.to_string(),
         })?;
         let node = &mut self.nodes[i];
         node.seen_commit = raw.commit();
         node.seen_role = (Role::Follower, raw.term());
         node.crashed_store = None;
         node.raw = Some(raw);
+        node.starts += 1;
         Ok(())
     }
 
@@ -656,10 +669,6 @@ fn describe_ready(i: usize, ready: &Ready, messages: &[Message]) -> String {
         let _ = write!(line, "\n         after persist: {msg}");
     }
     line
-}
-
-fn tail(trace: &[String]) -> Vec<String> {
-    trace[trace.len().saturating_sub(TRACE_TAIL)..].to_vec()
 }
 
 /// Runs `options`; on a failure, replays the same seed with tracing on to attach the last

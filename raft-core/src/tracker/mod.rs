@@ -28,13 +28,15 @@ impl ProgressTracker {
         ProgressTracker { voters, progress: BTreeMap::new(), votes: BTreeMap::new() }
     }
 
-    /// Resets every voter's progress for a new leader whose last index is `last`.
-    pub fn reset_progress(&mut self, last: Index, msgs_max: usize, bytes_max: u64) {
-        self.progress = self
-            .voters
-            .iter()
-            .map(|&id| (id, Progress::new(last.next(), Inflights::new(msgs_max, bytes_max))))
-            .collect();
+    /// Resets every voter's progress for a new leader whose last index is `last`, taking
+    /// office at tick `now` (every voter counts as heard from then).
+    pub fn reset_progress(&mut self, last: Index, msgs_max: usize, bytes_max: u64, now: u64) {
+        let fresh = |_| {
+            let mut pr = Progress::new(last.next(), Inflights::new(msgs_max, bytes_max));
+            pr.heard_at = now;
+            pr
+        };
+        self.progress = self.voters.iter().map(|&id| (id, fresh(id))).collect();
     }
 
     /// The index a majority of voters hold.
@@ -50,16 +52,46 @@ impl ProgressTracker {
         quorum::vote_result(&self.voters, &self.votes)
     }
 
-    /// Whether a majority of voters were recently active; clears the marks for the next
-    /// round. `me` always counts as active.
-    pub fn quorum_active(&mut self, me: NodeId) -> bool {
-        let mut active = 0;
-        for (&id, pr) in self.progress.iter_mut() {
-            if id == me || pr.recent_active {
-                active += 1;
+    /// Whether a majority of voters, `me` included, were heard from in the `ticks` ticks up
+    /// to `now` (CheckQuorum, thesis §6.2).
+    pub fn quorum_heard_within(&self, me: NodeId, now: u64, ticks: u64) -> bool {
+        let heard = |id: &NodeId| {
+            *id == me
+                || self.progress.get(id).is_some_and(|pr| now.saturating_sub(pr.heard_at) < ticks)
+        };
+        self.voters.iter().filter(|id| heard(id)).count() >= quorum::majority(self.voters.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker(voters: &[u64], now: u64) -> ProgressTracker {
+        let mut tracker = ProgressTracker::new(voters.iter().map(|&id| NodeId(id)).collect());
+        tracker.reset_progress(Index(0), 4, 1024, now);
+        tracker
+    }
+
+    #[test]
+    fn quorum_heard_within_counts_the_leader_and_recent_answers() {
+        let me = NodeId(1);
+        // (voters, [(follower, heard_at)], now, heard within 10 ticks?)
+        let table: [(&[u64], &[(u64, u64)], u64, bool); 7] = [
+            (&[1], &[], 100, true),                    // a single node is its own quorum
+            (&[1, 2, 3], &[], 9, true),                // took office at 0: 9 ticks ago
+            (&[1, 2, 3], &[], 10, false),              // 10 ticks without an answer
+            (&[1, 2, 3], &[(2, 5)], 14, true),         // node 2 answered 9 ticks ago
+            (&[1, 2, 3], &[(2, 5)], 15, false),        // ... and now 10 ticks ago
+            (&[1, 2, 3, 4, 5], &[(2, 20)], 20, false), // two of five
+            (&[1, 2, 3, 4, 5], &[(2, 20), (5, 11)], 20, true),
+        ];
+        for (voters, answers, now, want) in table {
+            let mut t = tracker(voters, 0);
+            for &(id, at) in answers {
+                t.progress.get_mut(&NodeId(id)).unwrap().heard_at = at;
             }
-            pr.recent_active = false;
+            assert_eq!(t.quorum_heard_within(me, now, 10), want, "{voters:?} {answers:?} at {now}");
         }
-        active >= quorum::majority(self.voters.len())
     }
 }

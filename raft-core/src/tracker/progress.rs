@@ -34,8 +34,9 @@ pub struct Progress {
     pub probe_sent: bool,
     /// In Replicate: the appends in flight.
     pub inflights: Inflights,
-    /// Whether the follower answered since the last CheckQuorum round.
-    pub recent_active: bool,
+    /// The leader's tick count when the follower last answered (or when the leader took
+    /// office), for CheckQuorum.
+    pub heard_at: u64,
 }
 
 impl Progress {
@@ -48,7 +49,7 @@ impl Progress {
             state: ProgressState::Probe,
             probe_sent: false,
             inflights,
-            recent_active: false,
+            heard_at: 0,
         }
     }
 
