@@ -76,8 +76,9 @@ mod tests {
     #[test]
     fn quorum_heard_within_counts_the_leader_and_recent_answers() {
         let me = NodeId(1);
-        // (voters, [(follower, heard_at)], now, heard within 10 ticks?)
-        let table: [(&[u64], &[(u64, u64)], u64, bool); 7] = [
+        /// (voters, [(follower, heard_at)], now, heard within 10 ticks?)
+        type Case = (&'static [u64], &'static [(u64, u64)], u64, bool);
+        let table: [Case; 7] = [
             (&[1], &[], 100, true),                    // a single node is its own quorum
             (&[1, 2, 3], &[], 9, true),                // took office at 0: 9 ticks ago
             (&[1, 2, 3], &[], 10, false),              // 10 ticks without an answer
