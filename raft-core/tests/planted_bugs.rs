@@ -46,7 +46,7 @@ fn assert_caught_with(
 fn commit_earlier_term_is_caught() {
     let properties =
         ["Leader Completeness", "State Machine Safety", "Committed entries are never changed"];
-    assert_caught(PlantedBug::CommitEarlierTerm, 3_000, &properties);
+    assert_caught(PlantedBug::CommitEarlierTerm, 10_000, &properties);
 }
 
 /// Figure 2: a vote sent before it is durable. The persist-before-answer checker sees the
