@@ -78,9 +78,9 @@ pub enum AppendResult {
     Rejected {
         /// The `prev.index` of the append that failed.
         rejected: Index,
-        /// The follower's guess of where the logs may agree: the last entry at or below
-        /// `rejected` whose term is at most the append's `prev.term`, or the follower's last
-        /// entry if its log is shorter. The leader skips back over whole terms with it.
+        /// The follower's guess of where the logs may agree: its last entry at or below
+        /// `min(rejected, its last index)` whose term is at most the append's `prev.term`.
+        /// The leader skips back over whole terms with it.
         hint: EntryId,
     },
 }

@@ -605,7 +605,7 @@ impl Simulation {
         })
     }
 
-    /// The node leading the highest term, if every node agrees on that term.
+    /// The node that leads the highest term any live node has reached, if one does.
     fn stable_leader(&self) -> Option<usize> {
         let top = self.nodes.iter().filter_map(|n| n.raw.as_ref()).map(|r| r.term()).max()?;
         self.nodes.iter().position(|n| {
