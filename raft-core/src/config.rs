@@ -21,6 +21,8 @@ pub struct Config {
     /// follower that heard from a leader within the election timeout ignores vote requests
     /// (thesis §6.2, §4.2.3).
     pub check_quorum: bool,
+    /// A follower forwards proposals to the leader it knows instead of refusing them.
+    pub proposal_forwarding: bool,
     /// Seed for the election-timeout generator. The same seed and the same inputs give the
     /// same outputs. Nodes may share a seed (each draws its own stream by id), but a host
     /// should draw a fresh seed at every start, or a restarted node replays its timeouts.
@@ -45,7 +47,7 @@ pub struct Config {
 
 impl Config {
     /// A configuration with the defaults: election after 10 ticks, heartbeat every tick,
-    /// PreVote and CheckQuorum on, 256 messages / 4 MiB in flight per follower, 1 MiB per
+    /// PreVote, CheckQuorum and proposal forwarding on, 256 messages / 4 MiB in flight per follower, 1 MiB per
     /// append, 4 MiB per apply batch, 64 MiB of uncommitted proposals.
     pub fn new(id: NodeId) -> Config {
         Config {
@@ -54,6 +56,7 @@ impl Config {
             heartbeat_ticks: 1,
             pre_vote: true,
             check_quorum: true,
+            proposal_forwarding: true,
             seed: id.0,
             inflight_msgs_max: 256,
             inflight_bytes_max: 4 << 20,

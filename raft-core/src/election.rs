@@ -35,7 +35,7 @@ impl<S: LogStore> Raft<S> {
         if self.config.pre_vote {
             self.become_pre_candidate();
         } else {
-            self.become_candidate();
+            self.become_candidate(false);
         }
     }
 
@@ -49,7 +49,7 @@ impl<S: LogStore> Raft<S> {
         self.reset_timers();
         tracing::debug!(id = %self.id, term = %self.term, "became pre-candidate");
         if self.tracker.record_vote(self.id, true) == VoteResult::Won {
-            self.become_candidate();
+            self.become_candidate(false);
             return;
         }
         let last = self.log.last_entry_id();
@@ -61,8 +61,9 @@ impl<S: LogStore> Raft<S> {
 
     /// Starts a real election in the next term, voting for itself (paper §5.2). The vote
     /// requests leave only after the new term and vote are durable: a candidate that crashed
-    /// before persisting them could otherwise vote again in the same term.
-    fn become_candidate(&mut self) {
+    /// before persisting them could otherwise vote again in the same term. With `transfer`,
+    /// the requests say the old leader handed over, so voters in its lease answer them.
+    pub(crate) fn become_candidate(&mut self, transfer: bool) {
         self.enter_term(self.term.next());
         self.vote = Some(self.id);
         self.role = Role::Candidate;
@@ -76,7 +77,7 @@ impl<S: LogStore> Raft<S> {
         }
         let last = self.log.last_entry_id();
         for peer in self.peers() {
-            self.send_after_persist(peer, self.term, MessageBody::Vote { last });
+            self.send_after_persist(peer, self.term, MessageBody::Vote { last, transfer });
         }
     }
 
@@ -88,6 +89,7 @@ impl<S: LogStore> Raft<S> {
         self.tracker.votes.clear();
         self.reset_timers();
         self.uncommitted_bytes = 0;
+        self.transfer = None;
         let last = self.log.last_index();
         let (msgs_max, bytes_max) = (self.config.inflight_msgs_max, self.config.inflight_bytes_max);
         self.tracker.reset_progress(last, msgs_max, bytes_max, self.ticks);
@@ -159,7 +161,7 @@ impl<S: LogStore> Raft<S> {
             return;
         }
         match self.tracker.record_vote(from, granted) {
-            VoteResult::Won if pre_vote => self.become_candidate(),
+            VoteResult::Won if pre_vote => self.become_candidate(false),
             VoteResult::Won => self.become_leader(),
             VoteResult::Lost => self.become_follower(self.term, None),
             VoteResult::Pending => {}
@@ -173,6 +175,7 @@ impl<S: LogStore> Raft<S> {
     /// stepped down by about the time a new one can be elected.
     pub(crate) fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
+        self.tick_transfer();
         // A leader is its own lease: it keeps ignoring disruptive vote requests while in office.
         self.election_elapsed = 0;
         let election_ticks = u64::from(self.config.election_ticks);

@@ -34,6 +34,30 @@ pub enum ProposeError {
         /// The configured limit.
         uncommitted_bytes_max: u64,
     },
+    /// The leader is handing leadership to `to` (thesis §3.10) and takes no proposals until
+    /// the transfer completes or is abandoned (after an election timeout).
+    #[error("leadership is being transferred to node {to}")]
+    TransferInProgress {
+        /// The transfer's target.
+        to: NodeId,
+    },
+}
+
+/// Why a leadership transfer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// Only the leader can hand over leadership; `leader` is the one this node knows, if any.
+    #[error("not the leader (leader: {})", leader.map_or("unknown".to_string(), |l| l.to_string()))]
+    NotLeader {
+        /// The leader this node knows of in its current term.
+        leader: Option<NodeId>,
+    },
+    /// The target is not a voter of the current configuration.
+    #[error("node {to} is not a voter")]
+    NotVoter {
+        /// The requested target.
+        to: NodeId,
+    },
 }
 
 /// Why a message was refused. The node's state is unchanged.

@@ -65,15 +65,16 @@ mod replication;
 mod rng;
 mod storage;
 pub mod tracker;
+mod transfer;
 mod types;
 
 #[cfg(feature = "testkit")]
 pub mod sim;
 
 pub use config::Config;
-pub use error::{ConfigError, ProposeError, StepError, StoreError};
+pub use error::{ConfigError, ProposeError, StepError, StoreError, TransferError};
 pub use message::{AppendResult, Message, MessageBody};
-pub use node::{InitialState, RawNode, Status};
+pub use node::{InitialState, Proposed, RawNode, Status};
 pub use planted::PlantedBug;
 pub use ready::{Ready, ReadyNumber};
 pub use rng::Rng;

@@ -5,6 +5,7 @@
 //! are methods on [`crate::RawNode`], never messages.
 
 use crate::types::{Entry, EntryId, Index, NodeId, Term};
+use bytes::Bytes;
 use std::fmt;
 
 /// One message from one node to another.
@@ -38,6 +39,10 @@ pub enum MessageBody {
     Vote {
         /// The candidate's last log entry, for the up-to-date check (§5.4.1).
         last: EntryId,
+        /// The candidate campaigns because its leader handed over with
+        /// [`MessageBody::TimeoutNow`]: voters answer even while they still hear that leader
+        /// (thesis §3.10), which they otherwise refuse (the lease, thesis §4.2.3).
+        transfer: bool,
     },
     /// The answer to [`MessageBody::Vote`].
     VoteResponse {
@@ -63,6 +68,16 @@ pub enum MessageBody {
     },
     /// The answer to [`MessageBody::Heartbeat`].
     HeartbeatResponse,
+    /// A proposal a follower forwards to its leader. Its term carries no meaning: only a
+    /// leader appends it, anyone else drops it, and nobody answers (the proposer learns the
+    /// outcome by seeing its entry applied, or times out).
+    Propose {
+        /// The proposal.
+        data: Bytes,
+    },
+    /// Leadership transfer (thesis §3.10): the leader, having brought the receiver's log up to
+    /// date, asks it to campaign at once.
+    TimeoutNow,
 }
 
 /// The outcome of an append at the follower.
@@ -97,6 +112,8 @@ impl MessageBody {
             MessageBody::AppendResponse(_) => "AppendResp",
             MessageBody::Heartbeat { .. } => "Heartbeat",
             MessageBody::HeartbeatResponse => "HeartbeatResp",
+            MessageBody::Propose { .. } => "Propose",
+            MessageBody::TimeoutNow => "TimeoutNow",
         }
     }
 }
@@ -106,9 +123,10 @@ impl fmt::Display for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}->{} {} term={}", self.from, self.to, self.body.kind_name(), self.term)?;
         match &self.body {
-            MessageBody::PreVote { last } | MessageBody::Vote { last } => {
+            MessageBody::PreVote { last } | MessageBody::Vote { last, transfer: false } => {
                 write!(f, " last={last}")
             }
+            MessageBody::Vote { last, transfer: true } => write!(f, " last={last} transfer"),
             MessageBody::PreVoteResponse { granted } | MessageBody::VoteResponse { granted } => {
                 f.write_str(if *granted { " granted" } else { " rejected" })
             }
@@ -129,7 +147,10 @@ impl fmt::Display for Message {
                 write!(f, " rejected={rejected} hint={hint}")
             }
             MessageBody::Heartbeat { commit } => write!(f, " commit={commit}"),
-            MessageBody::HeartbeatResponse => Ok(()),
+            MessageBody::HeartbeatResponse | MessageBody::TimeoutNow => Ok(()),
+            MessageBody::Propose { data } => {
+                write!(f, " \"{}\"", String::from_utf8_lossy(data).escape_debug())
+            }
         }
     }
 }

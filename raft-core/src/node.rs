@@ -1,7 +1,7 @@
 //! [`RawNode`]: the engine's one way in and one way out.
 
 use crate::config::Config;
-use crate::error::{ConfigError, ProposeError, StepError, StoreError};
+use crate::error::{ConfigError, ProposeError, StepError, StoreError, TransferError};
 use crate::log::RaftLog;
 use crate::message::Message;
 use crate::raft::Raft;
@@ -22,6 +22,27 @@ pub struct InitialState {
     pub voters: Vec<NodeId>,
     /// The index the state machine has applied (0 for a fresh state machine).
     pub applied: Index,
+}
+
+/// What became of a proposal that was not refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proposed {
+    /// This node leads and appended it at `index`. It commits there unless a new leader
+    /// replaces it; the host learns which when the entry at `index` is applied.
+    Appended(Index),
+    /// This node follows `to` and forwarded the proposal there. Nothing reports its fate: the
+    /// proposer recognizes its entry when applied (by an id in the data) or times out.
+    Forwarded(NodeId),
+}
+
+impl Proposed {
+    /// The index of an appended proposal.
+    pub fn index(self) -> Option<Index> {
+        match self {
+            Proposed::Appended(index) => Some(index),
+            Proposed::Forwarded(_) => None,
+        }
+    }
 }
 
 /// A snapshot of a node's state, for hosts, tests and status pages.
@@ -98,10 +119,18 @@ impl<S: LogStore> RawNode<S> {
         self.raft.step(msg)
     }
 
-    /// Proposes `data` for the log. Returns the index it will have if it commits (it may not:
-    /// a new leader can replace it).
-    pub fn propose(&mut self, data: Bytes) -> Result<Index, ProposeError> {
+    /// Proposes `data` for the log. A leader appends it; a follower that knows its leader
+    /// forwards it there (unless `Config::proposal_forwarding` is off); otherwise it is
+    /// refused with the best leader hint this node has.
+    pub fn propose(&mut self, data: Bytes) -> Result<Proposed, ProposeError> {
         self.raft.propose(data)
+    }
+
+    /// Hands leadership to the voter `to` (thesis §3.10): the leader brings `to` up to date,
+    /// then tells it to campaign at once. Proposals are refused until `to` wins or an
+    /// election timeout passes. Transferring to the leader itself does nothing.
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
+        self.raft.transfer_leadership(to)
     }
 
     /// Starts an election now, as if the election timeout had expired.

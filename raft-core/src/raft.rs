@@ -34,6 +34,9 @@ pub(crate) struct Raft<S> {
     pub(crate) election_timeout: u32,
     /// Ticks since this node started: the leader's clock for CheckQuorum.
     pub(crate) ticks: u64,
+    /// Leader only: the voter leadership is being handed to, and ticks since the handover
+    /// began. Invariant: `None` unless leading.
+    pub(crate) transfer: Option<(NodeId, u32)>,
     rng: Rng,
     /// Messages that may leave at once.
     pub(crate) msgs: Vec<Message>,
@@ -72,6 +75,7 @@ impl<S: LogStore> Raft<S> {
             pending_broadcast: false,
             uncommitted_bytes: 0,
             ticks: 0,
+            transfer: None,
             config,
         };
         raft.reset_timers();
@@ -124,6 +128,7 @@ impl<S: LogStore> Raft<S> {
         self.role = Role::Follower;
         self.leader = leader;
         self.pending_broadcast = false;
+        self.transfer = None;
         self.tracker.votes.clear();
         self.reset_timers();
         tracing::debug!(id = %self.id, term = %self.term, ?leader, "became follower");
@@ -152,17 +157,19 @@ impl<S: LogStore> Raft<S> {
     /// Handles one message from a peer.
     pub(crate) fn step(&mut self, msg: Message) -> Result<(), StepError> {
         validate(&msg, self.id)?;
-        if msg.term > self.term && !self.on_higher_term(&msg) {
+        // A forwarded proposal's term means nothing: only a leader takes it, whatever its term.
+        let term_rules_apply = !matches!(msg.body, MessageBody::Propose { .. });
+        if term_rules_apply && msg.term > self.term && !self.on_higher_term(&msg) {
             return Ok(());
         }
-        if msg.term < self.term {
+        if term_rules_apply && msg.term < self.term {
             self.on_lower_term(&msg);
             return Ok(());
         }
         let (from, term) = (msg.from, msg.term);
         match msg.body {
             MessageBody::PreVote { last } => self.handle_vote_request(from, term, last, true),
-            MessageBody::Vote { last } => self.handle_vote_request(from, term, last, false),
+            MessageBody::Vote { last, .. } => self.handle_vote_request(from, term, last, false),
             MessageBody::PreVoteResponse { granted } => {
                 self.handle_vote_response(from, term, granted, true)
             }
@@ -175,6 +182,8 @@ impl<S: LogStore> Raft<S> {
             MessageBody::AppendResponse(result) => self.handle_append_response(from, result),
             MessageBody::Heartbeat { commit } => self.handle_heartbeat(from, commit),
             MessageBody::HeartbeatResponse => self.handle_heartbeat_response(from),
+            MessageBody::TimeoutNow => self.handle_timeout_now(from),
+            MessageBody::Propose { data } => self.handle_forwarded_proposal(from, data),
         }
         Ok(())
     }
@@ -189,7 +198,8 @@ impl<S: LogStore> Raft<S> {
                 // partitioned or removed node from disrupting a healthy cluster.
                 let in_lease = self.config.check_quorum
                     && self.leader.is_some()
-                    && self.election_elapsed < self.config.election_ticks;
+                    && self.election_elapsed < self.config.election_ticks
+                    && !matches!(msg.body, MessageBody::Vote { transfer: true, .. });
                 if in_lease {
                     tracing::debug!(id = %self.id, from = %msg.from, "vote request ignored in lease");
                     return false;
@@ -307,7 +317,7 @@ fn numbers_in_range(msg: &Message) -> bool {
     let id_ok = |id: &EntryId| id.term <= Term::MAX && id.index <= Index::MAX;
     msg.term <= Term::MAX
         && match &msg.body {
-            MessageBody::PreVote { last } | MessageBody::Vote { last } => id_ok(last),
+            MessageBody::PreVote { last } | MessageBody::Vote { last, .. } => id_ok(last),
             MessageBody::Append { prev, entries, commit } => {
                 id_ok(prev)
                     && *commit <= Index::MAX
@@ -326,6 +336,8 @@ fn numbers_in_range(msg: &Message) -> bool {
             MessageBody::Heartbeat { commit } => *commit <= Index::MAX,
             MessageBody::PreVoteResponse { .. }
             | MessageBody::VoteResponse { .. }
-            | MessageBody::HeartbeatResponse => true,
+            | MessageBody::HeartbeatResponse
+            | MessageBody::Propose { .. }
+            | MessageBody::TimeoutNow => true,
         }
 }

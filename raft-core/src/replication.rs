@@ -12,6 +12,7 @@
 
 use crate::error::ProposeError;
 use crate::message::{AppendResult, MessageBody};
+use crate::node::Proposed;
 use crate::planted::PlantedBug;
 use crate::raft::Raft;
 use crate::storage::LogStore;
@@ -20,24 +21,46 @@ use crate::types::{Entry, EntryId, EntryKind, Index, NodeId, Role};
 use bytes::Bytes;
 
 impl<S: LogStore> Raft<S> {
-    /// Appends a proposal to the leader's log. It is sent to followers with the next Ready.
-    pub(crate) fn propose(&mut self, data: Bytes) -> Result<Index, ProposeError> {
-        if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader { leader: self.leader });
+    /// A client's proposal at this node: a leader appends it; a follower forwards it to the
+    /// leader it knows (if forwarding is on); otherwise it is refused with the leader hint.
+    pub(crate) fn propose(&mut self, data: Bytes) -> Result<Proposed, ProposeError> {
+        match (self.role, self.leader) {
+            (Role::Leader, _) => self.append_proposal(data).map(Proposed::Appended),
+            (_, Some(leader)) if self.config.proposal_forwarding => {
+                self.send(leader, self.term, MessageBody::Propose { data });
+                Ok(Proposed::Forwarded(leader))
+            }
+            (_, leader) => Err(ProposeError::NotLeader { leader }),
         }
-        let entry = Entry {
-            term: self.term,
-            index: self.log.last_index().next(),
-            kind: EntryKind::Normal,
-            data,
-        };
+    }
+
+    /// A proposal forwarded by `from`. Only a leader takes it; anyone else drops it (it is
+    /// forwarded at most once, so it can never circle), and so does a leader that refuses
+    /// proposals right now. The proposer times out in both cases.
+    pub(crate) fn handle_forwarded_proposal(&mut self, from: NodeId, data: Bytes) {
+        if self.role != Role::Leader {
+            tracing::debug!(id = %self.id, %from, "forwarded proposal dropped: not the leader");
+            return;
+        }
+        if let Err(error) = self.append_proposal(data) {
+            tracing::debug!(id = %self.id, %from, %error, "forwarded proposal dropped");
+        }
+    }
+
+    /// Appends a proposal to the leader's log, unless a leadership transfer is under way or
+    /// too many bytes are uncommitted. It is sent to followers with the next Ready.
+    fn append_proposal(&mut self, data: Bytes) -> Result<Index, ProposeError> {
+        if let Some((to, _)) = self.transfer {
+            return Err(ProposeError::TransferInProgress { to });
+        }
+        let index = self.log.last_index().next();
+        let entry = Entry { term: self.term, index, kind: EntryKind::Normal, data };
         let size = entry.size_bytes();
         let uncommitted_bytes_max = self.config.uncommitted_bytes_max;
         if self.uncommitted_bytes > 0 && self.uncommitted_bytes + size > uncommitted_bytes_max {
             return Err(ProposeError::UncommittedFull { uncommitted_bytes_max });
         }
         self.uncommitted_bytes += size;
-        let index = entry.index;
         self.log.push(entry);
         self.pending_broadcast = true;
         Ok(index)
@@ -193,6 +216,7 @@ impl<S: LogStore> Raft<S> {
                 if pr.state == ProgressState::Probe && match_index >= pr.match_index {
                     pr.become_replicate();
                 }
+                self.maybe_send_timeout_now(from);
                 if news && self.maybe_commit() {
                     self.broadcast_append(true);
                 } else {

@@ -28,7 +28,7 @@ fn vote_request_waits_for_term_and_self_vote() {
 fn vote_response_waits_for_the_vote() {
     let mut n2 = node(2, &[1, 2, 3], |_| {});
     let last = EntryId::new(Term(0), Index(0));
-    n2.step(msg(1, 2, 1, MessageBody::Vote { last })).unwrap();
+    n2.step(msg(1, 2, 1, MessageBody::Vote { last, transfer: false })).unwrap();
     let ready = n2.ready();
     let expected = HardState { term: Term(1), vote: Some(NodeId(1)), commit: Index(0) };
     assert_eq!(ready.hard_state, Some(expected));
@@ -63,7 +63,7 @@ fn append_response_waits_for_the_entries() {
 fn leader_appends_leave_before_its_own_write() {
     let mut cluster = Cluster::new(3, |_| {});
     cluster.elect(1);
-    let index = cluster.node(1).propose(Bytes::from_static(b"x")).unwrap();
+    let index = cluster.node(1).propose(Bytes::from_static(b"x")).unwrap().index().unwrap();
     let ready = cluster.node(1).ready();
     assert_eq!(ready.entries.last().map(|e| e.index), Some(index));
     let carries_entry = |m: &raft_core::Message| {
@@ -98,7 +98,7 @@ fn prevote_request_changes_nothing_and_leaves_at_once() {
 fn leader_counts_itself_only_after_persisted() {
     let mut cluster = Cluster::new(3, |_| {});
     cluster.elect(1);
-    let index = cluster.node(1).propose(Bytes::from_static(b"x")).unwrap();
+    let index = cluster.node(1).propose(Bytes::from_static(b"x")).unwrap().index().unwrap();
     let ready = cluster.node(1).ready();
     let to_node_2 = ready.messages.iter().find(|m| m.to == NodeId(2)).unwrap().clone();
     cluster.node(2).step(to_node_2).unwrap();

@@ -8,7 +8,7 @@ use raft_core::{EntryId, HardState, Index, MessageBody, NodeId, Role, Term};
 
 fn vote_request(from: u64, term: u64, last: (u64, u64)) -> raft_core::Message {
     let last = EntryId::new(Term(last.0), Index(last.1));
-    msg(from, 3, term, MessageBody::Vote { last })
+    msg(from, 3, term, MessageBody::Vote { last, transfer: false })
 }
 
 /// What node 3 answered in its next Ready: `Some(granted)` or `None` for no answer.
@@ -131,7 +131,7 @@ fn follower_in_lease_ignores_vote_requests() {
     let mut cluster = Cluster::new(3, |c| c.pre_vote = false);
     cluster.elect(1);
     let last = EntryId::new(Term(1), cluster.node(1).last_index());
-    let request = msg(2, 3, 5, MessageBody::Vote { last });
+    let request = msg(2, 3, 5, MessageBody::Vote { last, transfer: false });
     cluster.node(3).step(request.clone()).unwrap();
     assert_eq!(cluster.node(3).term(), Term(1), "vote request heard inside the lease");
     assert_eq!(answer(cluster.node(3)), None);
@@ -143,7 +143,7 @@ fn follower_in_lease_ignores_vote_requests() {
         cluster.node(3).tick();
     }
     process_ready(cluster.node(3));
-    cluster.node(3).step(msg(2, 3, 5, MessageBody::Vote { last })).unwrap();
+    cluster.node(3).step(msg(2, 3, 5, MessageBody::Vote { last, transfer: false })).unwrap();
     assert_eq!(cluster.node(3).term(), Term(5));
     assert_eq!(answer(cluster.node(3)), Some(true));
 }

@@ -68,7 +68,7 @@ fn vote_before_persist_is_caught_by_figure_3_checkers_too() {
         "State Machine Safety",
         "Committed entries are never changed",
     ];
-    assert_caught_with(PlantedBug::VoteBeforePersist, 1_000, &properties, |options| {
+    assert_caught_with(PlantedBug::VoteBeforePersist, 3_000, &properties, |options| {
         options.check_persist_before_answer = false;
     });
 }
@@ -78,7 +78,7 @@ fn vote_before_persist_is_caught_by_figure_3_checkers_too() {
 fn skip_up_to_date_check_is_caught() {
     let properties =
         ["Leader Completeness", "State Machine Safety", "Committed entries are never changed"];
-    assert_caught(PlantedBug::SkipUpToDateCheck, 100, &properties);
+    assert_caught(PlantedBug::SkipUpToDateCheck, 500, &properties);
 }
 
 /// Thesis §10.2.1: a leader counting its own unwritten entries can report a commit that a
@@ -87,7 +87,7 @@ fn skip_up_to_date_check_is_caught() {
 fn leader_counts_unpersisted_is_caught() {
     let properties =
         ["Leader Completeness", "State Machine Safety", "Committed entries are never changed"];
-    assert_caught(PlantedBug::LeaderCountsUnpersisted, 1_000, &properties);
+    assert_caught(PlantedBug::LeaderCountsUnpersisted, 5_000, &properties);
 }
 
 /// §5.3: accepting appends without the consistency check breaks Log Matching.
@@ -95,11 +95,11 @@ fn leader_counts_unpersisted_is_caught() {
 fn skip_consistency_check_is_caught() {
     let properties =
         ["Log Matching", "Committed entries are never changed", "State Machine Safety"];
-    assert_caught(PlantedBug::SkipConsistencyCheck, 50, &properties);
+    assert_caught(PlantedBug::SkipConsistencyCheck, 500, &properties);
 }
 
 /// Liveness: a follower whose appends were lost is never repaired without new proposals.
 #[test]
 fn forget_lost_appends_is_caught() {
-    assert_caught(PlantedBug::ForgetLostAppends, 100, &["Liveness"]);
+    assert_caught(PlantedBug::ForgetLostAppends, 500, &["Liveness"]);
 }

@@ -98,7 +98,7 @@ fn unknown_sender_is_ignored() {
 
     let mut cluster = Cluster::new(3, |_| {});
     cluster.elect(1);
-    let index = cluster.node(1).propose(bytes::Bytes::from_static(b"x")).unwrap();
+    let index = cluster.node(1).propose(bytes::Bytes::from_static(b"x")).unwrap().index().unwrap();
     process_ready(cluster.node(1));
     let ack = MessageBody::AppendResponse(AppendResult::Accepted { match_index: index });
     cluster.node(1).step(msg(9, 1, 1, ack)).unwrap();

@@ -48,7 +48,7 @@ use goldenscript::Context;
 use raft_core::tracker::ProgressState;
 use raft_core::{
     Config, Entry, EntryId, EntryKind, HardState, Index, InitialState, LogStore, MemLogStore,
-    Message, NodeId, PlantedBug, RawNode, Role, Term,
+    Message, NodeId, PlantedBug, Proposed, RawNode, Role, Term,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::error::Error;
@@ -462,7 +462,10 @@ impl Cluster {
         let mut line = String::new();
         self.input(id, out, "", |raw| {
             line = match raw.propose(data.clone().into()) {
-                Ok(index) => format!("{id}: proposed {}/{index} {data:?}", raw.term()),
+                Ok(Proposed::Appended(index)) => {
+                    format!("{id}: proposed {}/{index} {data:?}", raw.term())
+                }
+                Ok(Proposed::Forwarded(to)) => format!("{id}: forwarded {data:?} to {to}"),
                 Err(error) => format!("{id}: refused: {error}"),
             };
             Ok(())

@@ -200,8 +200,11 @@ impl Checker {
             {
                 stale("log")
             }
-            // A pre-vote request and a granted pre-vote carry the term asked about (thesis §9.6).
-            MessageBody::PreVote { .. } | MessageBody::PreVoteResponse { granted: true } => Ok(()),
+            // A pre-vote request and a granted pre-vote carry the term asked about (thesis §9.6);
+            // a forwarded proposal's term is ignored by its receiver.
+            MessageBody::PreVote { .. }
+            | MessageBody::PreVoteResponse { granted: true }
+            | MessageBody::Propose { .. } => Ok(()),
             _ if behind => stale("term"),
             _ => Ok(()),
         }

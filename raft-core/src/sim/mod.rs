@@ -21,7 +21,7 @@ pub mod network;
 
 use crate::config::Config;
 use crate::message::Message;
-use crate::node::{InitialState, RawNode};
+use crate::node::{InitialState, Proposed, RawNode};
 use crate::ready::Ready;
 use crate::rng::Rng;
 use crate::storage::{LogStore, MemLogStore};
@@ -57,6 +57,10 @@ pub struct SimOptions {
     pub pre_vote: bool,
     /// CheckQuorum on the nodes.
     pub check_quorum: bool,
+    /// Followers forward proposals to the leader (otherwise clients follow the leader hint).
+    pub proposal_forwarding: bool,
+    /// Per mille of actions in which the leader hands leadership to a random voter.
+    pub transfer_per_mille: u64,
     /// Bytes per append message (small values split batches).
     pub append_bytes_max: u64,
     /// Appends in flight per follower.
@@ -87,6 +91,8 @@ impl SimOptions {
             partition_per_mille: 1 + rng.below(8),
             pre_vote: !rng.chance(1, 4),
             check_quorum: !rng.chance(1, 4),
+            proposal_forwarding: !rng.chance(1, 4),
+            transfer_per_mille: rng.below(4),
             append_bytes_max: [64, 256, 1 << 20][rng.below(3) as usize],
             inflight_msgs_max: [1, 4, 64][rng.below(3) as usize],
             trace: false,
@@ -239,6 +245,7 @@ impl Simulation {
             heartbeat_ticks: 2,
             pre_vote: o.pre_vote,
             check_quorum: o.check_quorum,
+            proposal_forwarding: o.proposal_forwarding,
             seed: Rng::with_stream(o.seed, starts).next_u64(),
             append_bytes_max: o.append_bytes_max,
             inflight_msgs_max: o.inflight_msgs_max,
@@ -298,6 +305,9 @@ impl Simulation {
             self.change_partition();
             return Ok(());
         }
+        if self.rng.chance(o.transfer_per_mille, 1000) {
+            return self.transfer_leadership();
+        }
         let i = self.rng.below(self.nodes.len() as u64) as usize;
         if self.nodes[i].raw.is_none() {
             // A crashed node comes back after a while.
@@ -336,6 +346,16 @@ impl Simulation {
         }
         self.trace(|| format!("propose {} {data:?} -> {result:?}", target + 1));
         self.after_input(target)
+    }
+
+    /// The leader of the highest term, if up, hands leadership to a random voter.
+    fn transfer_leadership(&mut self) -> Result<(), Violation> {
+        let Some(i) = self.stable_leader() else { return Ok(()) };
+        let to = NodeId(1 + self.rng.below(self.nodes.len() as u64));
+        let raw = self.nodes[i].raw.as_mut().expect("leader is up");
+        let result = raw.transfer_leadership(to);
+        self.trace(|| format!("transfer leadership {} -> {to}: {result:?}", i + 1));
+        self.after_input(i)
     }
 
     fn deliver_one(&mut self) -> Result<(), Violation> {
@@ -580,7 +600,7 @@ impl Simulation {
                 Some((at, _)) if at == leader => {}
                 _ => {
                     let raw = self.nodes[leader].raw.as_mut().expect("leader is up");
-                    let index = raw.propose(marker.clone()).ok();
+                    let index = raw.propose(marker.clone()).ok().and_then(Proposed::index);
                     proposed_at = index.map(|index| (leader, index));
                     self.trace(|| format!("liveness proposal at node {} -> {index:?}", leader + 1));
                 }

@@ -150,6 +150,19 @@ impl Cluster {
         panic!("cluster did not stabilize");
     }
 
+    /// [`Cluster::stabilize`] with node `id` cut off: every message to or from it is lost.
+    pub fn stabilize_without(&mut self, id: u64) {
+        let cut_off = NodeId(id);
+        for _ in 0..100_000 {
+            let any_ready = self.process_readies();
+            self.queue.retain(|m| m.to != cut_off && m.from != cut_off);
+            if !self.deliver_one() && !any_ready {
+                return;
+            }
+        }
+        panic!("cluster did not stabilize");
+    }
+
     /// Node `id` campaigns and the cluster settles; asserts it won.
     pub fn elect(&mut self, id: u64) {
         self.node(id).campaign();

@@ -1,0 +1,76 @@
+//! Proposal forwarding: a follower sends a proposal to the leader it knows. A forwarded
+//! proposal is forwarded at most once and never acknowledged; the proposer sees its entry
+//! applied or times out.
+
+mod common;
+
+use bytes::Bytes;
+use common::{msg, node, Cluster};
+use raft_core::{EntryKind, Index, MessageBody, NodeId, ProposeError, Proposed};
+
+/// Whether any node's log holds an entry with `data`.
+fn anyone_holds(cluster: &mut Cluster, data: &[u8]) -> bool {
+    (1..=3).any(|id| {
+        let node = cluster.node(id);
+        let entries = node.log_entries(Index(1), node.last_index().next(), u64::MAX).unwrap();
+        entries.iter().any(|e| e.kind == EntryKind::Normal && e.data == data)
+    })
+}
+
+#[test]
+fn follower_forwards_a_proposal_to_its_leader() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    let proposed = cluster.node(2).propose(Bytes::from_static(b"fwd")).unwrap();
+    assert_eq!(proposed, Proposed::Forwarded(NodeId(1)));
+    cluster.stabilize();
+    let last = cluster.node(1).last_index();
+    for id in 1..=3 {
+        let node = cluster.node(id);
+        assert_eq!(node.commit(), last);
+        let entry = &node.log_entries(last, last.next(), u64::MAX).unwrap()[0];
+        assert_eq!(entry.data, Bytes::from_static(b"fwd"), "node {id}");
+    }
+}
+
+#[test]
+fn without_a_known_leader_the_proposal_is_refused_with_the_hint() {
+    let mut lonely = node(2, &[1, 2, 3], |_| {});
+    let refused = lonely.propose(Bytes::from_static(b"x")).unwrap_err();
+    assert_eq!(refused, ProposeError::NotLeader { leader: None });
+
+    let mut cluster = Cluster::new(3, |c| c.proposal_forwarding = false);
+    cluster.elect(1);
+    let refused = cluster.node(2).propose(Bytes::from_static(b"x")).unwrap_err();
+    assert_eq!(refused, ProposeError::NotLeader { leader: Some(NodeId(1)) });
+}
+
+/// A forwarded proposal that reaches a node that is not (or no longer) the leader is dropped,
+/// not forwarded again: nothing is appended and nothing is sent.
+#[test]
+fn forwarded_proposal_at_a_follower_is_dropped() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    let last = cluster.node(3).last_index();
+    let forwarded = msg(2, 3, 1, MessageBody::Propose { data: Bytes::from_static(b"x") });
+    cluster.node(3).step(forwarded).unwrap();
+    assert!(!cluster.node(3).has_ready());
+    assert_eq!(cluster.node(3).last_index(), last);
+}
+
+/// A forwarded proposal lost on the way is never applied anywhere: the engine reports nothing
+/// for it, and the proposer's timeout is the only outcome.
+#[test]
+fn lost_forwarded_proposal_is_never_applied() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    cluster.node(2).propose(Bytes::from_static(b"lost")).unwrap();
+    cluster.process_readies();
+    cluster.queue.retain(|m| !matches!(m.body, MessageBody::Propose { .. }));
+    cluster.stabilize();
+    for _ in 0..30 {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    assert!(!anyone_holds(&mut cluster, b"lost"));
+}
