@@ -39,6 +39,9 @@ pub struct Config {
     /// before it refuses new ones with [`crate::ProposeError::UncommittedFull`]. One proposal
     /// is always taken when none is pending, however large.
     pub uncommitted_bytes_max: u64,
+    /// The most reads a leader holds waiting for its own-term commit or for a heartbeat
+    /// round to confirm them; more are refused ([`crate::ReadIndexError::TooManyPending`]).
+    pub read_requests_max: usize,
     /// A deliberately broken rule, for proving the simulator catches it. Never set outside
     /// tests.
     #[cfg(feature = "planted-bugs")]
@@ -63,6 +66,7 @@ impl Config {
             append_bytes_max: 1 << 20,
             apply_bytes_max: 4 << 20,
             uncommitted_bytes_max: 64 << 20,
+            read_requests_max: 4096,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }
@@ -80,6 +84,9 @@ impl Config {
         }
         if self.election_ticks <= self.heartbeat_ticks {
             return invalid("election_ticks", "must be greater than heartbeat_ticks");
+        }
+        if self.read_requests_max == 0 {
+            return invalid("read_requests_max", "must be at least 1");
         }
         if self.inflight_msgs_max == 0 {
             return invalid("inflight_msgs_max", "must be at least 1");

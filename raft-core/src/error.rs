@@ -43,6 +43,21 @@ pub enum ProposeError {
     },
 }
 
+/// Why a read was refused at once. A read that was taken may still be dropped later (a
+/// leader stepping down drops its reads); its reader times out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadIndexError {
+    /// No leader is known to ask for a read index.
+    #[error("no leader known to confirm a read")]
+    NoLeader,
+    /// The leader already holds `read_requests_max` reads waiting for confirmation.
+    #[error("too many reads waiting for confirmation (limit {read_requests_max})")]
+    TooManyPending {
+        /// The configured limit.
+        read_requests_max: usize,
+    },
+}
+
 /// Why a leadership transfer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {

@@ -65,9 +65,30 @@ pub enum MessageBody {
     Heartbeat {
         /// The commit index the follower may advance to.
         commit: Index,
+        /// The leader's latest ReadIndex round (thesis §6.4); the answer echoes it, which
+        /// confirms every read registered up to that round. 0 before the first read.
+        read_round: u64,
     },
     /// The answer to [`MessageBody::Heartbeat`].
-    HeartbeatResponse,
+    HeartbeatResponse {
+        /// The heartbeat's `read_round`, echoed.
+        read_round: u64,
+    },
+    /// A follower asks its leader for a read index on behalf of read `request` (thesis
+    /// §6.4). Answered with [`MessageBody::ReadIndexResponse`] once the leader confirmed it
+    /// still leads; dropped if it does not, and the reader times out.
+    ReadIndex {
+        /// The follower's id for the read.
+        request: u64,
+    },
+    /// The leader's answer to [`MessageBody::ReadIndex`]: the follower may serve `request`
+    /// once it has applied up to `index`.
+    ReadIndexResponse {
+        /// The follower's id for the read.
+        request: u64,
+        /// The leader's commit index when it took the request.
+        index: Index,
+    },
     /// A proposal a follower forwards to its leader. Its term carries no meaning: only a
     /// leader appends it, anyone else drops it, and nobody answers (the proposer learns the
     /// outcome by seeing its entry applied, or times out).
@@ -111,7 +132,9 @@ impl MessageBody {
             MessageBody::Append { .. } => "Append",
             MessageBody::AppendResponse(_) => "AppendResp",
             MessageBody::Heartbeat { .. } => "Heartbeat",
-            MessageBody::HeartbeatResponse => "HeartbeatResp",
+            MessageBody::HeartbeatResponse { .. } => "HeartbeatResp",
+            MessageBody::ReadIndex { .. } => "ReadIndex",
+            MessageBody::ReadIndexResponse { .. } => "ReadIndexResp",
             MessageBody::Propose { .. } => "Propose",
             MessageBody::TimeoutNow => "TimeoutNow",
         }
@@ -146,8 +169,16 @@ impl fmt::Display for Message {
             MessageBody::AppendResponse(AppendResult::Rejected { rejected, hint }) => {
                 write!(f, " rejected={rejected} hint={hint}")
             }
-            MessageBody::Heartbeat { commit } => write!(f, " commit={commit}"),
-            MessageBody::HeartbeatResponse | MessageBody::TimeoutNow => Ok(()),
+            MessageBody::Heartbeat { commit, read_round: 0 } => write!(f, " commit={commit}"),
+            MessageBody::Heartbeat { commit, read_round } => {
+                write!(f, " commit={commit} read_round={read_round}")
+            }
+            MessageBody::HeartbeatResponse { read_round: 0 } | MessageBody::TimeoutNow => Ok(()),
+            MessageBody::HeartbeatResponse { read_round } => write!(f, " read_round={read_round}"),
+            MessageBody::ReadIndex { request } => write!(f, " request={request}"),
+            MessageBody::ReadIndexResponse { request, index } => {
+                write!(f, " request={request} index={index}")
+            }
             MessageBody::Propose { data } => {
                 write!(f, " \"{}\"", String::from_utf8_lossy(data).escape_debug())
             }

@@ -1,7 +1,9 @@
 //! [`RawNode`]: the engine's one way in and one way out.
 
 use crate::config::Config;
-use crate::error::{ConfigError, ProposeError, StepError, StoreError, TransferError};
+use crate::error::{
+    ConfigError, ProposeError, ReadIndexError, StepError, StoreError, TransferError,
+};
 use crate::log::RaftLog;
 use crate::message::Message;
 use crate::raft::Raft;
@@ -126,6 +128,15 @@ impl<S: LogStore> RawNode<S> {
         self.raft.propose(data)
     }
 
+    /// Asks for a linearizable read (thesis §6.4) identified by `request`. A [`crate::ReadState`]
+    /// with the same `request` comes out in a later Ready: serve the read once the state
+    /// machine has applied up to its index. A leader confirms its leadership with one
+    /// heartbeat round for all reads taken before the round; a follower asks its leader. A
+    /// read can be dropped without notice (the leader stepped down): time it out.
+    pub fn read_index(&mut self, request: u64) -> Result<(), ReadIndexError> {
+        self.raft.read_index(request)
+    }
+
     /// Hands leadership to the voter `to` (thesis §3.10): the leader brings `to` up to date,
     /// then tells it to campaign at once. Proposals are refused until `to` wins or an
     /// election timeout passes. Transferring to the leader itself does nothing.
@@ -157,11 +168,14 @@ impl<S: LogStore> RawNode<S> {
             || raft.soft_state() != self.prev_soft_state
             || raft.log.has_entries_to_persist()
             || raft.log.has_entries_to_apply()
+            || raft.reads.has_unsent_round()
+            || !raft.reads.ready.is_empty()
     }
 
     /// Takes the next batch of work. See [`Ready`] for what to do with it.
     pub fn ready(&mut self) -> Ready {
         self.raft.flush_broadcast();
+        self.raft.flush_read_round();
         let raft = &mut self.raft;
         let number = ReadyNumber(self.next_number);
         self.next_number += 1;
@@ -180,6 +194,7 @@ impl<S: LogStore> RawNode<S> {
             messages: std::mem::take(&mut raft.msgs),
             messages_after_persist: std::mem::take(&mut raft.msgs_after_persist),
             committed_entries,
+            read_states: std::mem::take(&mut raft.reads.ready),
         };
         self.prev_hard_state = hard_state;
         self.prev_soft_state = soft_state;

@@ -22,17 +22,26 @@ pub enum PlantedBug {
     /// shows the follower is behind (breaks liveness: the follower waits for the next
     /// proposal, forever if none comes).
     ForgetLostAppends,
+    /// Serve a ReadIndex read before the leader committed an entry of its own term (breaks
+    /// thesis §6.4: the new leader's commit index may lag, so the read misses acknowledged
+    /// writes).
+    ReadBeforeOwnTermCommit,
+    /// Release a ReadIndex read without the heartbeat round that confirms leadership (breaks
+    /// thesis §6.4: a deposed leader that has not heard of its successor serves stale reads).
+    ReadWithoutHeartbeatRound,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that try them all.
-    pub const ALL: [PlantedBug; 6] = [
+    pub const ALL: [PlantedBug; 8] = [
         PlantedBug::CommitEarlierTerm,
         PlantedBug::VoteBeforePersist,
         PlantedBug::SkipUpToDateCheck,
         PlantedBug::LeaderCountsUnpersisted,
         PlantedBug::SkipConsistencyCheck,
         PlantedBug::ForgetLostAppends,
+        PlantedBug::ReadBeforeOwnTermCommit,
+        PlantedBug::ReadWithoutHeartbeatRound,
     ];
 
     /// The name used on the command line of `raft-sim --planted-bug`.
@@ -44,6 +53,8 @@ impl PlantedBug {
             PlantedBug::LeaderCountsUnpersisted => "leader-counts-unpersisted",
             PlantedBug::SkipConsistencyCheck => "skip-consistency-check",
             PlantedBug::ForgetLostAppends => "forget-lost-appends",
+            PlantedBug::ReadBeforeOwnTermCommit => "read-before-own-term-commit",
+            PlantedBug::ReadWithoutHeartbeatRound => "read-without-heartbeat-round",
         }
     }
 

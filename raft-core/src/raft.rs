@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::error::StepError;
 use crate::log::RaftLog;
 use crate::message::{AppendResult, Message, MessageBody};
+use crate::read_index::ReadQueue;
 use crate::rng::Rng;
 use crate::storage::LogStore;
 use crate::tracker::ProgressTracker;
@@ -37,6 +38,9 @@ pub(crate) struct Raft<S> {
     /// Leader only: the voter leadership is being handed to, and ticks since the handover
     /// began. Invariant: `None` unless leading.
     pub(crate) transfer: Option<(NodeId, u32)>,
+    /// ReadIndex bookkeeping: reads waiting for confirmation (leader), and read states ready
+    /// for the host (any role).
+    pub(crate) reads: ReadQueue,
     rng: Rng,
     /// Messages that may leave at once.
     pub(crate) msgs: Vec<Message>,
@@ -76,6 +80,7 @@ impl<S: LogStore> Raft<S> {
             uncommitted_bytes: 0,
             ticks: 0,
             transfer: None,
+            reads: ReadQueue::default(),
             config,
         };
         raft.reset_timers();
@@ -129,6 +134,7 @@ impl<S: LogStore> Raft<S> {
         self.leader = leader;
         self.pending_broadcast = false;
         self.transfer = None;
+        self.reads.clear_pending();
         self.tracker.votes.clear();
         self.reset_timers();
         tracing::debug!(id = %self.id, term = %self.term, ?leader, "became follower");
@@ -180,8 +186,16 @@ impl<S: LogStore> Raft<S> {
                 self.handle_append(from, prev, entries, commit)
             }
             MessageBody::AppendResponse(result) => self.handle_append_response(from, result),
-            MessageBody::Heartbeat { commit } => self.handle_heartbeat(from, commit),
-            MessageBody::HeartbeatResponse => self.handle_heartbeat_response(from),
+            MessageBody::Heartbeat { commit, read_round } => {
+                self.handle_heartbeat(from, commit, read_round)
+            }
+            MessageBody::HeartbeatResponse { read_round } => {
+                self.handle_heartbeat_response(from, read_round)
+            }
+            MessageBody::ReadIndex { request } => self.handle_read_index_request(from, request),
+            MessageBody::ReadIndexResponse { request, index } => {
+                self.handle_read_index_response(from, request, index)
+            }
             MessageBody::TimeoutNow => self.handle_timeout_now(from),
             MessageBody::Propose { data } => self.handle_forwarded_proposal(from, data),
         }
@@ -233,7 +247,8 @@ impl<S: LogStore> Raft<S> {
             MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
                 if self.config.check_quorum || self.config.pre_vote =>
             {
-                self.send_after_persist(msg.from, self.term, MessageBody::HeartbeatResponse);
+                let body = MessageBody::HeartbeatResponse { read_round: 0 };
+                self.send_after_persist(msg.from, self.term, body);
             }
             MessageBody::PreVote { .. } => {
                 let body = MessageBody::PreVoteResponse { granted: false };
@@ -333,10 +348,12 @@ fn numbers_in_range(msg: &Message) -> bool {
             MessageBody::AppendResponse(AppendResult::Rejected { rejected, hint }) => {
                 *rejected <= Index::MAX && id_ok(hint)
             }
-            MessageBody::Heartbeat { commit } => *commit <= Index::MAX,
+            MessageBody::Heartbeat { commit, .. } => *commit <= Index::MAX,
+            MessageBody::ReadIndexResponse { index, .. } => *index <= Index::MAX,
             MessageBody::PreVoteResponse { .. }
             | MessageBody::VoteResponse { .. }
-            | MessageBody::HeartbeatResponse
+            | MessageBody::HeartbeatResponse { .. }
+            | MessageBody::ReadIndex { .. }
             | MessageBody::Propose { .. }
             | MessageBody::TimeoutNow => true,
         }

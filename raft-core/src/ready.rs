@@ -1,6 +1,7 @@
 //! [`Ready`]: everything the engine asks of its host in one batch.
 
 use crate::message::Message;
+use crate::read_index::ReadState;
 use crate::types::{Entry, HardState, SoftState};
 
 /// Identifies a [`Ready`], so the host can report it durable with
@@ -13,7 +14,8 @@ pub struct ReadyNumber(pub u64);
 /// 1. send `messages` (they do not depend on this batch being durable);
 /// 2. persist `hard_state` and `entries` as one all-or-nothing write, and make it durable;
 /// 3. send `messages_after_persist`, then call `on_persisted(number)`;
-/// 4. apply `committed_entries` in order, then call `on_applied(last index)`.
+/// 4. apply `committed_entries` in order, then call `on_applied(last index)`;
+/// 5. serve each of `read_states` once the applied index reaches its index.
 ///
 /// Several Readies may be in flight at once (the host may fetch the next one while the
 /// previous write is in progress), but they must be persisted and acknowledged in order.
@@ -39,6 +41,8 @@ pub struct Ready {
     /// Committed entries to apply to the state machine, in order. They are already durable on
     /// this node.
     pub committed_entries: Vec<Entry>,
+    /// Confirmed reads: serve each once the state machine has applied up to its index.
+    pub read_states: Vec<ReadState>,
 }
 
 impl Ready {

@@ -123,10 +123,12 @@ impl<S: LogStore> Raft<S> {
 
     /// Sends every follower a heartbeat carrying a commit index it is known to hold.
     pub(crate) fn broadcast_heartbeat(&mut self) {
+        self.reads.round_sent();
         for peer in self.peers() {
             let matched = self.tracker.progress.get(&peer).map_or(Index(0), |pr| pr.match_index);
             let commit = self.log.commit.min(matched);
-            self.send(peer, self.term, MessageBody::Heartbeat { commit });
+            let read_round = self.reads.round;
+            self.send(peer, self.term, MessageBody::Heartbeat { commit, read_round });
         }
     }
 
@@ -174,12 +176,13 @@ impl<S: LogStore> Raft<S> {
     }
 
     /// A heartbeat from the leader of the current term.
-    pub(crate) fn handle_heartbeat(&mut self, from: NodeId, commit: Index) {
+    pub(crate) fn handle_heartbeat(&mut self, from: NodeId, commit: Index, read_round: u64) {
         if !self.follow(from) {
             return;
         }
         self.log.commit_to(commit.min(self.log.last_index()));
-        self.send_after_persist(from, self.term, MessageBody::HeartbeatResponse);
+        let body = MessageBody::HeartbeatResponse { read_round };
+        self.send_after_persist(from, self.term, body);
     }
 
     /// Accepts `from` as the leader of the current term. Returns false (and changes nothing)
@@ -244,7 +247,7 @@ impl<S: LogStore> Raft<S> {
     /// it lacks. If everything was already sent but not acknowledged, the appends (or their
     /// answers) may have been lost: an empty append at `next_index - 1` makes the follower
     /// either confirm the match or reject it, which starts a probe from its real match.
-    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId) {
+    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
         if self.role != Role::Leader {
             return;
         }
@@ -253,6 +256,8 @@ impl<S: LogStore> Raft<S> {
         let Some(pr) = self.tracker.progress.get_mut(&from) else { return };
         pr.heard_at = now;
         pr.probe_sent = false;
+        let read_news = read_round > pr.read_round_acked;
+        pr.read_round_acked = pr.read_round_acked.max(read_round);
         if pr.state == ProgressState::Replicate && pr.inflights.is_full() {
             // The follower is alive but the window is full: an append or its answer was
             // probably lost. Free one slot; a gap makes the next append fail and probe.
@@ -261,6 +266,9 @@ impl<S: LogStore> Raft<S> {
         let resend = !self.config.has_bug(PlantedBug::ForgetLostAppends);
         if pr.match_index < last && self.maybe_send_append(from, resend) {
             self.send_appends(from);
+        }
+        if read_news {
+            self.release_confirmed_reads();
         }
     }
 
@@ -295,6 +303,10 @@ impl<S: LogStore> Raft<S> {
         if !own_term && !self.config.has_bug(PlantedBug::CommitEarlierTerm) {
             return false;
         }
-        self.log.commit_to(index)
+        let advanced = self.log.commit_to(index);
+        if advanced {
+            self.register_reads_waiting_for_commit();
+        }
+        advanced
     }
 }

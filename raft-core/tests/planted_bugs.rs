@@ -103,3 +103,17 @@ fn skip_consistency_check_is_caught() {
 fn forget_lost_appends_is_caught() {
     assert_caught(PlantedBug::ForgetLostAppends, 500, &["Liveness"]);
 }
+
+/// Thesis §6.4: a new leader serving reads before it committed an entry of its own term
+/// returns a commit index that may miss writes its predecessor acknowledged.
+#[test]
+fn read_before_own_term_commit_is_caught() {
+    assert_caught(PlantedBug::ReadBeforeOwnTermCommit, 500, &["Linearizable reads"]);
+}
+
+/// Thesis §6.4: without the heartbeat round, a deposed leader that has not heard of its
+/// successor serves reads from its stale commit index.
+#[test]
+fn read_without_heartbeat_round_is_caught() {
+    assert_caught(PlantedBug::ReadWithoutHeartbeatRound, 5_000, &["Linearizable reads"]);
+}

@@ -69,7 +69,7 @@ fn stale_and_future_terms_are_handled() {
     let mut n2 = follower();
     n2.step(msg(1, 2, 1, append((1, 2), vec![entry(1, 3)], 3))).unwrap();
     let reply = only_reply(&mut n2);
-    assert_eq!(reply, msg(2, 1, 2, MessageBody::HeartbeatResponse));
+    assert_eq!(reply, msg(2, 1, 2, MessageBody::HeartbeatResponse { read_round: 0 }));
     assert_eq!(n2.last_index(), Index(3));
     assert_eq!(n2.log_term(Index(3)), Some(Term(2)), "a stale append overwrote an entry");
     assert_eq!(n2.commit(), Index(1));
@@ -77,7 +77,7 @@ fn stale_and_future_terms_are_handled() {
     let mut cluster = Cluster::new(3, |_| {});
     cluster.elect(1);
     let leader = cluster.node(1);
-    leader.step(msg(3, 1, 1_000_000, MessageBody::HeartbeatResponse)).unwrap();
+    leader.step(msg(3, 1, 1_000_000, MessageBody::HeartbeatResponse { read_round: 0 })).unwrap();
     assert_eq!(leader.role(), Role::Follower);
     assert_eq!(leader.term(), Term(1_000_000));
     assert_eq!(leader.leader(), None);

@@ -99,6 +99,7 @@ fn main() -> ExitCode {
     };
     let started = Instant::now();
     let (mut runs, mut actions, mut committed, mut elections, mut crashes) = (0u64, 0, 0, 0, 0);
+    let mut reads = 0;
     for seed in args.seeds.clone() {
         let mut options = SimOptions::from_seed(seed, args.steps);
         options.check_persist_before_answer = args.persist_check;
@@ -121,6 +122,7 @@ fn main() -> ExitCode {
                 committed += report.committed;
                 elections += report.elections;
                 crashes += report.crashes;
+                reads += report.reads;
             }
             Err(failure) => {
                 if args.trace {
@@ -134,13 +136,14 @@ fn main() -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "raft-sim: {runs} seeds ({}..{}), {} safety steps each: {actions} actions, {elections} \
-         leaders elected, {committed} entries committed, {crashes} crashes",
+         leaders elected, {committed} entries committed, {reads} reads served, {crashes} \
+         crashes",
         args.seeds.start, args.seeds.end, args.steps
     );
     println!(
         "checked after every action: Election Safety, Log Matching, Leader Completeness, \
          State Machine Safety, committed entries never lost or changed, persist-before-answer, \
-         node invariants; after healing, within 500 ticks: a leader emerges, every node holds \
+         linearizable reads, node invariants; after healing, within 500 ticks: a leader emerges, every node holds \
          and commits its whole log, and a new proposal commits on every node"
     );
     println!(

@@ -54,6 +54,9 @@ pub struct Checker {
     seen: BTreeMap<(Index, Term), SeenEntry>,
     /// `committed[i]` is the entry at index `i + 1` once any node committed it.
     committed: Vec<(Term, Bytes)>,
+    /// Reads started and not yet answered: the node asked, and the highest index committed
+    /// anywhere when the read started.
+    reads: BTreeMap<u64, (NodeId, Index)>,
 }
 
 impl Checker {
@@ -201,13 +204,50 @@ impl Checker {
                 stale("log")
             }
             // A pre-vote request and a granted pre-vote carry the term asked about (thesis §9.6);
-            // a forwarded proposal's term is ignored by its receiver.
+            // a forwarded proposal's term is ignored by its receiver, and a follower's request
+            // for a read index promises nothing: the leader's confirmation round decides.
             MessageBody::PreVote { .. }
             | MessageBody::PreVoteResponse { granted: true }
-            | MessageBody::Propose { .. } => Ok(()),
+            | MessageBody::Propose { .. }
+            | MessageBody::ReadIndex { .. } => Ok(()),
             _ if behind => stale("term"),
             _ => Ok(()),
         }
+    }
+
+    /// A read `request` starts at `node`: from now on it must see every entry committed so
+    /// far.
+    pub fn on_read_start(&mut self, node: NodeId, request: u64) {
+        self.reads.insert(request, (node, Index(self.committed.len() as u64)));
+    }
+
+    /// Linearizable reads (thesis §6.4): `node` may serve read `request` once it has applied
+    /// up to `index`, so `index` must cover every entry committed before the read started.
+    pub fn on_read_state(&self, node: NodeId, request: u64, index: Index) -> Result<(), Violation> {
+        // The network may duplicate a request or its answer, so a read can be released twice;
+        // the host serves the first and ignores the rest, but each must be correct.
+        let Some(&(asked_at, floor)) = self.reads.get(&request) else {
+            return violation(
+                "Linearizable reads",
+                format!("node {node} released read {request}, which was never asked for"),
+            );
+        };
+        if asked_at != node {
+            return violation(
+                "Linearizable reads",
+                format!("read {request} asked at node {asked_at} was released at node {node}"),
+            );
+        }
+        if index < floor {
+            return violation(
+                "Linearizable reads",
+                format!(
+                    "read {request} at node {node} got index {index}, but {floor} was already \
+                     committed when it started: it would miss acknowledged writes"
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// The highest index any node committed.

@@ -134,6 +134,8 @@ pub struct SimReport {
     pub elections: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Reads released to a host (each checked for linearizability).
+    pub reads: u64,
     /// Ticks the liveness phase needed to elect a leader and commit a proposal.
     pub liveness_ticks: u64,
     /// The trace, when asked for.
@@ -205,6 +207,7 @@ pub struct Simulation {
     report: SimReport,
     action: u64,
     proposals: u64,
+    reads_asked: u64,
 }
 
 impl Simulation {
@@ -219,6 +222,7 @@ impl Simulation {
             report: SimReport::default(),
             action: 0,
             proposals: 0,
+            reads_asked: 0,
             options,
         };
         for id in ids {
@@ -318,7 +322,8 @@ impl Simulation {
             25..=59 => self.deliver_one(),
             60..=74 => self.take_ready(i),
             75..=89 => self.persist_one(i),
-            _ => self.propose(i),
+            90..=95 => self.propose(i),
+            _ => self.read(i),
         }
     }
 
@@ -346,6 +351,20 @@ impl Simulation {
         }
         self.trace(|| format!("propose {} {data:?} -> {result:?}", target + 1));
         self.after_input(target)
+    }
+
+    /// A client reads at node `i` (a leader confirms it; a follower asks its leader).
+    fn read(&mut self, i: usize) -> Result<(), Violation> {
+        self.reads_asked += 1;
+        let request = self.reads_asked;
+        let node = &mut self.nodes[i];
+        let raw = node.raw.as_mut().expect("reading node is up");
+        let result = raw.read_index(request);
+        if result.is_ok() {
+            self.checker.on_read_start(node.id, request);
+        }
+        self.trace(|| format!("read {} request={request} -> {result:?}", i + 1));
+        self.after_input(i)
     }
 
     /// The leader of the highest term, if up, hands leadership to a random voter.
@@ -394,6 +413,10 @@ impl Simulation {
         for entry in &ready.committed_entries {
             self.checker.on_apply(id, entry, node.applied)?;
             node.applied = entry.index;
+        }
+        for read in &ready.read_states {
+            self.checker.on_read_state(id, read.request, read.index)?;
+            self.report.reads += 1;
         }
         if let Some(last) = ready.committed_entries.last() {
             raw.on_applied(last.index);
@@ -681,6 +704,9 @@ fn describe_ready(i: usize, ready: &Ready, messages: &[Message]) -> String {
     }
     if let Some(last) = ready.committed_entries.last() {
         let _ = write!(line, " apply..{}", last.index);
+    }
+    for read in &ready.read_states {
+        let _ = write!(line, " read {}@{}", read.request, read.index);
     }
     for msg in messages {
         let _ = write!(line, "\n         send {msg}");

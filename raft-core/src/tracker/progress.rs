@@ -37,6 +37,8 @@ pub struct Progress {
     /// The leader's tick count when the follower last answered (or when the leader took
     /// office), for CheckQuorum.
     pub heard_at: u64,
+    /// The highest ReadIndex round the follower echoed in this term.
+    pub read_round_acked: u64,
 }
 
 impl Progress {
@@ -50,6 +52,7 @@ impl Progress {
             probe_sent: false,
             inflights,
             heard_at: 0,
+            read_round_acked: 0,
         }
     }
 
