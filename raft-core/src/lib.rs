@@ -81,4 +81,6 @@ pub use read_index::ReadState;
 pub use ready::{Ready, ReadyNumber};
 pub use rng::Rng;
 pub use storage::{LogStore, MemLogStore};
-pub use types::{Entry, EntryId, EntryKind, HardState, Index, NodeId, Role, SoftState, Term};
+pub use types::{
+    Entry, EntryId, EntryKind, HardState, Index, NodeId, Role, SnapshotMeta, SoftState, Term,
+};

@@ -6,7 +6,7 @@
 //! [`MemLogStore`] serves tests and the simulator.
 
 use crate::error::StoreError;
-use crate::types::{Entry, Index, Term};
+use crate::types::{Entry, Index, NodeId, SnapshotMeta, Term};
 
 /// Read access to the durable part of the log.
 ///
@@ -23,15 +23,20 @@ pub trait LogStore {
     /// Entries in `[lo, hi)`, stopping once their total [`Entry::size_bytes`] would exceed
     /// `max_bytes`, but always at least one entry when `lo < hi`.
     fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StoreError>;
+    /// The latest durable snapshot (index 0 when there is none). Invariant:
+    /// `snapshot().index >= first_index() - 1`, so every compacted entry is covered.
+    fn snapshot(&self) -> SnapshotMeta;
 }
 
 /// A log store in memory: what the host has "persisted", for tests and the simulator.
 #[derive(Clone, Debug, Default)]
 pub struct MemLogStore {
-    /// Entries from index `snapshot_index + 1` on.
+    /// Entries from index `compacted.index + 1` on.
     entries: Vec<Entry>,
-    snapshot_index: Index,
-    snapshot_term: Term,
+    /// The last compacted entry (index 0 when nothing was compacted).
+    compacted: crate::types::EntryId,
+    /// The latest snapshot. Invariant: `snapshot.index >= compacted.index`.
+    snapshot: SnapshotMeta,
 }
 
 impl MemLogStore {
@@ -49,41 +54,88 @@ impl MemLogStore {
     pub fn append(&mut self, entries: &[Entry]) {
         let Some(first) = entries.first() else { return };
         assert!(
-            first.index > self.snapshot_index && first.index <= self.last_index().next(),
+            first.index > self.compacted.index && first.index <= self.last_index().next(),
             "append at {} does not fit a store holding {}..={}",
             first.index,
             self.first_index(),
             self.last_index()
         );
-        let keep = (first.index.0 - self.snapshot_index.0 - 1) as usize;
+        let keep = (first.index.0 - self.compacted.index.0 - 1) as usize;
         self.entries.truncate(keep);
         self.entries.extend_from_slice(entries);
     }
 
+    /// Records a snapshot the host's state machine took at `index` (which must be held or
+    /// be the last compacted entry), with the voters at that point. The log is unchanged;
+    /// [`MemLogStore::compact`] may then drop the prefix it covers.
+    pub fn record_snapshot(&mut self, index: Index, voters: Vec<NodeId>) -> Result<(), StoreError> {
+        let term = self.term(index)?;
+        if index > self.snapshot.index {
+            self.snapshot = SnapshotMeta { index, term, voters };
+        }
+        Ok(())
+    }
+
+    /// Drops the entries up to `index`, which the latest snapshot must cover (paper §7).
+    pub fn compact(&mut self, index: Index) -> Result<(), StoreError> {
+        if index > self.snapshot.index || index > self.last_index() {
+            return Err(StoreError::Unavailable(format!(
+                "cannot compact to {index}: the snapshot covers {} and the log ends at {}",
+                self.snapshot.index,
+                self.last_index()
+            )));
+        }
+        if index <= self.compacted.index {
+            return Ok(());
+        }
+        let term = self.term(index)?;
+        self.entries.drain(..(index.0 - self.compacted.index.0) as usize);
+        self.compacted = crate::types::EntryId::new(term, index);
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader (as a Ready's `snapshot` asks): entries
+    /// it covers are dropped; the suffix after it is kept only if the log holds the
+    /// snapshot's last entry (then it is consistent with the leader's log), else everything
+    /// goes.
+    pub fn install_snapshot(&mut self, meta: &SnapshotMeta) {
+        if meta.index <= self.compacted.index {
+            return;
+        }
+        let consistent = self.term(meta.index) == Ok(meta.term);
+        if consistent {
+            self.entries.drain(..(meta.index.0 - self.compacted.index.0) as usize);
+        } else {
+            self.entries.clear();
+        }
+        self.compacted = meta.last();
+        self.snapshot = meta.clone();
+    }
+
     fn position(&self, index: Index) -> Option<usize> {
-        if index <= self.snapshot_index || index > self.last_index() {
+        if index <= self.compacted.index || index > self.last_index() {
             return None;
         }
-        Some((index.0 - self.snapshot_index.0 - 1) as usize)
+        Some((index.0 - self.compacted.index.0 - 1) as usize)
     }
 }
 
 impl LogStore for MemLogStore {
     fn first_index(&self) -> Index {
-        self.snapshot_index.next()
+        self.compacted.index.next()
     }
 
     fn last_index(&self) -> Index {
-        self.snapshot_index.plus(self.entries.len() as u64)
+        self.compacted.index.plus(self.entries.len() as u64)
     }
 
     fn term(&self, index: Index) -> Result<Term, StoreError> {
-        if index == self.snapshot_index {
-            return Ok(self.snapshot_term);
+        if index == self.compacted.index {
+            return Ok(self.compacted.term);
         }
         match self.position(index) {
             Some(pos) => Ok(self.entries[pos].term),
-            None if index < self.snapshot_index => {
+            None if index < self.compacted.index => {
                 Err(StoreError::Compacted { first: self.first_index() })
             }
             None => Err(StoreError::Unavailable(format!(
@@ -94,7 +146,7 @@ impl LogStore for MemLogStore {
     }
 
     fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StoreError> {
-        if lo <= self.snapshot_index {
+        if lo <= self.compacted.index {
             return Err(StoreError::Compacted { first: self.first_index() });
         }
         let (Some(start), true) = (self.position(lo), hi <= self.last_index().next()) else {
@@ -103,8 +155,12 @@ impl LogStore for MemLogStore {
                 self.last_index()
             )));
         };
-        let end = (hi.0 - self.snapshot_index.0 - 1) as usize;
+        let end = (hi.0 - self.compacted.index.0 - 1) as usize;
         Ok(take_within_budget(&self.entries[start..end], max_bytes))
+    }
+
+    fn snapshot(&self) -> SnapshotMeta {
+        self.snapshot.clone()
     }
 }
 
@@ -141,6 +197,35 @@ mod tests {
         assert_eq!(store.last_index(), Index(2));
         assert_eq!(store.term(Index(2)), Ok(Term(2)));
         assert_eq!(store.term(Index(0)), Ok(Term(0)));
+    }
+
+    #[test]
+    fn compaction_needs_a_snapshot_and_keeps_the_boundary_term() {
+        let mut store = MemLogStore::new();
+        store.append(&[entry(1, 1), entry(1, 2), entry(2, 3)]);
+        assert!(store.compact(Index(2)).is_err(), "compacted without a snapshot");
+        store.record_snapshot(Index(2), vec![NodeId(1)]).unwrap();
+        store.compact(Index(2)).unwrap();
+        assert_eq!(store.first_index(), Index(3));
+        assert_eq!(store.term(Index(2)), Ok(Term(1)));
+        assert_eq!(store.term(Index(1)), Err(StoreError::Compacted { first: Index(3) }));
+        assert_eq!(store.snapshot().last(), crate::types::EntryId::new(Term(1), Index(2)));
+    }
+
+    #[test]
+    fn installing_a_snapshot_keeps_only_a_consistent_suffix() {
+        let log = [entry(1, 1), entry(1, 2), entry(2, 3)];
+        let meta =
+            |term, index| SnapshotMeta { index: Index(index), term: Term(term), voters: vec![] };
+        let mut consistent = MemLogStore::new();
+        consistent.append(&log);
+        consistent.install_snapshot(&meta(1, 2));
+        assert_eq!((consistent.first_index(), consistent.last_index()), (Index(3), Index(3)));
+        let mut divergent = MemLogStore::new();
+        divergent.append(&log);
+        divergent.install_snapshot(&meta(3, 2));
+        assert_eq!((divergent.first_index(), divergent.last_index()), (Index(3), Index(2)));
+        assert_eq!(divergent.term(Index(2)), Ok(Term(3)));
     }
 
     #[test]

@@ -131,6 +131,26 @@ impl Entry {
     }
 }
 
+/// What a snapshot of the state machine covers (paper §7): every entry up to `index`, the
+/// last of which has `term`, and the voters of the configuration at that point. The bytes of
+/// the state itself belong to the host; the engine only ever handles this description.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SnapshotMeta {
+    /// The last index the snapshot covers (0: no snapshot).
+    pub index: Index,
+    /// The term of the entry at `index`.
+    pub term: Term,
+    /// The voters as of `index`.
+    pub voters: Vec<NodeId>,
+}
+
+impl SnapshotMeta {
+    /// The id of the last entry the snapshot covers.
+    pub fn last(&self) -> EntryId {
+        EntryId::new(self.term, self.index)
+    }
+}
+
 /// The state every node must persist before it answers anybody (paper Figure 2, "Persistent
 /// state on all servers"), plus the commit index, which may be persisted lazily.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
