@@ -64,6 +64,7 @@ mod read_index;
 mod ready;
 mod replication;
 mod rng;
+mod snapshot;
 mod storage;
 pub mod tracker;
 mod transfer;

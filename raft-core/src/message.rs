@@ -4,7 +4,7 @@
 //! carries exactly the fields it needs. Local events (an election timeout, an unreachable peer)
 //! are methods on [`crate::RawNode`], never messages.
 
-use crate::types::{Entry, EntryId, Index, NodeId, Term};
+use crate::types::{Entry, EntryId, Index, NodeId, SnapshotMeta, Term};
 use bytes::Bytes;
 use std::fmt;
 
@@ -89,6 +89,14 @@ pub enum MessageBody {
         /// The leader's commit index when it took the request.
         index: Index,
     },
+    /// InstallSnapshot (paper §7): the follower needs entries the leader has compacted, so the
+    /// leader sends its latest snapshot. The message carries the description; the host's
+    /// transport moves the state's bytes alongside (in chunks if it likes), and the receiving
+    /// host steps this message in once it holds them. Answered with an `AppendResponse`.
+    InstallSnapshot {
+        /// What the snapshot covers.
+        snapshot: SnapshotMeta,
+    },
     /// A proposal a follower forwards to its leader. Its term carries no meaning: only a
     /// leader appends it, anyone else drops it, and nobody answers (the proposer learns the
     /// outcome by seeing its entry applied, or times out).
@@ -136,6 +144,7 @@ impl MessageBody {
             MessageBody::ReadIndex { .. } => "ReadIndex",
             MessageBody::ReadIndexResponse { .. } => "ReadIndexResp",
             MessageBody::Propose { .. } => "Propose",
+            MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
             MessageBody::TimeoutNow => "TimeoutNow",
         }
     }
@@ -176,6 +185,9 @@ impl fmt::Display for Message {
             MessageBody::HeartbeatResponse { read_round: 0 } | MessageBody::TimeoutNow => Ok(()),
             MessageBody::HeartbeatResponse { read_round } => write!(f, " read_round={read_round}"),
             MessageBody::ReadIndex { request } => write!(f, " request={request}"),
+            MessageBody::InstallSnapshot { snapshot } => {
+                write!(f, " snapshot={} voters={:?}", snapshot.last(), snapshot.voters)
+            }
             MessageBody::ReadIndexResponse { request, index } => {
                 write!(f, " request={request} index={index}")
             }

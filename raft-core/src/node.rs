@@ -73,9 +73,9 @@ pub struct RawNode<S> {
     /// The hard and soft state as of the last Ready handed out.
     prev_hard_state: HardState,
     prev_soft_state: SoftState,
-    /// Readies handed out and not yet acknowledged durable, oldest first, with the last entry
-    /// each carried.
-    in_flight: VecDeque<(ReadyNumber, Option<EntryId>)>,
+    /// Readies handed out and not yet acknowledged durable, oldest first, with the snapshot
+    /// index and the last entry each carried.
+    in_flight: VecDeque<(ReadyNumber, Option<Index>, Option<EntryId>)>,
     next_number: u64,
 }
 
@@ -91,14 +91,22 @@ impl<S: LogStore> RawNode<S> {
                 hard_state.commit
             )));
         }
-        if applied > hard_state.commit {
+        // Everything a snapshot covers is committed, even if the hard state's commit lags.
+        let compacted = store.first_index().prev();
+        let commit = hard_state.commit.max(compacted);
+        if applied > commit {
             return Err(ConfigError::StartState(format!(
-                "applied {applied} is beyond the persisted commit {}",
-                hard_state.commit
+                "applied {applied} is beyond the commit index {commit}"
+            )));
+        }
+        if applied < compacted {
+            return Err(ConfigError::StartState(format!(
+                "applied {applied} is below the snapshot at {compacted}: restore the state \
+                 machine from the snapshot first"
             )));
         }
         let voters: BTreeSet<NodeId> = voters.into_iter().collect();
-        let log = RaftLog::new(store, hard_state.commit, applied);
+        let log = RaftLog::new(store, commit, applied);
         let raft = Raft::new(config, log, hard_state, voters);
         let prev_soft_state = raft.soft_state();
         Ok(RawNode {
@@ -158,6 +166,18 @@ impl<S: LogStore> RawNode<S> {
         }
     }
 
+    /// The host could not deliver a snapshot to `peer`; the leader probes it again (sending
+    /// the snapshot anew if still needed).
+    pub fn report_snapshot_failure(&mut self, peer: NodeId) {
+        self.raft.report_snapshot_failure(peer);
+    }
+
+    /// How far the host may compact its log once its state machine has a snapshot there:
+    /// entries both applied and durable (paper §7).
+    pub fn compactable_index(&self) -> Index {
+        self.raft.log.applied.min(self.raft.log.persisted_index())
+    }
+
     /// Whether [`RawNode::ready`] has anything to hand out.
     pub fn has_ready(&self) -> bool {
         let raft = &self.raft;
@@ -167,6 +187,7 @@ impl<S: LogStore> RawNode<S> {
             || raft.hard_state() != self.prev_hard_state
             || raft.soft_state() != self.prev_soft_state
             || raft.log.has_entries_to_persist()
+            || raft.log.has_snapshot_to_persist()
             || raft.log.has_entries_to_apply()
             || raft.reads.has_unsent_round()
             || !raft.reads.ready.is_empty()
@@ -181,15 +202,18 @@ impl<S: LogStore> RawNode<S> {
         self.next_number += 1;
         let hard_state = raft.hard_state();
         let soft_state = raft.soft_state();
+        let snapshot = raft.log.take_snapshot_to_persist();
         let entries = raft.log.take_to_persist();
         let committed_entries = raft.log.take_to_apply(raft.config.apply_bytes_max);
         let applied_bytes: u64 = committed_entries.iter().map(Entry::size_bytes).sum();
         raft.uncommitted_bytes = raft.uncommitted_bytes.saturating_sub(applied_bytes);
-        self.in_flight.push_back((number, entries.last().map(Entry::id)));
+        let snapshot_index = snapshot.as_ref().map(|s| s.index);
+        self.in_flight.push_back((number, snapshot_index, entries.last().map(Entry::id)));
         let ready = Ready {
             number,
             soft_state: (soft_state != self.prev_soft_state).then_some(soft_state),
             hard_state: (hard_state != self.prev_hard_state).then_some(hard_state),
+            snapshot,
             entries,
             messages: std::mem::take(&mut raft.msgs),
             messages_after_persist: std::mem::take(&mut raft.msgs_after_persist),
@@ -208,15 +232,18 @@ impl<S: LogStore> RawNode<S> {
     /// If `number` was not handed out or was already acknowledged: a host bug.
     pub fn on_persisted(&mut self, number: ReadyNumber) {
         assert!(
-            self.in_flight.iter().any(|(n, _)| *n == number),
+            self.in_flight.iter().any(|(n, _, _)| *n == number),
             "node {}: Ready {number:?} is not awaiting persistence",
             self.raft.id
         );
-        while let Some(&(n, last)) = self.in_flight.front() {
+        while let Some(&(n, snapshot, last)) = self.in_flight.front() {
             if n > number {
                 break;
             }
             self.in_flight.pop_front();
+            if let Some(index) = snapshot {
+                self.raft.log.snapshot_stable(index);
+            }
             if let Some(id) = last {
                 self.raft.log.stable_to(id);
             }

@@ -29,11 +29,15 @@ pub enum PlantedBug {
     /// Release a ReadIndex read without the heartbeat round that confirms leadership (breaks
     /// thesis §6.4: a deposed leader that has not heard of its successor serves stale reads).
     ReadWithoutHeartbeatRound,
+    /// Install a snapshot by dropping the whole log even when it holds the snapshot's last
+    /// entry (breaks paper §7: the consistent suffix, possibly acknowledged to the leader and
+    /// counted toward commitment, is lost).
+    SnapshotDropsSuffix,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that try them all.
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::CommitEarlierTerm,
         PlantedBug::VoteBeforePersist,
         PlantedBug::SkipUpToDateCheck,
@@ -42,6 +46,7 @@ impl PlantedBug {
         PlantedBug::ForgetLostAppends,
         PlantedBug::ReadBeforeOwnTermCommit,
         PlantedBug::ReadWithoutHeartbeatRound,
+        PlantedBug::SnapshotDropsSuffix,
     ];
 
     /// The name used on the command line of `raft-sim --planted-bug`.
@@ -55,6 +60,7 @@ impl PlantedBug {
             PlantedBug::ForgetLostAppends => "forget-lost-appends",
             PlantedBug::ReadBeforeOwnTermCommit => "read-before-own-term-commit",
             PlantedBug::ReadWithoutHeartbeatRound => "read-without-heartbeat-round",
+            PlantedBug::SnapshotDropsSuffix => "snapshot-drops-suffix",
         }
     }
 

@@ -193,6 +193,7 @@ impl<S: LogStore> Raft<S> {
                 self.handle_heartbeat_response(from, read_round)
             }
             MessageBody::ReadIndex { request } => self.handle_read_index_request(from, request),
+            MessageBody::InstallSnapshot { snapshot } => self.handle_snapshot(from, snapshot),
             MessageBody::ReadIndexResponse { request, index } => {
                 self.handle_read_index_response(from, request, index)
             }
@@ -226,7 +227,9 @@ impl<S: LogStore> Raft<S> {
             }
             // A granted pre-vote carries the term the pre-candidate would campaign in.
             MessageBody::PreVoteResponse { granted: true } => true,
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. } => {
                 self.become_follower(msg.term, Some(msg.from));
                 true
             }
@@ -244,7 +247,9 @@ impl<S: LogStore> Raft<S> {
             // With CheckQuorum or PreVote this node may have raised its term while cut off and
             // ignores vote requests in lease; answering lets the stale leader step down and
             // the cluster converge on the new term (etcd-io/raft does the same).
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. }
                 if self.config.check_quorum || self.config.pre_vote =>
             {
                 let body = MessageBody::HeartbeatResponse { read_round: 0 };
@@ -309,6 +314,14 @@ fn validate(msg: &Message, me: NodeId) -> Result<(), StepError> {
             Index::MAX
         ));
     }
+    if let MessageBody::InstallSnapshot { snapshot } = &msg.body {
+        if snapshot.index == Index(0) || snapshot.voters.is_empty() {
+            return malformed("a snapshot must cover an entry and name its voters".to_string());
+        }
+        if snapshot.voters.contains(&NodeId(0)) {
+            return malformed("a snapshot names voter 0".to_string());
+        }
+    }
     if let MessageBody::Append { prev, entries, .. } = &msg.body {
         let mut expected = prev.index.next();
         let mut prev_term = prev.term;
@@ -350,6 +363,9 @@ fn numbers_in_range(msg: &Message) -> bool {
             }
             MessageBody::Heartbeat { commit, .. } => *commit <= Index::MAX,
             MessageBody::ReadIndexResponse { index, .. } => *index <= Index::MAX,
+            MessageBody::InstallSnapshot { snapshot } => {
+                id_ok(&snapshot.last()) && snapshot.term <= msg.term
+            }
             MessageBody::PreVoteResponse { .. }
             | MessageBody::VoteResponse { .. }
             | MessageBody::HeartbeatResponse { .. }

@@ -10,7 +10,7 @@
 //! Follower side: the consistency check on `prev`, truncation of a conflicting suffix, and
 //! the commit index learned from the leader.
 
-use crate::error::ProposeError;
+use crate::error::{ProposeError, StoreError};
 use crate::message::{AppendResult, MessageBody};
 use crate::node::Proposed;
 use crate::planted::PlantedBug;
@@ -92,23 +92,30 @@ impl<S: LogStore> Raft<S> {
     /// has nothing new. Returns whether entries were sent (so the caller may send more).
     fn maybe_send_append(&mut self, to: NodeId, send_if_empty: bool) -> bool {
         let last = self.log.last_index();
-        let Some(pr) = self.tracker.progress.get_mut(&to) else { return false };
+        let Some(pr) = self.tracker.progress.get(&to) else { return false };
         if pr.is_paused() {
             return false;
         }
-        let prev_index = pr.next_index.prev();
+        let next_index = pr.next_index;
+        let prev_index = next_index.prev();
         let Some(prev_term) = self.log.term(prev_index) else {
             // The entry was compacted away; only a snapshot can help this follower.
+            self.send_snapshot(to);
             return false;
         };
-        let entries =
-            match self.log.entries(pr.next_index, last.next(), self.config.append_bytes_max) {
-                Ok(entries) => entries,
-                Err(error) => {
-                    tracing::warn!(%error, %to, "cannot read entries for follower; retrying later");
-                    return false;
-                }
-            };
+        let entries = match self.log.entries(next_index, last.next(), self.config.append_bytes_max)
+        {
+            Ok(entries) => entries,
+            Err(StoreError::Compacted { .. }) => {
+                self.send_snapshot(to);
+                return false;
+            }
+            Err(error) => {
+                tracing::warn!(%error, %to, "cannot read entries for follower; retrying later");
+                return false;
+            }
+        };
+        let Some(pr) = self.tracker.progress.get_mut(&to) else { return false };
         if entries.is_empty() && !send_if_empty {
             return false;
         }
@@ -187,7 +194,7 @@ impl<S: LogStore> Raft<S> {
 
     /// Accepts `from` as the leader of the current term. Returns false (and changes nothing)
     /// if this node is itself the leader: two leaders in one term would break Election Safety.
-    fn follow(&mut self, from: NodeId) -> bool {
+    pub(crate) fn follow(&mut self, from: NodeId) -> bool {
         if self.role == Role::Leader {
             tracing::error!(id = %self.id, %from, term = %self.term, "another leader in my term");
             return false;
@@ -216,6 +223,11 @@ impl<S: LogStore> Raft<S> {
                     return;
                 }
                 let news = pr.update_match(match_index);
+                if let ProgressState::Snapshot { index, .. } = pr.state {
+                    if pr.match_index >= index {
+                        pr.become_probe(); // the snapshot is in; find where the logs agree
+                    }
+                }
                 if pr.state == ProgressState::Probe && match_index >= pr.match_index {
                     pr.become_replicate();
                 }
@@ -258,6 +270,12 @@ impl<S: LogStore> Raft<S> {
         pr.probe_sent = false;
         let read_news = read_round > pr.read_round_acked;
         pr.read_round_acked = pr.read_round_acked.max(read_round);
+        if let ProgressState::Snapshot { sent_at, .. } = pr.state {
+            if now.saturating_sub(sent_at) >= u64::from(self.config.election_ticks) {
+                // No answer to the snapshot for an election timeout: assume it was lost.
+                pr.become_probe();
+            }
+        }
         if pr.state == ProgressState::Replicate && pr.inflights.is_full() {
             // The follower is alive but the window is full: an append or its answer was
             // probably lost. Free one slot; a gap makes the next append fail and probe.

@@ -21,7 +21,12 @@
 //!   [append_bytes_max=N] [inflight_msgs_max=N] [planted_bug=NAME]`: a cluster of voters
 //!   1..=N; every other setting is `Config::new`'s.
 //! - `campaign ID`: the node starts an election now (a pre-vote round first if enabled).
-//! - `propose ID DATA`: a client write at the node.
+//! - `propose ID DATA`: a client write at the node. Prints where it went: appended at
+//!   `term/index` by a leader, forwarded to the leader a follower knows (thesis §6.2), or
+//!   refused with the `ProposeError`.
+//! - `transfer-leadership FROM TO`: asks node FROM to hand leadership to TO (thesis §3.10).
+//!   Prints that the transfer started, or the `TransferError` (TO need not be a node: the
+//!   engine's refusal of a non-voter is printed like any other).
 //! - `tick ID... [times=N]`: advances the listed clocks together, N ticks (default 1).
 //! - `tick-election ID...`: ticks the listed nodes together until one's timer fires (an
 //!   election timeout, or a leader's failed CheckQuorum round) and says after how many ticks.
@@ -156,6 +161,7 @@ impl goldenscript::Runner for Cluster {
             "add-nodes" => self.add_nodes(&mut args, &mut out)?,
             "campaign" => self.campaign(&mut args, &mut out)?,
             "propose" => self.propose(&mut args, &mut out)?,
+            "transfer-leadership" => self.transfer_leadership(&mut args, &mut out)?,
             "tick" => self.tick(&mut args, &mut out)?,
             "tick-election" => self.tick_election(&mut args, &mut out)?,
             "process-ready" => self.process_ready_cmd(&mut args, &mut out)?,
@@ -467,6 +473,28 @@ impl Cluster {
                 }
                 Ok(Proposed::Forwarded(to)) => format!("{id}: forwarded {data:?} to {to}"),
                 Err(error) => format!("{id}: refused: {error}"),
+            };
+            Ok(())
+        })?;
+        writeln!(out, "{line}")?;
+        Ok(())
+    }
+
+    /// `transfer-leadership FROM TO` (thesis §3.10): prints that FROM started handing
+    /// leadership to TO, or why it refused. The TimeoutNow, if TO is already up to date,
+    /// waits in FROM's next Ready like any other message.
+    fn transfer_leadership(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let from = parse_id(args.pos("node id")?)?;
+        let to = parse_id(args.pos("target node id")?)?;
+        args.finish()?;
+        let mut line = String::new();
+        self.input(from, out, "", |raw| {
+            line = match raw.transfer_leadership(to) {
+                Ok(()) if to == from => {
+                    format!("{from}: transfer to itself: no transfer under way")
+                }
+                Ok(()) => format!("{from}: transferring leadership to {to}"),
+                Err(error) => format!("{from}: transfer refused: {error}"),
             };
             Ok(())
         })?;
@@ -812,6 +840,7 @@ impl Cluster {
                 ProgressState::Probe if pr.probe_sent => "probe (waiting for an answer)",
                 ProgressState::Probe => "probe",
                 ProgressState::Replicate => "replicate",
+                ProgressState::Snapshot { .. } => "snapshot (waiting for the install)",
             };
             writeln!(
                 out,
@@ -879,6 +908,13 @@ fn bad_input_is_an_error_not_a_panic() {
         "add-nodes 3\n---\n\nstatus x\n---\n",
         "add-nodes 3\n---\n\nstatus 1 extra=1\n---\n",
         "add-nodes 3\n---\n\nfly 1\n---\n",
+        "add-nodes 3\n---\n\ntransfer-leadership 1\n---\n",
+        "add-nodes 3\n---\n\ntransfer-leadership 1 x\n---\n",
+        "add-nodes 3\n---\n\ntransfer-leadership 1 0\n---\n",
+        "add-nodes 3\n---\n\ntransfer-leadership 4 1\n---\n",
+        "add-nodes 3\n---\n\ntransfer-leadership 1 2 3\n---\n",
+        "add-nodes 3\n---\n\ntransfer-leadership 1 2 times=2\n---\n",
+        "add-nodes 3\n---\n\ncrash 1\n---\n\ntransfer-leadership 1 2\n---\n",
         // A leader without CheckQuorum has no timer that could fire.
         "add-nodes 1 check_quorum=false\n---\n\ncampaign 1\n---\n\ntick-election 1\n---\n",
     ];
@@ -940,5 +976,7 @@ scenarios! {
     replication_log_repair => "replication/log_repair.txt",
     replication_figure8 => "replication/figure8.txt",
     replication_figure8_planted_bug => "replication/figure8_planted_bug.txt",
-
+    leadership_transfer => "leadership/transfer.txt",
+    leadership_transfer_timeout => "leadership/transfer_timeout.txt",
+    leadership_forwarding => "leadership/forwarding.txt",
 }

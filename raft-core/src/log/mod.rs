@@ -11,7 +11,7 @@ mod unstable;
 
 use crate::error::StoreError;
 use crate::storage::LogStore;
-use crate::types::{Entry, EntryId, Index, Term};
+use crate::types::{Entry, EntryId, Index, SnapshotMeta, Term};
 use unstable::Unstable;
 
 /// The log of one node.
@@ -36,7 +36,50 @@ impl<S: LogStore> RaftLog<S> {
 
     /// The last index of the log.
     pub(crate) fn last_index(&self) -> Index {
-        self.unstable.last_index().unwrap_or_else(|| self.store.last_index())
+        match (self.unstable.last_index(), &self.unstable.snapshot) {
+            (Some(last), _) => last,
+            (None, Some(snapshot)) => snapshot.index,
+            (None, None) => self.store.last_index(),
+        }
+    }
+
+    /// The first index the log holds; entries before it are covered by a snapshot.
+    pub(crate) fn first_index(&self) -> Index {
+        match &self.unstable.snapshot {
+            Some(snapshot) => snapshot.index.next(),
+            None => self.store.first_index(),
+        }
+    }
+
+    /// Replaces the whole log with `snapshot` from the leader (paper §7): the log it covers
+    /// and any suffix are dropped, everything up to its index counts as committed and applied
+    /// (the host restores its state machine from the snapshot before applying anything else).
+    pub(crate) fn restore(&mut self, snapshot: SnapshotMeta) {
+        assert!(
+            snapshot.index > self.commit,
+            "snapshot {} does not reach past commit {}",
+            snapshot.index,
+            self.commit
+        );
+        self.commit = snapshot.index;
+        self.apply_cursor = snapshot.index;
+        self.applied = snapshot.index;
+        self.unstable.restore(snapshot);
+    }
+
+    /// The received snapshot, if it waits to be handed to the host; marks it handed out.
+    pub(crate) fn take_snapshot_to_persist(&mut self) -> Option<SnapshotMeta> {
+        self.unstable.take_snapshot_to_persist()
+    }
+
+    /// Whether a received snapshot waits to be handed to the host.
+    pub(crate) fn has_snapshot_to_persist(&self) -> bool {
+        self.unstable.snapshot.is_some() && !self.unstable.snapshot_handed_out
+    }
+
+    /// The host made the snapshot ending at `index` durable.
+    pub(crate) fn snapshot_stable(&mut self, index: Index) {
+        self.unstable.snapshot_stable(index);
     }
 
     /// The id of the last entry (0/0 for an empty log).
@@ -48,7 +91,7 @@ impl<S: LogStore> RaftLog<S> {
     /// The last index that is durable and belongs to this log (a pending conflict may have
     /// replaced the store's suffix).
     pub(crate) fn persisted_index(&self) -> Index {
-        if self.unstable.entries.is_empty() {
+        if self.unstable.entries.is_empty() && self.unstable.snapshot.is_none() {
             self.store.last_index()
         } else {
             self.unstable.offset.prev()
@@ -59,6 +102,11 @@ impl<S: LogStore> RaftLog<S> {
     pub(crate) fn term(&self, index: Index) -> Option<Term> {
         if index == Index(0) {
             return Some(Term(0));
+        }
+        if let Some(snapshot) = &self.unstable.snapshot {
+            if index <= snapshot.index {
+                return (index == snapshot.index).then_some(snapshot.term);
+            }
         }
         if let Some(term) = self.unstable.term(index) {
             return Some(term);
@@ -89,7 +137,7 @@ impl<S: LogStore> RaftLog<S> {
     /// index whose term is known (compacted), the answer is that index with term 0.
     pub(crate) fn find_conflict_by_term(&self, index: Index, term: Term) -> EntryId {
         let mut hi = index.min(self.last_index());
-        let mut lo = self.store.first_index().prev().min(hi);
+        let mut lo = self.first_index().prev().min(hi);
         match (self.term(lo), self.term(hi)) {
             (_, Some(t)) if t <= term => return EntryId::new(t, hi),
             (Some(t), _) if t <= term => {}
@@ -142,6 +190,10 @@ impl<S: LogStore> RaftLog<S> {
     ) -> Result<Vec<Entry>, StoreError> {
         if lo >= hi {
             return Ok(Vec::new());
+        }
+        let first = self.first_index();
+        if lo < first {
+            return Err(StoreError::Compacted { first });
         }
         let split = self.unstable.offset;
         let mut out = Vec::new();

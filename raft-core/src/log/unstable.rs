@@ -6,7 +6,7 @@
 //! store already holds: then `offset` moves below the store's last index, and the next Ready
 //! starts at `offset`, which tells the host to drop its suffix from there.
 
-use crate::types::{Entry, EntryId, Index, Term};
+use crate::types::{Entry, EntryId, Index, SnapshotMeta, Term};
 
 /// The not-yet-durable suffix of the log.
 #[derive(Debug)]
@@ -18,12 +18,23 @@ pub(crate) struct Unstable {
     /// Entries up to this index were handed to the host to persist.
     /// Invariant: `offset - 1 <= handed_out <= last index`.
     pub(crate) handed_out: Index,
+    /// A snapshot received from the leader, not yet durable; it replaces the whole log up to
+    /// its index. Invariant: when set, `offset == snapshot.index + 1`.
+    pub(crate) snapshot: Option<SnapshotMeta>,
+    /// Whether `snapshot` was handed to the host to persist.
+    pub(crate) snapshot_handed_out: bool,
 }
 
 impl Unstable {
     /// An empty suffix after a store whose last index is `last`.
     pub(crate) fn new(last: Index) -> Unstable {
-        Unstable { entries: Vec::new(), offset: last.next(), handed_out: last }
+        Unstable {
+            entries: Vec::new(),
+            offset: last.next(),
+            handed_out: last,
+            snapshot: None,
+            snapshot_handed_out: false,
+        }
     }
 
     /// The last unstable index, if any.
@@ -57,6 +68,31 @@ impl Unstable {
         }
         self.entries.extend(new);
         self.handed_out = self.handed_out.min(after.prev());
+    }
+
+    /// Replaces everything with `snapshot`: the entries it covers and any suffix go.
+    pub(crate) fn restore(&mut self, snapshot: SnapshotMeta) {
+        self.entries.clear();
+        self.offset = snapshot.index.next();
+        self.handed_out = snapshot.index;
+        self.snapshot = Some(snapshot);
+        self.snapshot_handed_out = false;
+    }
+
+    /// The snapshot to persist, if one waits to be handed out; marks it handed out.
+    pub(crate) fn take_snapshot_to_persist(&mut self) -> Option<SnapshotMeta> {
+        if self.snapshot_handed_out {
+            return None;
+        }
+        self.snapshot_handed_out = true;
+        self.snapshot.clone()
+    }
+
+    /// The host made the snapshot ending at `index` durable.
+    pub(crate) fn snapshot_stable(&mut self, index: Index) {
+        if self.snapshot.as_ref().is_some_and(|s| s.index == index && self.snapshot_handed_out) {
+            self.snapshot = None;
+        }
     }
 
     /// Appends one entry at the end. The caller guarantees it follows the last entry.

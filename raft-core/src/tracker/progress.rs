@@ -18,6 +18,15 @@ pub enum ProgressState {
     Probe,
     /// The logs agree up to `match_index`: stream appends, bounded by the in-flight window.
     Replicate,
+    /// The follower needs entries the leader compacted: a snapshot ending at `index` was
+    /// sent at leader tick `sent_at`; nothing else is sent until it is acknowledged, reported
+    /// failed, or an election timeout passes.
+    Snapshot {
+        /// The last index the snapshot covers.
+        index: Index,
+        /// The leader's tick when it was sent.
+        sent_at: u64,
+    },
 }
 
 /// The leader's view of one follower.
@@ -61,7 +70,15 @@ impl Progress {
         match self.state {
             ProgressState::Probe => self.probe_sent,
             ProgressState::Replicate => self.inflights.is_full(),
+            ProgressState::Snapshot { .. } => true,
         }
+    }
+
+    /// A snapshot ending at `index` was sent at tick `now`: wait for its acknowledgement.
+    pub fn become_snapshot(&mut self, index: Index, now: u64) {
+        self.state = ProgressState::Snapshot { index, sent_at: now };
+        self.probe_sent = false;
+        self.inflights.reset();
     }
 
     /// Back to probing from just after the last known match.
@@ -91,6 +108,7 @@ impl Progress {
                 }
             }
             ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Snapshot { .. } => {}
         }
     }
 
@@ -118,6 +136,8 @@ impl Progress {
                 self.become_probe();
                 true
             }
+            // Answers to appends sent before the snapshot.
+            ProgressState::Snapshot { .. } => false,
             ProgressState::Probe => {
                 if self.next_index.prev() != rejected {
                     return false;

@@ -56,10 +56,13 @@ pub fn node_with_log(
     RawNode::new(config, store, initial).expect("valid test configuration")
 }
 
-/// Plays an honest host for one Ready: writes its entries, acknowledges it, applies what it
+/// Plays an honest host for one Ready: installs its snapshot, writes its entries, acknowledges it, applies what it
 /// hands out, and returns it so the test can inspect what it carried.
 pub fn persist_ready(node: &mut Node) -> Ready {
     let ready = node.ready();
+    if let Some(snapshot) = &ready.snapshot {
+        node.store_mut().install_snapshot(snapshot);
+    }
     node.store_mut().append(&ready.entries);
     node.on_persisted(ready.number);
     if let Some(last) = ready.committed_entries.last() {
