@@ -147,7 +147,7 @@ impl<S: LogStore> RawNode<S> {
 
     /// Hands leadership to the voter `to` (thesis §3.10): the leader brings `to` up to date,
     /// then tells it to campaign at once. Proposals are refused until `to` wins or an
-    /// election timeout passes. Transferring to the leader itself does nothing.
+    /// election timeout passes. Transferring to the leader itself cancels a transfer.
     pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
         self.raft.transfer_leadership(to)
     }

@@ -214,7 +214,7 @@ impl<S: LogStore> Raft<S> {
                 let in_lease = self.config.check_quorum
                     && self.leader.is_some()
                     && self.election_elapsed < self.config.election_ticks
-                    && !matches!(msg.body, MessageBody::Vote { transfer: true, .. });
+                    && !self.is_grantable_transfer_vote(&msg.body);
                 if in_lease {
                     tracing::debug!(id = %self.id, from = %msg.from, "vote request ignored in lease");
                     return false;
@@ -237,6 +237,19 @@ impl<S: LogStore> Raft<S> {
                 self.become_follower(msg.term, None);
                 true
             }
+        }
+    }
+
+    /// A vote request sent on the leader's `TimeoutNow` that this node would grant: it may
+    /// cross the lease (thesis §3.10). One it would refuse (a late TimeoutNow, a candidate
+    /// whose log is behind) is ignored like any other in-lease request, so it cannot depose a
+    /// healthy leader.
+    fn is_grantable_transfer_vote(&self, body: &MessageBody) -> bool {
+        match body {
+            MessageBody::Vote { last, transfer: true } => {
+                last.is_up_to_date_with(self.log.last_entry_id())
+            }
+            _ => false,
         }
     }
 

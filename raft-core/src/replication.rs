@@ -84,7 +84,7 @@ impl<S: LogStore> Raft<S> {
     }
 
     /// Sends as many appends to `to` as its progress allows.
-    fn send_appends(&mut self, to: NodeId) {
+    pub(crate) fn send_appends(&mut self, to: NodeId) {
         while self.maybe_send_append(to, false) {}
     }
 
@@ -288,6 +288,8 @@ impl<S: LogStore> Raft<S> {
         if read_news {
             self.release_confirmed_reads();
         }
+        // A lost TimeoutNow is sent again while the caught-up target keeps answering.
+        self.maybe_send_timeout_now(from);
     }
 
     /// Entries up to `index` are durable here. On a leader this may commit.

@@ -4,9 +4,12 @@
 //!    proposals, so its log stops growing and `to` can catch up.
 //! 2. The leader sends `to` whatever entries it lacks, as usual.
 //! 3. Once `to` holds the leader's whole log (its match index reaches the last index), the
-//!    leader sends it `TimeoutNow`.
+//!    leader sends it `TimeoutNow`, and again on each of its answers while the transfer lasts
+//!    (a lost TimeoutNow is thus repeated).
 //! 4. `to` campaigns at once, skipping PreVote, in the next term. Its vote requests are
-//!    marked `transfer`, so voters that still hear the old leader (in its lease) answer them.
+//!    marked `transfer`, so voters that still hear the old leader (in its lease) answer them
+//!    if they would grant them (a late TimeoutNow from an abandoned transfer, whose target
+//!    has fallen behind, cannot depose the leader).
 //!    Its log is as up to date as any, so it normally wins; the old leader steps down when it
 //!    sees the new term.
 //! 5. If no new leader took over within an election timeout, the old leader gives up the
@@ -19,7 +22,8 @@ use crate::storage::LogStore;
 use crate::types::{NodeId, Role};
 
 impl<S: LogStore> Raft<S> {
-    /// Step 1: starts handing leadership to `to`. A transfer already under way is replaced.
+    /// Step 1: starts handing leadership to `to`. A transfer already under way is replaced;
+    /// transferring to the leader itself cancels it.
     pub(crate) fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
         if self.role != Role::Leader {
             return Err(TransferError::NotLeader { leader: self.leader });
@@ -35,7 +39,7 @@ impl<S: LogStore> Raft<S> {
         self.transfer = Some((to, 0));
         // Step 2, or step 3 at once if `to` is already up to date.
         self.maybe_send_timeout_now(to);
-        self.pending_broadcast = true;
+        self.send_appends(to);
         Ok(())
     }
 

@@ -95,3 +95,33 @@ fn transfer_is_refused_or_ignored_when_it_makes_no_sense() {
     assert_eq!(cluster.node(3).role(), Role::Follower, "TimeoutNow from a non-leader obeyed");
     assert_eq!(cluster.node(3).term(), Term(1));
 }
+
+/// A TimeoutNow that arrives late, after the target fell behind (say the transfer was
+/// abandoned and the leader took new proposals), makes the target campaign; voters in the
+/// leader's lease let a transfer vote through only if they would grant it, so the healthy
+/// leader keeps its term.
+#[test]
+fn late_timeout_now_cannot_depose_a_healthy_leader() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    cluster.node(1).propose(Bytes::from_static(b"x")).unwrap();
+    cluster.stabilize_without(3);
+    cluster.node(3).step(msg(1, 3, 1, MessageBody::TimeoutNow)).unwrap();
+    assert_eq!(cluster.node(3).role(), Role::Candidate);
+    cluster.stabilize();
+    assert_eq!(leaders(&mut cluster), vec![1]);
+    assert_eq!(cluster.node(1).term(), Term(1), "a refused transfer vote raised the term");
+}
+
+/// A lost TimeoutNow is sent again on the target's next answer, while the transfer lasts.
+#[test]
+fn lost_timeout_now_is_sent_again() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    cluster.node(1).transfer_leadership(NodeId(2)).unwrap();
+    let ready = common::persist_ready(cluster.node(1));
+    assert!(ready.messages.iter().any(|m| m.body == MessageBody::TimeoutNow)); // and lost
+    cluster.node(1).tick();
+    cluster.stabilize();
+    assert_eq!(leaders(&mut cluster), vec![2]);
+}
