@@ -93,7 +93,7 @@ impl<S: LogStore> RawNode<S> {
         }
         // Everything a snapshot covers is committed, even if the hard state's commit lags.
         let compacted = store.first_index().prev();
-        let commit = hard_state.commit.max(compacted);
+        let commit = hard_state.commit.max(compacted).max(store.snapshot().index);
         if applied > commit {
             return Err(ConfigError::StartState(format!(
                 "applied {applied} is beyond the commit index {commit}"
@@ -175,7 +175,12 @@ impl<S: LogStore> RawNode<S> {
     /// How far the host may compact its log once its state machine has a snapshot there:
     /// entries both applied and durable (paper §7).
     pub fn compactable_index(&self) -> Index {
-        self.raft.log.applied.min(self.raft.log.persisted_index())
+        let log = &self.raft.log;
+        if log.has_pending_snapshot() {
+            // Nothing more until the snapshot from the leader is installed.
+            return log.store.first_index().prev();
+        }
+        log.applied.min(log.persisted_index())
     }
 
     /// Whether [`RawNode::ready`] has anything to hand out.
@@ -295,6 +300,11 @@ impl<S: LogStore> RawNode<S> {
     /// The commit index.
     pub fn commit(&self) -> Index {
         self.raft.log.commit
+    }
+
+    /// The first index the log holds; entries before it are covered by a snapshot.
+    pub fn first_index(&self) -> Index {
+        self.raft.log.first_index()
     }
 
     /// The last index of the log.

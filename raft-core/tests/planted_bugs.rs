@@ -117,3 +117,11 @@ fn read_before_own_term_commit_is_caught() {
 fn read_without_heartbeat_round_is_caught() {
     assert_caught(PlantedBug::ReadWithoutHeartbeatRound, 5_000, &["Linearizable reads"]);
 }
+
+/// Paper §7: a follower that drops its consistent suffix when installing a snapshot loses
+/// entries it already acknowledged to the leader.
+#[test]
+fn snapshot_drops_suffix_is_caught() {
+    let properties = ["Persist before answering", "Leader Completeness", "Liveness"];
+    assert_caught(PlantedBug::SnapshotDropsSuffix, 1_000, &properties);
+}

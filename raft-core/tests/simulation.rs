@@ -13,17 +13,23 @@ const STEPS: u64 = 5_000;
 #[test]
 fn simulator_holds_every_property() {
     let mut sizes = [0u64; 8];
-    let mut committed = 0;
+    let (mut committed, mut reads, mut snapshots) = (0, 0, 0);
     for seed in 0..SEEDS {
         let options = SimOptions::from_seed(seed, STEPS);
         sizes[options.nodes] += 1;
         match run_with_trace_on_failure(options) {
-            Ok(report) => committed += report.committed,
+            Ok(report) => {
+                committed += report.committed;
+                reads += report.reads;
+                snapshots += report.snapshots_installed;
+            }
             Err(failure) => panic!("{failure}"),
         }
     }
     assert_eq!((sizes[3], sizes[5], sizes[7]), (SEEDS / 3, SEEDS / 3, SEEDS / 3));
     assert!(committed > SEEDS * 10, "runs committed almost nothing ({committed} entries)");
+    assert!(reads > SEEDS * 10, "runs served almost no reads ({reads})");
+    assert!(snapshots > SEEDS / 2, "runs installed almost no snapshots ({snapshots})");
 }
 
 /// Determinism: the same seed gives the same run, event for event; different seeds differ.

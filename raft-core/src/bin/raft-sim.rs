@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     };
     let started = Instant::now();
     let (mut runs, mut actions, mut committed, mut elections, mut crashes) = (0u64, 0, 0, 0, 0);
-    let mut reads = 0;
+    let (mut reads, mut snapshots) = (0, 0);
     for seed in args.seeds.clone() {
         let mut options = SimOptions::from_seed(seed, args.steps);
         options.check_persist_before_answer = args.persist_check;
@@ -123,6 +123,7 @@ fn main() -> ExitCode {
                 elections += report.elections;
                 crashes += report.crashes;
                 reads += report.reads;
+                snapshots += report.snapshots_installed;
             }
             Err(failure) => {
                 if args.trace {
@@ -136,7 +137,8 @@ fn main() -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "raft-sim: {runs} seeds ({}..{}), {} safety steps each: {actions} actions, {elections} \
-         leaders elected, {committed} entries committed, {reads} reads served, {crashes} \
+         leaders elected, {committed} entries committed, {reads} reads served, {snapshots} \
+         snapshots installed, {crashes} \
          crashes",
         args.seeds.start, args.seeds.end, args.steps
     );

@@ -72,6 +72,11 @@ impl<S: LogStore> RaftLog<S> {
         self.unstable.take_snapshot_to_persist()
     }
 
+    /// Whether a received snapshot is not yet durable.
+    pub(crate) fn has_pending_snapshot(&self) -> bool {
+        self.unstable.snapshot.is_some()
+    }
+
     /// Whether a received snapshot waits to be handed to the host.
     pub(crate) fn has_snapshot_to_persist(&self) -> bool {
         self.unstable.snapshot.is_some() && !self.unstable.snapshot_handed_out

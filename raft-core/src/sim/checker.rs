@@ -15,7 +15,7 @@
 //! the whole-prefix property, without comparing whole logs.
 
 use crate::message::{AppendResult, Message, MessageBody};
-use crate::types::{Entry, EntryKind, HardState, Index, NodeId, Term};
+use crate::types::{Entry, EntryKind, HardState, Index, NodeId, SnapshotMeta, Term};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -72,14 +72,20 @@ impl Checker {
     }
 
     /// Leader Completeness: the new leader's log (`term_at`) holds every committed entry.
+    /// Entries below `first` were compacted into a snapshot of what the node had applied
+    /// (checked when applied), so only the log from `first - 1` on is compared.
     pub fn check_leader_log(
         &self,
         node: NodeId,
         term: Term,
+        first: Index,
         term_at: impl Fn(Index) -> Option<Term>,
     ) -> Result<(), Violation> {
         for (i, (committed_term, _)) in self.committed.iter().enumerate() {
             let index = Index(i as u64 + 1);
+            if index < first.prev() {
+                continue;
+            }
             let held = term_at(index);
             if held != Some(*committed_term) {
                 return violation(
@@ -165,13 +171,32 @@ impl Checker {
         }
     }
 
+    /// State Machine Safety across snapshots: a state machine restored from a snapshot ending
+    /// at `snapshot.last()` must be the committed history up to there.
+    pub fn on_restore(&self, node: NodeId, snapshot: &SnapshotMeta) -> Result<(), Violation> {
+        if snapshot.index.0 == 0 {
+            return Ok(());
+        }
+        match self.committed.get(snapshot.index.0 as usize - 1) {
+            Some((term, _)) if *term == snapshot.term => Ok(()),
+            other => violation(
+                "State Machine Safety",
+                format!(
+                    "node {node} restored a snapshot ending at {} where the committed entry is \
+                     {other:?}",
+                    snapshot.last()
+                ),
+            ),
+        }
+    }
+
     /// The durability rule: `msg` is leaving `node`, whose durable state is `hard_state` and
-    /// whose durable log has `durable_term_at`.
+    /// whose durable log (snapshot included) ends at `durable_last`.
     pub fn on_send(
         &self,
         msg: &Message,
         hard_state: &HardState,
-        durable_term_at: impl Fn(Index) -> Option<Term>,
+        durable_last: Index,
     ) -> Result<(), Violation> {
         let durable_term = hard_state.term;
         let stale = |what: &str| {
@@ -198,8 +223,7 @@ impl Checker {
                 stale("vote")
             }
             MessageBody::AppendResponse(AppendResult::Accepted { match_index })
-                if behind
-                    || (*match_index > Index(0) && durable_term_at(*match_index).is_none()) =>
+                if behind || *match_index > durable_last =>
             {
                 stale("log")
             }

@@ -32,6 +32,10 @@ use network::Network;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 
+/// The most Readies one node may hand out in a row while the cluster settles; more means its
+/// `has_ready` never clears.
+const READIES_PER_SETTLE_MAX: u32 = 10_000;
+
 /// How many trace lines a failure report shows.
 pub const TRACE_TAIL: usize = 60;
 
@@ -61,6 +65,8 @@ pub struct SimOptions {
     pub proposal_forwarding: bool,
     /// Per mille of actions in which the leader hands leadership to a random voter.
     pub transfer_per_mille: u64,
+    /// Per mille of actions in which a node snapshots its state machine and compacts its log.
+    pub compact_per_mille: u64,
     /// Bytes per append message (small values split batches).
     pub append_bytes_max: u64,
     /// Appends in flight per follower.
@@ -93,6 +99,7 @@ impl SimOptions {
             check_quorum: !rng.chance(1, 4),
             proposal_forwarding: !rng.chance(1, 4),
             transfer_per_mille: rng.below(4),
+            compact_per_mille: [0, 2, 10, 40][rng.below(4) as usize],
             append_bytes_max: [64, 256, 1 << 20][rng.below(3) as usize],
             inflight_msgs_max: [1, 4, 64][rng.below(3) as usize],
             trace: false,
@@ -136,6 +143,8 @@ pub struct SimReport {
     pub crashes: u64,
     /// Reads released to a host (each checked for linearizability).
     pub reads: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
     /// Ticks the liveness phase needed to elect a leader and commit a proposal.
     pub liveness_ticks: u64,
     /// The trace, when asked for.
@@ -312,6 +321,9 @@ impl Simulation {
         if self.rng.chance(o.transfer_per_mille, 1000) {
             return self.transfer_leadership();
         }
+        if self.rng.chance(o.compact_per_mille, 1000) {
+            return self.take_snapshot();
+        }
         let i = self.rng.below(self.nodes.len() as u64) as usize;
         if self.nodes[i].raw.is_none() {
             // A crashed node comes back after a while.
@@ -351,6 +363,33 @@ impl Simulation {
         }
         self.trace(|| format!("propose {} {data:?} -> {result:?}", target + 1));
         self.after_input(target)
+    }
+
+    /// A random live node's state machine takes a snapshot at what it has applied, and its
+    /// store drops the log up to there, or a few entries less (paper §7).
+    fn take_snapshot(&mut self) -> Result<(), Violation> {
+        let up: Vec<usize> =
+            (0..self.nodes.len()).filter(|&i| self.nodes[i].raw.is_some()).collect();
+        let Some(&i) = up.get(self.rng.below(up.len().max(1) as u64) as usize) else {
+            return Ok(());
+        };
+        let keep = self.rng.below(4);
+        let raw = self.nodes[i].raw.as_mut().expect("node is up");
+        let index = raw.compactable_index();
+        if index.0 == 0 {
+            return Ok(());
+        }
+        let voters = raw.voters().iter().copied().collect();
+        let store = raw.store_mut();
+        let host_error = |error: crate::StoreError| Violation {
+            property: "Host snapshots",
+            detail: format!("node {}: {error}", i + 1),
+        };
+        store.record_snapshot(index, voters).map_err(host_error)?;
+        let upto = Index(index.0.saturating_sub(keep)).max(store.first_index().prev());
+        store.compact(upto).map_err(host_error)?;
+        self.trace(|| format!("snapshot {} at {index}, compacted to {upto}", i + 1));
+        self.after_input(i)
     }
 
     /// A client reads at node `i` (a leader confirms it; a follower asks its leader).
@@ -406,6 +445,12 @@ impl Simulation {
         }
         let mut ready = raw.ready();
         let id = node.id;
+        if let Some(snapshot) = &ready.snapshot {
+            // The host restores its state machine from the snapshot's bytes.
+            self.checker.on_restore(id, snapshot)?;
+            node.applied = snapshot.index;
+            self.report.snapshots_installed += 1;
+        }
         for entry in &ready.entries {
             let prev_term = raw.log_term(entry.index.prev()).unwrap_or_default();
             self.checker.on_append(id, entry, prev_term)?;
@@ -442,6 +487,9 @@ impl Simulation {
         if let Some(hard_state) = ready.hard_state {
             node.durable = hard_state;
         }
+        if let Some(snapshot) = &ready.snapshot {
+            raw.store_mut().install_snapshot(snapshot);
+        }
         raw.store_mut().append(&ready.entries);
         let number = ready.number;
         self.trace(|| format!("persist {} ready #{}", i + 1, number.0));
@@ -456,7 +504,7 @@ impl Simulation {
         if self.options.check_persist_before_answer {
             let node = &self.nodes[i];
             let store = node.raw.as_ref().expect("sending node is up").store();
-            self.checker.on_send(&msg, &node.durable, |index| store.term(index).ok())?;
+            self.checker.on_send(&msg, &node.durable, store.last_index())?;
         }
         self.network.send(msg, &mut self.rng);
         Ok(())
@@ -491,7 +539,10 @@ impl Simulation {
         let node = &self.nodes[i];
         let store = node.crashed_store.clone().expect("restarting node was crashed");
         let voters = (1..=self.options.nodes as u64).map(NodeId).collect();
-        let initial = InitialState { hard_state: node.durable, voters, applied: Index(0) };
+        // The state machine restarts from the store's latest snapshot, if any.
+        let snapshot = store.snapshot();
+        self.checker.on_restore(node.id, &snapshot)?;
+        let initial = InitialState { hard_state: node.durable, voters, applied: snapshot.index };
         let config = self.node_config(node.id, node.starts + 1);
         let raw = RawNode::new(config, store, initial).map_err(|error| Violation {
             property: "Durable state restarts",
@@ -503,6 +554,7 @@ impl Simulation {
         node.crashed_store = None;
         node.raw = Some(raw);
         node.starts += 1;
+        node.applied = snapshot.index;
         Ok(())
     }
 
@@ -569,7 +621,8 @@ impl Simulation {
             if role.0 == Role::Leader {
                 self.report.elections += 1;
                 self.checker.on_leader(id, role.1)?;
-                self.checker.check_leader_log(id, role.1, |index| raw.log_term(index))?;
+                let first = raw.first_index();
+                self.checker.check_leader_log(id, role.1, first, |index| raw.log_term(index))?;
                 self.trace(|| format!("node {id} is leader of term {}", role.1));
             }
         }
@@ -577,10 +630,11 @@ impl Simulation {
         let raw = node.raw.as_ref().expect("checked above");
         let commit = raw.commit();
         if commit > node.seen_commit {
-            let entries =
-                raw.log_entries(node.seen_commit.next(), commit.next(), u64::MAX).map_err(|e| {
-                    Violation { property: "Committed entries are readable", detail: e.to_string() }
-                })?;
+            // Entries a snapshot covers were checked when it was restored.
+            let lo = node.seen_commit.next().max(raw.first_index());
+            let entries = raw.log_entries(lo, commit.next().max(lo), u64::MAX).map_err(|e| {
+                Violation { property: "Committed entries are readable", detail: e.to_string() }
+            })?;
             node.seen_commit = commit;
             self.checker.on_commit(id, &entries)?;
             self.report.committed = self.checker.committed_len();
@@ -661,8 +715,19 @@ impl Simulation {
         for _ in 0..10_000 {
             let mut moved = false;
             for i in 0..self.nodes.len() {
+                let mut readies = 0;
                 while self.nodes[i].raw.as_ref().is_some_and(|r| r.has_ready()) {
                     self.action += 1;
+                    readies += 1;
+                    if readies > READIES_PER_SETTLE_MAX {
+                        return Err(Violation {
+                            property: "Liveness",
+                            detail: format!(
+                                "node {} keeps having a Ready that changes nothing",
+                                i + 1
+                            ),
+                        });
+                    }
                     self.take_ready(i)?;
                     moved = true;
                 }
