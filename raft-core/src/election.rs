@@ -54,7 +54,7 @@ impl<S: LogStore> Raft<S> {
         }
         let last = self.log.last_entry_id();
         let term = self.term.next();
-        for peer in self.peers() {
+        for peer in self.voter_peers() {
             self.send(peer, term, MessageBody::PreVote { last });
         }
     }
@@ -76,7 +76,7 @@ impl<S: LogStore> Raft<S> {
             return;
         }
         let last = self.log.last_entry_id();
-        for peer in self.peers() {
+        for peer in self.voter_peers() {
             self.send_after_persist(peer, self.term, MessageBody::Vote { last, transfer });
         }
     }

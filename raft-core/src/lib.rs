@@ -55,6 +55,7 @@ mod config;
 mod election;
 mod error;
 mod log;
+mod membership;
 mod message;
 mod node;
 mod planted;
@@ -75,6 +76,7 @@ pub mod sim;
 
 pub use config::Config;
 pub use error::{ConfigError, ProposeError, ReadIndexError, StepError, StoreError, TransferError};
+pub use membership::Membership;
 pub use message::{AppendResult, Message, MessageBody};
 pub use node::{InitialState, Proposed, RawNode, Status};
 pub use planted::PlantedBug;

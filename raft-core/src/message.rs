@@ -186,7 +186,7 @@ impl fmt::Display for Message {
             MessageBody::HeartbeatResponse { read_round } => write!(f, " read_round={read_round}"),
             MessageBody::ReadIndex { request } => write!(f, " request={request}"),
             MessageBody::InstallSnapshot { snapshot } => {
-                write!(f, " snapshot={} voters={:?}", snapshot.last(), snapshot.voters)
+                write!(f, " snapshot={} {}", snapshot.last(), snapshot.membership)
             }
             MessageBody::ReadIndexResponse { request, index } => {
                 write!(f, " request={request} index={index}")

@@ -5,6 +5,7 @@ use crate::error::{
     ConfigError, ProposeError, ReadIndexError, StepError, StoreError, TransferError,
 };
 use crate::log::RaftLog;
+use crate::membership::Membership;
 use crate::message::Message;
 use crate::raft::Raft;
 use crate::ready::{Ready, ReadyNumber};
@@ -105,9 +106,11 @@ impl<S: LogStore> RawNode<S> {
                  machine from the snapshot first"
             )));
         }
-        let voters: BTreeSet<NodeId> = voters.into_iter().collect();
+        let snapshot = store.snapshot();
+        let membership =
+            if snapshot.index.0 > 0 { snapshot.membership } else { Membership::new(voters) };
         let log = RaftLog::new(store, commit, applied);
-        let raft = Raft::new(config, log, hard_state, voters);
+        let raft = Raft::new(config, log, hard_state, membership);
         let prev_soft_state = raft.soft_state();
         Ok(RawNode {
             raft,
@@ -337,7 +340,12 @@ impl<S: LogStore> RawNode<S> {
 
     /// The voting members.
     pub fn voters(&self) -> &BTreeSet<NodeId> {
-        &self.raft.tracker.voters
+        &self.raft.tracker.membership.voters
+    }
+
+    /// The configuration in force on this node.
+    pub fn membership(&self) -> &Membership {
+        &self.raft.tracker.membership
     }
 
     /// The log store.

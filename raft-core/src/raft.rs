@@ -5,13 +5,13 @@
 use crate::config::Config;
 use crate::error::StepError;
 use crate::log::RaftLog;
+use crate::membership::Membership;
 use crate::message::{AppendResult, Message, MessageBody};
 use crate::read_index::ReadQueue;
 use crate::rng::Rng;
 use crate::storage::LogStore;
 use crate::tracker::ProgressTracker;
 use crate::types::{EntryId, HardState, Index, NodeId, Role, SoftState, Term};
-use std::collections::BTreeSet;
 
 /// One node's Raft state. Driven only through [`crate::RawNode`].
 pub(crate) struct Raft<S> {
@@ -59,7 +59,7 @@ impl<S: LogStore> Raft<S> {
         config: Config,
         log: RaftLog<S>,
         hard_state: HardState,
-        voters: BTreeSet<NodeId>,
+        membership: Membership,
     ) -> Raft<S> {
         let rng = Rng::with_stream(config.seed, config.id.0);
         let mut raft = Raft {
@@ -69,7 +69,7 @@ impl<S: LogStore> Raft<S> {
             leader: None,
             role: Role::Follower,
             log,
-            tracker: ProgressTracker::new(voters),
+            tracker: ProgressTracker::new(membership),
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             election_timeout: config.election_ticks,
@@ -97,12 +97,18 @@ impl<S: LogStore> Raft<S> {
 
     /// Whether this node may vote and campaign.
     pub(crate) fn is_voter(&self) -> bool {
-        self.tracker.voters.contains(&self.id)
+        self.tracker.membership.is_voter(self.id)
     }
 
-    /// The other voters, in id order.
+    /// The other members (voters of both halves and learners), in id order: whom a leader
+    /// replicates to.
     pub(crate) fn peers(&self) -> Vec<NodeId> {
-        self.tracker.voters.iter().copied().filter(|&id| id != self.id).collect()
+        self.tracker.membership.members().into_iter().filter(|&id| id != self.id).collect()
+    }
+
+    /// The other voters, in id order: whom a candidate asks for votes.
+    pub(crate) fn voter_peers(&self) -> Vec<NodeId> {
+        self.tracker.membership.all_voters().into_iter().filter(|&id| id != self.id).collect()
     }
 
     /// Queues a message that may leave at once.
@@ -328,10 +334,10 @@ fn validate(msg: &Message, me: NodeId) -> Result<(), StepError> {
         ));
     }
     if let MessageBody::InstallSnapshot { snapshot } = &msg.body {
-        if snapshot.index == Index(0) || snapshot.voters.is_empty() {
+        if snapshot.index == Index(0) || snapshot.membership.voters.is_empty() {
             return malformed("a snapshot must cover an entry and name its voters".to_string());
         }
-        if snapshot.voters.contains(&NodeId(0)) {
+        if snapshot.membership.members().contains(&NodeId(0)) {
             return malformed("a snapshot names voter 0".to_string());
         }
     }

@@ -20,7 +20,6 @@
 use crate::error::ReadIndexError;
 use crate::message::MessageBody;
 use crate::planted::PlantedBug;
-use crate::quorum;
 use crate::raft::Raft;
 use crate::storage::LogStore;
 use crate::types::{Index, NodeId, Role};
@@ -151,7 +150,7 @@ impl<S: LogStore> Raft<S> {
     /// Step 2: the read's index is the commit index now; it joins the next round.
     fn register_read(&mut self, read: ReadRequest) {
         let index = self.log.commit;
-        let alone = self.tracker.voters.len() == 1 && self.is_voter();
+        let alone = self.tracker.membership.all_voters().len() == 1 && self.is_voter();
         if alone || self.config.has_bug(PlantedBug::ReadWithoutHeartbeatRound) {
             // A one-node cluster is its own majority: nobody else can lead.
             self.release_read(read, index);
@@ -176,7 +175,7 @@ impl<S: LogStore> Raft<S> {
     pub(crate) fn release_confirmed_reads(&mut self) {
         let (me, round) = (self.id, self.reads.round);
         let progress = &self.tracker.progress;
-        let confirmed = quorum::committed_index(&self.tracker.voters, |id| {
+        let confirmed = self.tracker.membership.committed_index(|id| {
             let acked = if id == me {
                 round
             } else {

@@ -52,7 +52,7 @@ impl<S: LogStore> Raft<S> {
         } else {
             tracing::info!(id = %self.id, index = %snapshot.index, "restoring from a snapshot");
             let index = snapshot.index;
-            self.tracker.voters = snapshot.voters.iter().copied().collect();
+            self.tracker.membership = snapshot.membership.clone();
             self.log.restore(snapshot);
             index
         };

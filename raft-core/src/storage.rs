@@ -6,7 +6,8 @@
 //! [`MemLogStore`] serves tests and the simulator.
 
 use crate::error::StoreError;
-use crate::types::{Entry, Index, NodeId, SnapshotMeta, Term};
+use crate::membership::Membership;
+use crate::types::{Entry, Index, SnapshotMeta, Term};
 
 /// Read access to the durable part of the log.
 ///
@@ -66,12 +67,16 @@ impl MemLogStore {
     }
 
     /// Records a snapshot the host's state machine took at `index` (which must be held or
-    /// be the last compacted entry), with the voters at that point. The log is unchanged;
+    /// be the last compacted entry), with the configuration at that point. The log is unchanged;
     /// [`MemLogStore::compact`] may then drop the prefix it covers.
-    pub fn record_snapshot(&mut self, index: Index, voters: Vec<NodeId>) -> Result<(), StoreError> {
+    pub fn record_snapshot(
+        &mut self,
+        index: Index,
+        membership: Membership,
+    ) -> Result<(), StoreError> {
         let term = self.term(index)?;
         if index > self.snapshot.index {
-            self.snapshot = SnapshotMeta { index, term, voters };
+            self.snapshot = SnapshotMeta { index, term, membership };
         }
         Ok(())
     }
@@ -182,7 +187,7 @@ pub(crate) fn take_within_budget(entries: &[Entry], max_bytes: u64) -> Vec<Entry
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::EntryKind;
+    use crate::types::{EntryKind, NodeId};
     use bytes::Bytes;
 
     fn entry(term: u64, index: u64) -> Entry {
@@ -204,7 +209,7 @@ mod tests {
         let mut store = MemLogStore::new();
         store.append(&[entry(1, 1), entry(1, 2), entry(2, 3)]);
         assert!(store.compact(Index(2)).is_err(), "compacted without a snapshot");
-        store.record_snapshot(Index(2), vec![NodeId(1)]).unwrap();
+        store.record_snapshot(Index(2), Membership::new([NodeId(1)])).unwrap();
         store.compact(Index(2)).unwrap();
         assert_eq!(store.first_index(), Index(3));
         assert_eq!(store.term(Index(2)), Ok(Term(1)));
@@ -215,8 +220,11 @@ mod tests {
     #[test]
     fn installing_a_snapshot_keeps_only_a_consistent_suffix() {
         let log = [entry(1, 1), entry(1, 2), entry(2, 3)];
-        let meta =
-            |term, index| SnapshotMeta { index: Index(index), term: Term(term), voters: vec![] };
+        let meta = |term, index| SnapshotMeta {
+            index: Index(index),
+            term: Term(term),
+            ..Default::default()
+        };
         let mut consistent = MemLogStore::new();
         consistent.append(&log);
         consistent.install_snapshot(&meta(1, 2));

@@ -28,7 +28,7 @@ impl<S: LogStore> Raft<S> {
         if self.role != Role::Leader {
             return Err(TransferError::NotLeader { leader: self.leader });
         }
-        if !self.tracker.voters.contains(&to) {
+        if !self.tracker.membership.voters.contains(&to) {
             return Err(TransferError::NotVoter { to });
         }
         if to == self.id {

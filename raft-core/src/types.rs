@@ -4,6 +4,7 @@
 //! Newtypes keep a term from being passed where an index is expected; all three are `u64` on
 //! the wire and on disk, never `usize`.
 
+use crate::membership::Membership;
 use bytes::Bytes;
 use std::fmt;
 
@@ -132,7 +133,7 @@ impl Entry {
 }
 
 /// What a snapshot of the state machine covers (paper §7): every entry up to `index`, the
-/// last of which has `term`, and the voters of the configuration at that point. The bytes of
+/// last of which has `term`, and the configuration at that point. The bytes of
 /// the state itself belong to the host; the engine only ever handles this description.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SnapshotMeta {
@@ -140,8 +141,8 @@ pub struct SnapshotMeta {
     pub index: Index,
     /// The term of the entry at `index`.
     pub term: Term,
-    /// The voters as of `index`.
-    pub voters: Vec<NodeId>,
+    /// The configuration as of `index`.
+    pub membership: Membership,
 }
 
 impl SnapshotMeta {

@@ -7,15 +7,15 @@ mod common;
 use bytes::Bytes;
 use common::{entries_with_terms, msg, node_with_log, persist_ready, Cluster};
 use raft_core::{
-    AppendResult, ConfigError, HardState, Index, InitialState, LogStore, MemLogStore, MessageBody,
-    NodeId, RawNode, SnapshotMeta, StepError, Term,
+    AppendResult, ConfigError, HardState, Index, InitialState, LogStore, MemLogStore, Membership,
+    MessageBody, NodeId, RawNode, SnapshotMeta, StepError, Term,
 };
 
 fn snapshot(term: u64, index: u64) -> SnapshotMeta {
     SnapshotMeta {
         index: Index(index),
         term: Term(term),
-        voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+        membership: Membership::new([NodeId(1), NodeId(2), NodeId(3)]),
     }
 }
 
@@ -49,8 +49,8 @@ fn lagging_follower_catches_up_through_a_snapshot() {
     let leader = cluster.node(1);
     let upto = leader.compactable_index();
     assert_eq!(upto, leader.last_index());
-    let voters = leader.voters().iter().copied().collect();
-    leader.store_mut().record_snapshot(upto, voters).unwrap();
+    let membership = leader.membership().clone();
+    leader.store_mut().record_snapshot(upto, membership).unwrap();
     leader.store_mut().compact(upto).unwrap();
     cluster.node(1).propose(Bytes::from_static(b"after")).unwrap();
 
@@ -129,7 +129,10 @@ fn lost_snapshot_is_sent_again() {
     cluster.stabilize_without(3);
     let upto = cluster.node(1).compactable_index();
     let leader = cluster.node(1);
-    leader.store_mut().record_snapshot(upto, vec![NodeId(1), NodeId(2), NodeId(3)]).unwrap();
+    leader
+        .store_mut()
+        .record_snapshot(upto, Membership::new([NodeId(1), NodeId(2), NodeId(3)]))
+        .unwrap();
     leader.store_mut().compact(upto).unwrap();
     let is_snapshot = |m: &raft_core::Message| m.body.kind_name() == "InstallSnapshot";
     let mut sent = 0;
@@ -157,7 +160,7 @@ fn lost_snapshot_is_sent_again() {
 fn compacted_store_needs_a_restored_state_machine_and_sane_snapshots() {
     let mut store = MemLogStore::new();
     store.append(&entries_with_terms(&[1, 1, 1]));
-    store.record_snapshot(Index(2), vec![NodeId(1)]).unwrap();
+    store.record_snapshot(Index(2), Membership::new([NodeId(1)])).unwrap();
     store.compact(Index(2)).unwrap();
     let initial = |applied| InitialState {
         hard_state: HardState::default(),
@@ -171,7 +174,7 @@ fn compacted_store_needs_a_restored_state_machine_and_sane_snapshots() {
     assert_eq!(node.commit(), Index(2), "what a snapshot covers is committed");
 
     let mut n2 = follower(&[1], 1);
-    let empty = SnapshotMeta { voters: vec![], ..snapshot(1, 3) };
+    let empty = SnapshotMeta { membership: Membership::default(), ..snapshot(1, 3) };
     let err = n2.step(msg(1, 2, 3, MessageBody::InstallSnapshot { snapshot: empty })).unwrap_err();
     assert!(matches!(err, StepError::Malformed { .. }));
 }

@@ -379,13 +379,13 @@ impl Simulation {
         if index.0 == 0 {
             return Ok(());
         }
-        let voters = raw.voters().iter().copied().collect();
+        let membership = raw.membership().clone();
         let store = raw.store_mut();
         let host_error = |error: crate::StoreError| Violation {
             property: "Host snapshots",
             detail: format!("node {}: {error}", i + 1),
         };
-        store.record_snapshot(index, voters).map_err(host_error)?;
+        store.record_snapshot(index, membership).map_err(host_error)?;
         let upto = Index(index.0.saturating_sub(keep)).max(store.first_index().prev());
         store.compact(upto).map_err(host_error)?;
         self.trace(|| format!("snapshot {} at {index}, compacted to {upto}", i + 1));

@@ -1,5 +1,5 @@
-//! The leader's bookkeeping: the voters, one [`Progress`] per voter, and the votes of an
-//! election in progress.
+//! The leader's bookkeeping: the membership, one [`Progress`] per member, and the votes of
+//! an election in progress.
 
 mod inflights;
 mod progress;
@@ -7,59 +7,59 @@ mod progress;
 pub use inflights::Inflights;
 pub use progress::{Progress, ProgressState};
 
-use crate::quorum::{self, VoteResult};
+use crate::membership::Membership;
+use crate::quorum::VoteResult;
 use crate::types::{Index, NodeId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-/// Voters, their progress, and the votes received in the current election.
+/// The membership, its progress, and the votes received in the current election.
 #[derive(Clone, Debug)]
 pub struct ProgressTracker {
-    /// The voting members. Invariant: `progress` has exactly these keys while leading.
-    pub voters: BTreeSet<NodeId>,
-    /// Per-voter replication progress (only meaningful on a leader).
+    /// The configuration in force. Invariant: while leading, `progress` has exactly the keys
+    /// of `membership.members()`.
+    pub membership: Membership,
+    /// Per-member replication progress (only meaningful on a leader).
     pub progress: BTreeMap<NodeId, Progress>,
     /// Votes received in the current (pre-)election.
     pub votes: BTreeMap<NodeId, bool>,
 }
 
 impl ProgressTracker {
-    /// A tracker for `voters`, with no progress and no votes.
-    pub fn new(voters: BTreeSet<NodeId>) -> ProgressTracker {
-        ProgressTracker { voters, progress: BTreeMap::new(), votes: BTreeMap::new() }
+    /// A tracker for `membership`, with no progress and no votes.
+    pub fn new(membership: Membership) -> ProgressTracker {
+        ProgressTracker { membership, progress: BTreeMap::new(), votes: BTreeMap::new() }
     }
 
-    /// Resets every voter's progress for a new leader whose last index is `last`, taking
-    /// office at tick `now` (every voter counts as heard from then).
+    /// Resets every member's progress for a new leader whose last index is `last`, taking
+    /// office at tick `now` (every member counts as heard from then).
     pub fn reset_progress(&mut self, last: Index, msgs_max: usize, bytes_max: u64, now: u64) {
         let fresh = |_| {
             let mut pr = Progress::new(last.next(), Inflights::new(msgs_max, bytes_max));
             pr.heard_at = now;
             pr
         };
-        self.progress = self.voters.iter().map(|&id| (id, fresh(id))).collect();
+        self.progress = self.membership.members().into_iter().map(|id| (id, fresh(id))).collect();
     }
 
-    /// The index a majority of voters hold.
+    /// The index a quorum of voters hold (a majority of each half while joint).
     pub fn committed_index(&self) -> Index {
-        quorum::committed_index(&self.voters, |id| {
-            self.progress.get(&id).map_or(Index(0), |pr| pr.match_index)
-        })
+        self.membership
+            .committed_index(|id| self.progress.get(&id).map_or(Index(0), |pr| pr.match_index))
     }
 
     /// Records `from`'s vote (the first one counts) and tallies.
     pub fn record_vote(&mut self, from: NodeId, granted: bool) -> VoteResult {
         self.votes.entry(from).or_insert(granted);
-        quorum::vote_result(&self.voters, &self.votes)
+        self.membership.vote_result(&self.votes)
     }
 
-    /// Whether a majority of voters, `me` included, were heard from in the `ticks` ticks up
-    /// to `now` (CheckQuorum, thesis §6.2).
+    /// Whether a quorum of voters, `me` included, were heard from in the `ticks` ticks up to
+    /// `now` (CheckQuorum, thesis §6.2).
     pub fn quorum_heard_within(&self, me: NodeId, now: u64, ticks: u64) -> bool {
-        let heard = |id: &NodeId| {
-            *id == me
-                || self.progress.get(id).is_some_and(|pr| now.saturating_sub(pr.heard_at) < ticks)
-        };
-        self.voters.iter().filter(|id| heard(id)).count() >= quorum::majority(self.voters.len())
+        self.membership.is_quorum(|id| {
+            id == me
+                || self.progress.get(&id).is_some_and(|pr| now.saturating_sub(pr.heard_at) < ticks)
+        })
     }
 }
 
@@ -68,7 +68,8 @@ mod tests {
     use super::*;
 
     fn tracker(voters: &[u64], now: u64) -> ProgressTracker {
-        let mut tracker = ProgressTracker::new(voters.iter().map(|&id| NodeId(id)).collect());
+        let mut tracker =
+            ProgressTracker::new(Membership::new(voters.iter().map(|&id| NodeId(id))));
         tracker.reset_progress(Index(0), 4, 1024, now);
         tracker
     }
