@@ -115,8 +115,9 @@ mod tests {
     /// Joint commitment takes the lower of the two halves' majorities.
     #[test]
     fn joint_commit_needs_a_majority_of_each_half() {
-        // (new, old, match index of nodes 1..=6, committed)
-        let table: [(&[u64], &[u64], [u64; 6], u64); 4] = [
+        /// (new, old, match index of nodes 1..=6, committed)
+        type Case = (&'static [u64], &'static [u64], [u64; 6], u64);
+        let table: [Case; 4] = [
             (&[1, 2, 3], &[], [5, 5, 1, 0, 0, 0], 5),
             (&[3, 4, 5], &[1, 2, 3], [5, 5, 5, 1, 1, 0], 1),
             (&[3, 4, 5], &[1, 2, 3], [5, 5, 1, 5, 5, 0], 5),
