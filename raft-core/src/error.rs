@@ -58,6 +58,33 @@ pub enum ReadIndexError {
     },
 }
 
+/// Why a membership change was refused. Nothing was appended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfChangeError {
+    /// Only the leader changes the membership; `leader` is the one this node knows, if any.
+    #[error("not the leader (leader: {})", leader.map_or("unknown".to_string(), |l| l.to_string()))]
+    NotLeader {
+        /// The leader this node knows of in its current term.
+        leader: Option<NodeId>,
+    },
+    /// A change is still under way: its latest configuration entry, at `index`, is not yet
+    /// committed, or the configuration is still joint. One change at a time.
+    #[error("a membership change is in progress (configuration entry at {index})")]
+    InProgress {
+        /// The index of the latest configuration entry.
+        index: Index,
+    },
+    /// A leadership transfer is under way.
+    #[error("leadership is being transferred to node {to}")]
+    TransferInProgress {
+        /// The transfer's target.
+        to: NodeId,
+    },
+    /// The change makes no sense for the current configuration.
+    #[error("invalid membership change: {0}")]
+    Invalid(String),
+}
+
 /// Why a leadership transfer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {

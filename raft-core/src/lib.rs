@@ -51,6 +51,7 @@
 //! `docs/rules.md` (each rule of Raft -> the function that implements it -> the test that
 //! shows it).
 
+mod confchange;
 mod config;
 mod election;
 mod error;
@@ -74,8 +75,12 @@ mod types;
 #[cfg(feature = "testkit")]
 pub mod sim;
 
+pub use confchange::ConfChange;
 pub use config::Config;
-pub use error::{ConfigError, ProposeError, ReadIndexError, StepError, StoreError, TransferError};
+pub use error::{
+    ConfChangeError, ConfigError, ProposeError, ReadIndexError, StepError, StoreError,
+    TransferError,
+};
 pub use membership::Membership;
 pub use message::{AppendResult, Message, MessageBody};
 pub use node::{InitialState, Proposed, RawNode, Status};

@@ -200,8 +200,11 @@ impl fmt::Display for Message {
 
 /// Writes an entry as `term/index "data"` (or `term/index noop`).
 pub(crate) fn write_entry(f: &mut impl fmt::Write, entry: &Entry) -> fmt::Result {
-    match entry.kind {
+    match &entry.kind {
         crate::types::EntryKind::Noop => write!(f, "{} noop", entry.id()),
+        crate::types::EntryKind::Config(membership) => {
+            write!(f, "{} config {membership}", entry.id())
+        }
         crate::types::EntryKind::Normal => {
             write!(f, "{} \"{}\"", entry.id(), String::from_utf8_lossy(&entry.data).escape_debug())
         }

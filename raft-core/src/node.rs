@@ -1,8 +1,10 @@
 //! [`RawNode`]: the engine's one way in and one way out.
 
+use crate::confchange::{ConfChange, ConfigHistory};
 use crate::config::Config;
 use crate::error::{
-    ConfigError, ProposeError, ReadIndexError, StepError, StoreError, TransferError,
+    ConfChangeError, ConfigError, ProposeError, ReadIndexError, StepError, StoreError,
+    TransferError,
 };
 use crate::log::RaftLog;
 use crate::membership::Membership;
@@ -106,11 +108,9 @@ impl<S: LogStore> RawNode<S> {
                  machine from the snapshot first"
             )));
         }
-        let snapshot = store.snapshot();
-        let membership =
-            if snapshot.index.0 > 0 { snapshot.membership } else { Membership::new(voters) };
+        let configs = config_history(&store, commit, voters)?;
         let log = RaftLog::new(store, commit, applied);
-        let raft = Raft::new(config, log, hard_state, membership);
+        let raft = Raft::new(config, log, hard_state, configs);
         let prev_soft_state = raft.soft_state();
         Ok(RawNode {
             raft,
@@ -124,12 +124,15 @@ impl<S: LogStore> RawNode<S> {
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
         self.raft.tick();
+        self.raft.advance_membership();
     }
 
     /// Handles a message from a peer. A malformed or misaddressed message is refused with an
     /// error and changes nothing; every other message is handled (perhaps by ignoring it).
     pub fn step(&mut self, msg: Message) -> Result<(), StepError> {
-        self.raft.step(msg)
+        self.raft.step(msg)?;
+        self.raft.advance_membership();
+        Ok(())
     }
 
     /// Proposes `data` for the log. A leader appends it; a follower that knows its leader
@@ -146,6 +149,17 @@ impl<S: LogStore> RawNode<S> {
     /// read can be dropped without notice (the leader stepped down): time it out.
     pub fn read_index(&mut self, request: u64) -> Result<(), ReadIndexError> {
         self.raft.read_index(request)
+    }
+
+    /// Proposes a membership change (paper §6): the leader appends the joint configuration
+    /// C_old,new at once (it is in force from then on), and C_new by itself once that
+    /// commits. Returns the joint entry's index. One change at a time: a second one before
+    /// the first finished is refused with [`ConfChangeError::InProgress`].
+    pub fn propose_conf_change(
+        &mut self,
+        changes: &[ConfChange],
+    ) -> Result<Index, ConfChangeError> {
+        self.raft.propose_conf_change(changes)
     }
 
     /// Hands leadership to the voter `to` (thesis §3.10): the leader brings `to` up to date,
@@ -257,6 +271,7 @@ impl<S: LogStore> RawNode<S> {
             }
         }
         self.raft.on_persisted();
+        self.raft.advance_membership();
     }
 
     /// The host applied committed entries up to `index`.
@@ -368,4 +383,26 @@ impl<S: LogStore> RawNode<S> {
     pub fn check_invariants(&self) -> Result<(), String> {
         self.raft.check_invariants()
     }
+}
+
+/// The configurations of a restarting node: the snapshot's (or, with none, the bootstrap
+/// `voters`), then every configuration entry in the log after it (thesis §4.1: the latest
+/// one in the log is in force, committed or not).
+fn config_history<S: LogStore>(
+    store: &S,
+    commit: Index,
+    voters: Vec<NodeId>,
+) -> Result<ConfigHistory, ConfigError> {
+    let snapshot = store.snapshot();
+    let base = if snapshot.index.0 > 0 { snapshot.membership } else { Membership::new(voters) };
+    let mut configs = ConfigHistory::new(snapshot.index, base);
+    let (first, last) = (store.first_index(), store.last_index());
+    if first <= last {
+        let entries = store.entries(first, last.next(), u64::MAX).map_err(|error| {
+            ConfigError::StartState(format!("cannot read the log to find configurations: {error}"))
+        })?;
+        configs.appended(&entries);
+    }
+    configs.committed_to(commit);
+    Ok(configs)
 }

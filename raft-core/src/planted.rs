@@ -33,11 +33,17 @@ pub enum PlantedBug {
     /// entry (breaks paper §7: the consistent suffix, possibly acknowledged to the leader and
     /// counted toward commitment, is lost).
     SnapshotDropsSuffix,
+    /// Switch straight to the new configuration, without the joint phase (breaks paper §6:
+    /// disjoint majorities of the old and new configurations can elect two leaders).
+    ConfChangeWithoutJoint,
+    /// Accept a membership change while another is under way (breaks the one-change-at-a-time
+    /// rule: a configuration can be joined with one nobody committed).
+    OverlappingConfChanges,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that try them all.
-    pub const ALL: [PlantedBug; 9] = [
+    pub const ALL: [PlantedBug; 11] = [
         PlantedBug::CommitEarlierTerm,
         PlantedBug::VoteBeforePersist,
         PlantedBug::SkipUpToDateCheck,
@@ -47,6 +53,8 @@ impl PlantedBug {
         PlantedBug::ReadBeforeOwnTermCommit,
         PlantedBug::ReadWithoutHeartbeatRound,
         PlantedBug::SnapshotDropsSuffix,
+        PlantedBug::ConfChangeWithoutJoint,
+        PlantedBug::OverlappingConfChanges,
     ];
 
     /// The name used on the command line of `raft-sim --planted-bug`.
@@ -61,6 +69,8 @@ impl PlantedBug {
             PlantedBug::ReadBeforeOwnTermCommit => "read-before-own-term-commit",
             PlantedBug::ReadWithoutHeartbeatRound => "read-without-heartbeat-round",
             PlantedBug::SnapshotDropsSuffix => "snapshot-drops-suffix",
+            PlantedBug::ConfChangeWithoutJoint => "conf-change-without-joint",
+            PlantedBug::OverlappingConfChanges => "overlapping-conf-changes",
         }
     }
 

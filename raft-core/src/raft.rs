@@ -2,10 +2,10 @@
 //! §5.1 (and their PreVote/CheckQuorum refinements, thesis §9.6 and §4.2.3), role changes, and
 //! the dispatch of each message to its handler in `election.rs` or `replication.rs`.
 
+use crate::confchange::ConfigHistory;
 use crate::config::Config;
 use crate::error::StepError;
 use crate::log::RaftLog;
-use crate::membership::Membership;
 use crate::message::{AppendResult, Message, MessageBody};
 use crate::read_index::ReadQueue;
 use crate::rng::Rng;
@@ -41,6 +41,8 @@ pub(crate) struct Raft<S> {
     /// ReadIndex bookkeeping: reads waiting for confirmation (leader), and read states ready
     /// for the host (any role).
     pub(crate) reads: ReadQueue,
+    /// The configurations in the log; the latest is in force (thesis §4.1).
+    pub(crate) configs: ConfigHistory,
     rng: Rng,
     /// Messages that may leave at once.
     pub(crate) msgs: Vec<Message>,
@@ -59,7 +61,7 @@ impl<S: LogStore> Raft<S> {
         config: Config,
         log: RaftLog<S>,
         hard_state: HardState,
-        membership: Membership,
+        configs: ConfigHistory,
     ) -> Raft<S> {
         let rng = Rng::with_stream(config.seed, config.id.0);
         let mut raft = Raft {
@@ -69,7 +71,8 @@ impl<S: LogStore> Raft<S> {
             leader: None,
             role: Role::Follower,
             log,
-            tracker: ProgressTracker::new(membership),
+            tracker: ProgressTracker::new(configs.latest().clone()),
+            configs,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             election_timeout: config.election_ticks,

@@ -52,8 +52,9 @@ impl<S: LogStore> Raft<S> {
         } else {
             tracing::info!(id = %self.id, index = %snapshot.index, "restoring from a snapshot");
             let index = snapshot.index;
-            self.tracker.membership = snapshot.membership.clone();
+            self.configs.restored(index, snapshot.membership.clone());
             self.log.restore(snapshot);
+            self.use_latest_config();
             index
         };
         let result = AppendResult::Accepted { match_index };

@@ -97,13 +97,15 @@ impl fmt::Display for EntryId {
 }
 
 /// What an entry carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum EntryKind {
     /// Application data, handed to the state machine.
     Normal,
     /// The empty entry a new leader appends for its term (paper §8, thesis §6.4): committing it
     /// commits every earlier entry, which Figure 8 forbids doing by counting replicas.
     Noop,
+    /// A new configuration (paper §6): in force on a node as soon as it is in its log.
+    Config(Membership),
 }
 
 /// One log entry.
@@ -128,7 +130,11 @@ impl Entry {
     /// The bytes this entry counts for against the size limits of messages and windows.
     pub fn size_bytes(&self) -> u64 {
         // A small fixed overhead stands for the header (term, index, kind) on the wire.
-        self.data.len() as u64 + 24
+        let members = match &self.kind {
+            EntryKind::Config(membership) => membership.members().len() as u64 * 8,
+            EntryKind::Normal | EntryKind::Noop => 0,
+        };
+        self.data.len() as u64 + 24 + members
     }
 }
 

@@ -107,7 +107,7 @@ impl Checker {
         entry: &Entry,
         prev_term: Term,
     ) -> Result<(), Violation> {
-        let seen = SeenEntry { prev_term, kind: entry.kind, data: entry.data.clone() };
+        let seen = SeenEntry { prev_term, kind: entry.kind.clone(), data: entry.data.clone() };
         match self.seen.get(&(entry.index, entry.term)) {
             None => {
                 self.seen.insert((entry.index, entry.term), seen);

@@ -41,6 +41,21 @@ impl ProgressTracker {
         self.progress = self.membership.members().into_iter().map(|id| (id, fresh(id))).collect();
     }
 
+    /// After a configuration change appended at `index` on a leader: tracks new members
+    /// (probing from `index`, so the change itself goes out first; counted as heard at `now`)
+    /// and forgets removed ones.
+    pub fn sync_progress(&mut self, index: Index, msgs_max: usize, bytes_max: u64, now: u64) {
+        let members = self.membership.members();
+        self.progress.retain(|id, _| members.contains(id));
+        for id in members {
+            self.progress.entry(id).or_insert_with(|| {
+                let mut pr = Progress::new(index, Inflights::new(msgs_max, bytes_max));
+                pr.heard_at = now;
+                pr
+            });
+        }
+    }
+
     /// The index a quorum of voters hold (a majority of each half while joint).
     pub fn committed_index(&self) -> Index {
         self.membership
