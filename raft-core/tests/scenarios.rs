@@ -253,11 +253,12 @@ fn opt(id: Option<NodeId>) -> String {
 fn fmt_entries(entries: &[Entry]) -> String {
     let items: Vec<String> = entries
         .iter()
-        .map(|e| match e.kind {
+        .map(|e| match &e.kind {
             EntryKind::Noop => format!("{} noop", e.id()),
             EntryKind::Normal => {
                 format!("{} \"{}\"", e.id(), String::from_utf8_lossy(&e.data).escape_debug())
             }
+            EntryKind::Config(membership) => format!("{} config {membership}", e.id()),
         })
         .collect();
     format!("[{}]", items.join(" "))
