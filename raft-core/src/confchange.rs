@@ -41,6 +41,9 @@ pub enum ConfChange {
 pub(crate) struct ConfigHistory {
     /// The latest configuration known committed (or from a snapshot), and its index.
     committed: (Index, Membership),
+    /// Earlier committed configurations, oldest first, kept so that a snapshot taken at an
+    /// older applied index records the configuration of its own index.
+    older: Vec<(Index, Membership)>,
     /// Configuration entries after `committed`, in index order.
     pending: Vec<(Index, Membership)>,
 }
@@ -48,7 +51,7 @@ pub(crate) struct ConfigHistory {
 impl ConfigHistory {
     /// A history starting from `membership`, committed at `index`.
     pub(crate) fn new(index: Index, membership: Membership) -> ConfigHistory {
-        ConfigHistory { committed: (index, membership), pending: Vec::new() }
+        ConfigHistory { committed: (index, membership), older: Vec::new(), pending: Vec::new() }
     }
 
     /// The configuration in force: the latest in the log (thesis §4.1).
@@ -59,6 +62,14 @@ impl ConfigHistory {
     /// The index of the latest configuration entry.
     pub(crate) fn latest_index(&self) -> Index {
         self.pending.last().map_or(self.committed.0, |(index, _)| *index)
+    }
+
+    /// Whether `id` may start elections: it votes in the latest committed configuration or
+    /// in a later one. A node removed by a configuration entry that is not yet committed may
+    /// still be needed to elect a leader that completes the change (thesis §4.2.2): say the
+    /// leader removed itself and crashed before C_new committed, and only it holds C_new.
+    pub(crate) fn may_campaign(&self, id: NodeId) -> bool {
+        self.committed.1.is_voter(id) || self.pending.iter().any(|(_, m)| m.is_voter(id))
     }
 
     /// Whether a configuration entry is not yet known committed.
@@ -83,7 +94,22 @@ impl ConfigHistory {
     /// Entries up to `commit` are committed.
     pub(crate) fn committed_to(&mut self, commit: Index) {
         while self.pending.first().is_some_and(|(at, _)| *at <= commit) {
-            self.committed = self.pending.remove(0);
+            let next = self.pending.remove(0);
+            self.older.push(std::mem::replace(&mut self.committed, next));
+        }
+    }
+
+    /// The committed configuration in force at `index` (at or after the oldest one kept).
+    /// Forgets the ones before it, which no later snapshot can need.
+    pub(crate) fn committed_at(&mut self, index: Index) -> Membership {
+        let keep_from = self.older.iter().rposition(|(at, _)| *at <= index).unwrap_or(0);
+        self.older.drain(..keep_from);
+        if self.committed.0 <= index {
+            return self.committed.1.clone();
+        }
+        match self.older.iter().rev().find(|(at, _)| *at <= index) {
+            Some((_, membership)) => membership.clone(),
+            None => self.older.first().map_or(&self.committed.1, |(_, m)| m).clone(),
         }
     }
 
@@ -250,5 +276,7 @@ mod tests {
         history.committed_to(Index(3));
         assert!(!history.has_pending());
         assert_eq!(history.latest_index(), Index(3));
+        assert_eq!(history.committed_at(Index(2)).voters, ids(&[1]), "before the entry at 3");
+        assert_eq!(history.committed_at(Index(3)).voters, ids(&[1, 2]));
     }
 }

@@ -27,9 +27,10 @@ impl<S: LogStore> Raft<S> {
     }
 
     /// Starts an election now (an election timeout, or the host's explicit request): a PreVote
-    /// round first when enabled. Leaders and non-voters do nothing.
+    /// round first when enabled. Leaders, and nodes that vote in no configuration that may
+    /// still be in force, do nothing.
     pub(crate) fn start_election(&mut self) {
-        if self.role == Role::Leader || !self.is_voter() {
+        if self.role == Role::Leader || !self.configs.may_campaign(self.id) {
             return;
         }
         if self.config.pre_vote {

@@ -8,7 +8,7 @@ use crate::error::{
 };
 use crate::log::RaftLog;
 use crate::membership::Membership;
-use crate::message::Message;
+use crate::message::{Message, MessageBody};
 use crate::raft::Raft;
 use crate::ready::{Ready, ReadyNumber};
 use crate::storage::LogStore;
@@ -78,7 +78,9 @@ pub struct RawNode<S> {
     prev_soft_state: SoftState,
     /// Readies handed out and not yet acknowledged durable, oldest first, with the snapshot
     /// index and the last entry each carried.
-    in_flight: VecDeque<(ReadyNumber, Option<Index>, Option<EntryId>)>,
+    in_flight: VecDeque<InFlight>,
+    /// The term of the latest hard state the host reported durable.
+    durable_term: Term,
     next_number: u64,
 }
 
@@ -117,6 +119,7 @@ impl<S: LogStore> RawNode<S> {
             prev_hard_state: hard_state,
             prev_soft_state,
             in_flight: VecDeque::new(),
+            durable_term: hard_state.term,
             next_number: 1,
         })
     }
@@ -200,6 +203,12 @@ impl<S: LogStore> RawNode<S> {
         log.applied.min(log.persisted_index())
     }
 
+    /// The configuration in force at `index`, which must be committed (and not older than
+    /// the last snapshot taken with it): what a snapshot at `index` must record.
+    pub fn membership_at(&mut self, index: Index) -> Membership {
+        self.raft.configs.committed_at(index)
+    }
+
     /// Whether [`RawNode::ready`] has anything to hand out.
     pub fn has_ready(&self) -> bool {
         let raft = &self.raft;
@@ -229,16 +238,24 @@ impl<S: LogStore> RawNode<S> {
         let committed_entries = raft.log.take_to_apply(raft.config.apply_bytes_max);
         let applied_bytes: u64 = committed_entries.iter().map(Entry::size_bytes).sum();
         raft.uncommitted_bytes = raft.uncommitted_bytes.saturating_sub(applied_bytes);
-        let snapshot_index = snapshot.as_ref().map(|s| s.index);
-        self.in_flight.push_back((number, snapshot_index, entries.last().map(Entry::id)));
+        self.in_flight.push_back(InFlight {
+            number,
+            snapshot: snapshot.as_ref().map(|s| s.index),
+            last: entries.last().map(Entry::id),
+            term: hard_state.term,
+        });
+        let (messages, held) =
+            hold_until_term_durable(std::mem::take(&mut raft.msgs), self.durable_term);
+        let mut messages_after_persist = held;
+        messages_after_persist.append(&mut raft.msgs_after_persist);
         let ready = Ready {
             number,
             soft_state: (soft_state != self.prev_soft_state).then_some(soft_state),
             hard_state: (hard_state != self.prev_hard_state).then_some(hard_state),
             snapshot,
             entries,
-            messages: std::mem::take(&mut raft.msgs),
-            messages_after_persist: std::mem::take(&mut raft.msgs_after_persist),
+            messages,
+            messages_after_persist,
             committed_entries,
             read_states: std::mem::take(&mut raft.reads.ready),
         };
@@ -254,21 +271,19 @@ impl<S: LogStore> RawNode<S> {
     /// If `number` was not handed out or was already acknowledged: a host bug.
     pub fn on_persisted(&mut self, number: ReadyNumber) {
         assert!(
-            self.in_flight.iter().any(|(n, _, _)| *n == number),
+            self.in_flight.iter().any(|f| f.number == number),
             "node {}: Ready {number:?} is not awaiting persistence",
             self.raft.id
         );
-        while let Some(&(n, snapshot, last)) = self.in_flight.front() {
-            if n > number {
-                break;
-            }
-            self.in_flight.pop_front();
-            if let Some(index) = snapshot {
+        while self.in_flight.front().is_some_and(|f| f.number <= number) {
+            let Some(done) = self.in_flight.pop_front() else { break };
+            if let Some(index) = done.snapshot {
                 self.raft.log.snapshot_stable(index);
             }
-            if let Some(id) = last {
+            if let Some(id) = done.last {
                 self.raft.log.stable_to(id);
             }
+            self.durable_term = self.durable_term.max(done.term);
         }
         self.raft.on_persisted();
         self.raft.advance_membership();
@@ -405,4 +420,37 @@ fn config_history<S: LogStore>(
     }
     configs.committed_to(commit);
     Ok(configs)
+}
+
+/// A Ready handed out and not yet acknowledged durable.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    number: ReadyNumber,
+    /// The index of the snapshot it carried.
+    snapshot: Option<Index>,
+    /// The last entry it carried.
+    last: Option<EntryId>,
+    /// The term of the hard state as of this Ready.
+    term: Term,
+}
+
+/// Splits `messages` into those that may leave at once and those that must wait for the
+/// Ready to be durable: nothing speaks for a term before that term is durable. (A node that
+/// wins an election alone, as the only voter, leads in a term it has not yet written; if it
+/// crashed before writing it, it could lead that term again with another log.) Pre-vote
+/// requests, forwarded proposals and read-index requests are exempt: their term binds
+/// nobody.
+fn hold_until_term_durable(
+    messages: Vec<Message>,
+    durable_term: Term,
+) -> (Vec<Message>, Vec<Message>) {
+    messages.into_iter().partition(|msg| {
+        msg.term <= durable_term
+            || matches!(
+                msg.body,
+                MessageBody::PreVote { .. }
+                    | MessageBody::Propose { .. }
+                    | MessageBody::ReadIndex { .. }
+            )
+    })
 }

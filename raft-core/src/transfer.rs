@@ -71,6 +71,7 @@ impl<S: LogStore> Raft<S> {
     /// at once. Ignored from anyone else, and by a node that cannot vote.
     pub(crate) fn handle_timeout_now(&mut self, from: NodeId) {
         if self.leader != Some(from) || !self.is_voter() || self.role == Role::Leader {
+            // (A transfer targets a voter of the latest configuration.)
             tracing::debug!(id = %self.id, %from, "TimeoutNow ignored");
             return;
         }

@@ -13,7 +13,7 @@ const STEPS: u64 = 5_000;
 #[test]
 fn simulator_holds_every_property() {
     let mut sizes = [0u64; 8];
-    let (mut committed, mut reads, mut snapshots) = (0, 0, 0);
+    let (mut committed, mut reads, mut snapshots, mut changes) = (0, 0, 0, 0);
     for seed in 0..SEEDS {
         let options = SimOptions::from_seed(seed, STEPS);
         sizes[options.nodes] += 1;
@@ -22,6 +22,7 @@ fn simulator_holds_every_property() {
                 committed += report.committed;
                 reads += report.reads;
                 snapshots += report.snapshots_installed;
+                changes += report.membership_changes;
             }
             Err(failure) => panic!("{failure}"),
         }
@@ -30,6 +31,7 @@ fn simulator_holds_every_property() {
     assert!(committed > SEEDS * 10, "runs committed almost nothing ({committed} entries)");
     assert!(reads > SEEDS * 10, "runs served almost no reads ({reads})");
     assert!(snapshots > SEEDS / 2, "runs installed almost no snapshots ({snapshots})");
+    assert!(changes > SEEDS / 2, "runs changed the membership almost never ({changes})");
 }
 
 /// Determinism: the same seed gives the same run, event for event; different seeds differ.

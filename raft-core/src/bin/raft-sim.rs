@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     };
     let started = Instant::now();
     let (mut runs, mut actions, mut committed, mut elections, mut crashes) = (0u64, 0, 0, 0, 0);
-    let (mut reads, mut snapshots) = (0, 0);
+    let (mut reads, mut snapshots, mut changes) = (0, 0, 0);
     for seed in args.seeds.clone() {
         let mut options = SimOptions::from_seed(seed, args.steps);
         options.check_persist_before_answer = args.persist_check;
@@ -124,6 +124,7 @@ fn main() -> ExitCode {
                 crashes += report.crashes;
                 reads += report.reads;
                 snapshots += report.snapshots_installed;
+                changes += report.membership_changes;
             }
             Err(failure) => {
                 if args.trace {
@@ -138,7 +139,7 @@ fn main() -> ExitCode {
     println!(
         "raft-sim: {runs} seeds ({}..{}), {} safety steps each: {actions} actions, {elections} \
          leaders elected, {committed} entries committed, {reads} reads served, {snapshots} \
-         snapshots installed, {crashes} \
+         snapshots installed, {changes} membership changes, {crashes} \
          crashes",
         args.seeds.start, args.seeds.end, args.steps
     );

@@ -19,6 +19,7 @@
 pub mod checker;
 pub mod network;
 
+use crate::confchange::ConfChange;
 use crate::config::Config;
 use crate::message::Message;
 use crate::node::{InitialState, Proposed, RawNode};
@@ -67,6 +68,9 @@ pub struct SimOptions {
     pub transfer_per_mille: u64,
     /// Per mille of actions in which a node snapshots its state machine and compacts its log.
     pub compact_per_mille: u64,
+    /// Per mille of actions in which the leader proposes a random membership change. When
+    /// above 0, nodes 1-3 start as the cluster and the others wait to be added.
+    pub membership_per_mille: u64,
     /// Bytes per append message (small values split batches).
     pub append_bytes_max: u64,
     /// Appends in flight per follower.
@@ -87,7 +91,7 @@ impl SimOptions {
     /// engine limits are drawn from the seed.
     pub fn from_seed(seed: u64, steps: u64) -> SimOptions {
         let mut rng = Rng::new(seed ^ 0x5eed_5eed_5eed_5eed);
-        SimOptions {
+        let mut options = SimOptions {
             seed,
             nodes: [3, 5, 7][(seed % 3) as usize],
             steps,
@@ -100,13 +104,20 @@ impl SimOptions {
             proposal_forwarding: !rng.chance(1, 4),
             transfer_per_mille: rng.below(4),
             compact_per_mille: [0, 2, 10, 40][rng.below(4) as usize],
+            membership_per_mille: [0, 0, 3, 10][rng.below(4) as usize],
             append_bytes_max: [64, 256, 1 << 20][rng.below(3) as usize],
             inflight_msgs_max: [1, 4, 64][rng.below(3) as usize],
             trace: false,
             check_persist_before_answer: true,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
+        };
+        // A removed node that missed its removal keeps campaigning; only PreVote or
+        // CheckQuorum's lease keeps it from deposing leaders (thesis §4.2.3).
+        if options.membership_per_mille > 0 && !options.pre_vote {
+            options.check_quorum = true;
         }
+        options
     }
 
     /// The command line that replays this run with a trace.
@@ -145,6 +156,8 @@ pub struct SimReport {
     pub reads: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Membership changes the leader accepted.
+    pub membership_changes: u64,
     /// Ticks the liveness phase needed to elect a leader and commit a proposal.
     pub liveness_ticks: u64,
     /// The trace, when asked for.
@@ -268,13 +281,22 @@ impl Simulation {
         }
     }
 
+    /// The configuration every node starts from before its log says otherwise: with
+    /// membership changes, nodes 1-3 form the first cluster and the others wait to be added
+    /// (knowing the first configuration, in which they do not vote); without, every node is
+    /// a voter.
+    fn bootstrap_voters(&self) -> Vec<NodeId> {
+        let first = if self.options.membership_per_mille > 0 { 3 } else { self.options.nodes };
+        (1..=first as u64).map(NodeId).collect()
+    }
+
     fn start_node(
         &self,
         id: NodeId,
         store: MemLogStore,
         durable: HardState,
     ) -> RawNode<MemLogStore> {
-        let voters = (1..=self.options.nodes as u64).map(NodeId).collect();
+        let voters = self.bootstrap_voters();
         let initial = InitialState { hard_state: durable, voters, applied: Index(0) };
         let config = self.node_config(id, 1);
         RawNode::new(config, store, initial).expect("the simulator's config is valid")
@@ -323,6 +345,9 @@ impl Simulation {
         }
         if self.rng.chance(o.compact_per_mille, 1000) {
             return self.take_snapshot();
+        }
+        if self.rng.chance(o.membership_per_mille, 1000) {
+            return self.change_membership();
         }
         let i = self.rng.below(self.nodes.len() as u64) as usize;
         if self.nodes[i].raw.is_none() {
@@ -379,7 +404,7 @@ impl Simulation {
         if index.0 == 0 {
             return Ok(());
         }
-        let membership = raw.membership().clone();
+        let membership = raw.membership_at(index);
         let store = raw.store_mut();
         let host_error = |error: crate::StoreError| Violation {
             property: "Host snapshots",
@@ -389,6 +414,39 @@ impl Simulation {
         let upto = Index(index.0.saturating_sub(keep)).max(store.first_index().prev());
         store.compact(upto).map_err(host_error)?;
         self.trace(|| format!("snapshot {} at {index}, compacted to {upto}", i + 1));
+        self.after_input(i)
+    }
+
+    /// The leader proposes a random membership change: grow, shrink, replace a voter, add a
+    /// learner, promote one, or several of these at once.
+    fn change_membership(&mut self) -> Result<(), Violation> {
+        let Some(i) = self.stable_leader() else { return Ok(()) };
+        let all: Vec<NodeId> = (1..=self.nodes.len() as u64).map(NodeId).collect();
+        let raw = self.nodes[i].raw.as_ref().expect("leader is up");
+        let membership = raw.membership().clone();
+        let outsiders: Vec<NodeId> =
+            all.iter().copied().filter(|id| !membership.members().contains(id)).collect();
+        let voters: Vec<NodeId> = membership.voters.iter().copied().collect();
+        let learners: Vec<NodeId> = membership.learners.iter().copied().collect();
+        let pick = |rng: &mut Rng, from: &[NodeId]| -> Option<NodeId> {
+            (!from.is_empty()).then(|| from[rng.below(from.len() as u64) as usize])
+        };
+        let mut changes = Vec::new();
+        for _ in 0..1 + self.rng.below(2) {
+            let change = match self.rng.below(5) {
+                0 => pick(&mut self.rng, &outsiders).map(ConfChange::AddVoter),
+                1 => pick(&mut self.rng, &outsiders).map(ConfChange::AddLearner),
+                2 => pick(&mut self.rng, &learners).map(ConfChange::AddVoter),
+                3 => pick(&mut self.rng, &voters).map(ConfChange::Remove),
+                _ => pick(&mut self.rng, &learners).map(ConfChange::Remove),
+            };
+            changes.extend(change);
+        }
+        changes.dedup();
+        let raw = self.nodes[i].raw.as_mut().expect("leader is up");
+        let result = raw.propose_conf_change(&changes);
+        self.report.membership_changes += u64::from(result.is_ok());
+        self.trace(|| format!("membership change at {}: {changes:?} -> {result:?}", i + 1));
         self.after_input(i)
     }
 
@@ -538,7 +596,7 @@ impl Simulation {
         self.trace(|| format!("restart {}", i + 1));
         let node = &self.nodes[i];
         let store = node.crashed_store.clone().expect("restarting node was crashed");
-        let voters = (1..=self.options.nodes as u64).map(NodeId).collect();
+        let voters = self.bootstrap_voters();
         // The state machine restarts from the store's latest snapshot, if any.
         let snapshot = store.snapshot();
         self.checker.on_restore(node.id, &snapshot)?;
@@ -687,9 +745,29 @@ impl Simulation {
             property: "Liveness",
             detail: format!(
                 "within {TICKS_MAX} ticks of healing, no leader brought every node up to its \
-                 log and committed a new proposal"
+                 log and committed a new proposal; nodes: {}",
+                self.describe_nodes()
             ),
         })
+    }
+
+    /// One line per node: role, term, log and configuration, for failure reports.
+    fn describe_nodes(&self) -> String {
+        let describe = |n: &SimNode| match &n.raw {
+            None => format!("{} down", n.id),
+            Some(r) => format!(
+                "{} {} term={} commit={} log={}..={} snapshot={} {}",
+                n.id,
+                r.role(),
+                r.term(),
+                r.commit(),
+                r.first_index(),
+                r.last_index(),
+                r.store().snapshot().index,
+                r.membership()
+            ),
+        };
+        self.nodes.iter().map(describe).collect::<Vec<_>>().join("; ")
     }
 
     /// Whether every node holds the leader's whole log and has committed all of it.
@@ -697,17 +775,27 @@ impl Simulation {
         let raw = self.nodes[leader].raw.as_ref().expect("leader is up");
         let last = raw.last_index();
         let leader_term = raw.log_term(last);
-        self.nodes.iter().filter_map(|n| n.raw.as_ref()).all(|r| {
-            r.commit() == last && r.last_index() == last && r.log_term(last) == leader_term
-        })
+        let members = raw.membership().members();
+        self.nodes.iter().filter(|n| members.contains(&n.id)).filter_map(|n| n.raw.as_ref()).all(
+            |r| r.commit() == last && r.last_index() == last && r.log_term(last) == leader_term,
+        )
     }
 
-    /// The node that leads the highest term any live node has reached, if one does.
+    /// The leader of the highest term, if no member of its configuration is in a later term
+    /// (a node outside the configuration may be: a removed node that missed its removal).
     fn stable_leader(&self) -> Option<usize> {
-        let top = self.nodes.iter().filter_map(|n| n.raw.as_ref()).map(|r| r.term()).max()?;
-        self.nodes.iter().position(|n| {
-            n.raw.as_ref().is_some_and(|r| r.role() == Role::Leader && r.term() == top)
-        })
+        let up = |i: usize| self.nodes[i].raw.as_ref();
+        let leader = (0..self.nodes.len())
+            .filter(|&i| up(i).is_some_and(|r| r.role() == Role::Leader))
+            .max_by_key(|&i| up(i).map(|r| r.term()))?;
+        let raw = up(leader)?;
+        let members = raw.membership().members();
+        let later = self
+            .nodes
+            .iter()
+            .filter(|n| members.contains(&n.id))
+            .any(|n| n.raw.as_ref().is_some_and(|r| r.term() > raw.term()));
+        (!later).then_some(leader)
     }
 
     /// Delivers and persists until nothing moves (with no faults left, the cluster settles).
