@@ -244,8 +244,9 @@ impl<S: LogStore> RawNode<S> {
             last: entries.last().map(Entry::id),
             term: hard_state.term,
         });
+        let vote_early = raft.config.has_bug(crate::PlantedBug::VoteBeforePersist);
         let (messages, held) =
-            hold_until_term_durable(std::mem::take(&mut raft.msgs), self.durable_term);
+            hold_until_term_durable(std::mem::take(&mut raft.msgs), self.durable_term, vote_early);
         let mut messages_after_persist = held;
         messages_after_persist.append(&mut raft.msgs_after_persist);
         let ready = Ready {
@@ -439,13 +440,16 @@ struct InFlight {
 /// wins an election alone, as the only voter, leads in a term it has not yet written; if it
 /// crashed before writing it, it could lead that term again with another log.) Pre-vote
 /// requests, forwarded proposals and read-index requests are exempt: their term binds
-/// nobody.
+/// nobody. (The planted bug `vote-before-persist` lets its early votes through: holding
+/// them would be persisting first, the very rule it breaks.)
 fn hold_until_term_durable(
     messages: Vec<Message>,
     durable_term: Term,
+    vote_early: bool,
 ) -> (Vec<Message>, Vec<Message>) {
     messages.into_iter().partition(|msg| {
         msg.term <= durable_term
+            || (vote_early && matches!(msg.body, MessageBody::VoteResponse { .. }))
             || matches!(
                 msg.body,
                 MessageBody::PreVote { .. }

@@ -70,8 +70,10 @@ fn vote_before_persist_is_caught_by_figure_3_checkers_too() {
         "State Machine Safety",
         "Committed entries are never changed",
     ];
+    // Crashes are what turn the early vote into a second vote: run with many of them.
     assert_caught_with(PlantedBug::VoteBeforePersist, 10_000, &properties, |options| {
         options.check_persist_before_answer = false;
+        options.crash_per_mille = 40;
     });
 }
 

@@ -18,8 +18,8 @@
 //! Node ids are 1..=N. `B` is `true` or `false`.
 //!
 //! - `add-nodes N [pre_vote=B] [check_quorum=B] [election_ticks=T] [heartbeat_ticks=T]
-//!   [append_bytes_max=N] [inflight_msgs_max=N] [planted_bug=NAME]`: a cluster of voters
-//!   1..=N; every other setting is `Config::new`'s.
+//!   [append_bytes_max=N] [inflight_msgs_max=N] [read_requests_max=N] [planted_bug=NAME]`: a
+//!   cluster of voters 1..=N; every other setting is `Config::new`'s.
 //! - `campaign ID`: the node starts an election now (a pre-vote round first if enabled).
 //! - `propose ID DATA`: a client write at the node. Prints where it went: appended at
 //!   `term/index` by a leader, forwarded to the leader a follower knows (thesis §6.2), or
@@ -27,33 +27,47 @@
 //! - `transfer-leadership FROM TO`: asks node FROM to hand leadership to TO (thesis §3.10).
 //!   Prints that the transfer started, or the `TransferError` (TO need not be a node: the
 //!   engine's refusal of a non-voter is printed like any other).
+//! - `read ID REQUEST`: a client's linearizable read (thesis §6.4) at the node, with the
+//!   host's id REQUEST for it. Prints that a leader took it, that a follower asked its leader,
+//!   or the `ReadIndexError`.
+//! - `snapshot ID`: the node's host snapshots its state machine at `compactable_index()`,
+//!   records the snapshot in its store with the configuration at that index
+//!   (`membership_at`) and compacts the log up to there (paper §7). Prints the snapshot's last
+//!   entry.
 //! - `tick ID... [times=N]`: advances the listed clocks together, N ticks (default 1).
 //! - `tick-election ID...`: ticks the listed nodes together until one's timer fires (an
 //!   election timeout, or a leader's failed CheckQuorum round) and says after how many ticks.
-//! - `process-ready ID...`: takes one Ready per node, persists it, sends, applies.
+//! - `process-ready ID...`: takes one Ready per node, persists it, sends, applies. A snapshot
+//!   from the leader prints as `install snapshot 1/4 voters=(1,2,3)` and is installed in the
+//!   store before the Ready's entries; a confirmed read as `read 7 at 4`, with whether the
+//!   state machine has applied that far (`serve now`) or the host holds the read until it has
+//!   (`wait`, then `serve read 7` after a later apply).
 //! - `deliver-msgs [ID...] [from=ID] [drop=ID]...`: delivers queued messages to the IDs (all
 //!   if none are given) and drops those to each `drop` ID, in the order they were sent.
 //! - `stabilize [ID...]`: process-ready and deliver among the IDs (all if none) until quiet.
 //! - `partition ID...`: cuts the listed nodes off from the rest, both ways. `heal` undoes it.
 //! - `crash ID`: loses everything the node did not persist. `restart ID`: a new engine over
 //!   the durable log and hard state.
-//! - `status [ID...]`: role, term, vote, leader, commit, last entry. `log [ID...]`: entries.
-//! - `progress ID`: a leader's view of each follower: match, next, probe or replicate.
+//! - `status [ID...]`: role, term, vote, leader, commit, last entry. `log [ID...]`: entries
+//!   (after a compaction, `snapshot=T/I` names the last entry the log no longer holds).
+//! - `progress ID`: a leader's view of each follower: match, next, probe, replicate or
+//!   snapshot (with the index of the snapshot it waits to hear was installed).
 //!
 //! Messages print in the engine's trace format (`1->2 Append term=1 prev=1/1 commit=1
 //! [1/2 "a"]`); a message lost to a partition or a crashed node prints with `(dropped: ...)`,
 //! and identical lost messages are folded into one line with a count (`×15`). After every
 //! input, the nodes whose role, term, vote, leader or commit changed print one indented line.
 //!
-//! Every applied entry is compared across nodes (State Machine Safety, paper §5.4.3): a
-//! mismatch fails the script, unless the cluster runs a planted bug, in which case the trace
-//! prints the violation (that is what such a script is there to show).
+//! Every applied entry is compared across nodes (State Machine Safety, paper §5.4.3), and so is
+//! the last entry of every snapshot a node installs: a mismatch fails the script, unless the
+//! cluster runs a planted bug, in which case the trace prints the violation (that is what such
+//! a script is there to show).
 
 use goldenscript::Context;
 use raft_core::tracker::ProgressState;
 use raft_core::{
     Config, Entry, EntryId, EntryKind, HardState, Index, InitialState, LogStore, MemLogStore,
-    Message, NodeId, PlantedBug, Proposed, RawNode, Role, Term,
+    Message, NodeId, PlantedBug, Proposed, RawNode, ReadState, Role, SnapshotMeta, Term,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::error::Error;
@@ -127,6 +141,9 @@ struct Node {
     down_store: Option<MemLogStore>,
     /// The hard state last persisted.
     durable: HardState,
+    /// Confirmed reads the host holds until the state machine applies up to their index.
+    /// Host memory: a crash loses them.
+    reads_waiting: Vec<ReadState>,
 }
 
 impl Node {
@@ -162,6 +179,8 @@ impl goldenscript::Runner for Cluster {
             "campaign" => self.campaign(&mut args, &mut out)?,
             "propose" => self.propose(&mut args, &mut out)?,
             "transfer-leadership" => self.transfer_leadership(&mut args, &mut out)?,
+            "read" => self.read(&mut args, &mut out)?,
+            "snapshot" => self.snapshot(&mut args, &mut out)?,
             "tick" => self.tick(&mut args, &mut out)?,
             "tick-election" => self.tick_election(&mut args, &mut out)?,
             "process-ready" => self.process_ready_cmd(&mut args, &mut out)?,
@@ -303,8 +322,9 @@ fn times(n: usize) -> String {
 }
 
 /// The settings `add-nodes` takes: `[pre_vote=B] [check_quorum=B] [election_ticks=T]
-/// [heartbeat_ticks=T] [append_bytes_max=N] [inflight_msgs_max=N] [planted_bug=NAME]`. Every
-/// other `Config` field keeps the value `Config::new` gives it; the seed is the node id.
+/// [heartbeat_ticks=T] [append_bytes_max=N] [inflight_msgs_max=N] [read_requests_max=N]
+/// [planted_bug=NAME]`. Every other `Config` field keeps the value `Config::new` gives it; the
+/// seed is the node id.
 struct NodeOptions {
     pre_vote: bool,
     check_quorum: bool,
@@ -312,6 +332,7 @@ struct NodeOptions {
     heartbeat_ticks: u32,
     append_bytes_max: u64,
     inflight_msgs_max: usize,
+    read_requests_max: usize,
     planted_bug: Option<PlantedBug>,
 }
 
@@ -332,6 +353,7 @@ impl NodeOptions {
             heartbeat_ticks: args.key("heartbeat_ticks")?.unwrap_or(base.heartbeat_ticks),
             append_bytes_max: args.key("append_bytes_max")?.unwrap_or(base.append_bytes_max),
             inflight_msgs_max: args.key("inflight_msgs_max")?.unwrap_or(base.inflight_msgs_max),
+            read_requests_max: args.key("read_requests_max")?.unwrap_or(base.read_requests_max),
             planted_bug,
         })
     }
@@ -345,6 +367,7 @@ impl NodeOptions {
             heartbeat_ticks: self.heartbeat_ticks,
             append_bytes_max: self.append_bytes_max,
             inflight_msgs_max: self.inflight_msgs_max,
+            read_requests_max: self.read_requests_max,
             planted_bug: self.planted_bug,
             ..Config::new(id)
         }
@@ -362,6 +385,9 @@ impl NodeOptions {
         }
         if self.inflight_msgs_max != base.inflight_msgs_max {
             line += &format!(" inflight_msgs_max={}", self.inflight_msgs_max);
+        }
+        if self.read_requests_max != base.read_requests_max {
+            line += &format!(" read_requests_max={}", self.read_requests_max);
         }
         if let Some(bug) = self.planted_bug {
             line += &format!(" planted_bug={}", bug.name());
@@ -425,8 +451,13 @@ impl Cluster {
             let config = options.config(id);
             let initial = InitialState { voters: voters.clone(), ..InitialState::default() };
             let raw = RawNode::new(config.clone(), MemLogStore::new(), initial)?;
-            let node =
-                Node { config, raw: Some(raw), down_store: None, durable: HardState::default() };
+            let node = Node {
+                config,
+                raw: Some(raw),
+                down_store: None,
+                durable: HardState::default(),
+                reads_waiting: Vec::new(),
+            };
             self.nodes.insert(id, node);
         }
         writeln!(out, "{count} nodes: {}", options.describe())?;
@@ -497,6 +528,56 @@ impl Cluster {
                 Ok(()) => format!("{from}: transferring leadership to {to}"),
                 Err(error) => format!("{from}: transfer refused: {error}"),
             };
+            Ok(())
+        })?;
+        writeln!(out, "{line}")?;
+        Ok(())
+    }
+
+    /// `read ID REQUEST` (thesis §6.4): a client's read at the node. A leader takes it; a
+    /// follower asks the leader it knows (the `ReadIndex` waits in its next Ready); the
+    /// refusal is printed otherwise. The read's fate shows later, as a `read` line in a Ready.
+    fn read(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let id = parse_id(args.pos("node id")?)?;
+        let request = args.pos("request id")?;
+        let request: u64 = request.parse().map_err(|e| format!("bad request id {request}: {e}"))?;
+        args.finish()?;
+        let mut line = String::new();
+        self.input(id, out, "", |raw| {
+            line = match raw.read_index(request) {
+                Ok(()) if raw.role() == Role::Leader => format!("{id}: read {request} taken"),
+                Ok(()) => format!("{id}: read {request} asked of leader {}", opt(raw.leader())),
+                Err(error) => format!("{id}: read {request} refused: {error}"),
+            };
+            Ok(())
+        })?;
+        writeln!(out, "{line}")?;
+        Ok(())
+    }
+
+    /// `snapshot ID` (paper §7): the host snapshots the node's state machine at
+    /// `compactable_index()` (applied and durable), records it in the store with the
+    /// configuration in force at that index (`membership_at`), and compacts the log up to there.
+    fn snapshot(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let id = parse_id(args.pos("node id")?)?;
+        args.finish()?;
+        let mut line = String::new();
+        self.input(id, out, "", |raw| {
+            let index = raw.compactable_index();
+            if index.0 == 0 {
+                return Err(format!("node {id} has applied nothing to snapshot").into());
+            }
+            // The configuration of the snapshot's own index, not the latest one.
+            let membership = raw.membership_at(index);
+            let store = raw.store_mut();
+            store.record_snapshot(index, membership)?;
+            store.compact(index)?;
+            let snapshot = store.snapshot();
+            line = format!(
+                "{id}: snapshot at {} {}; log compacted through {index}",
+                snapshot.last(),
+                snapshot.membership
+            );
             Ok(())
         })?;
         writeln!(out, "{line}")?;
@@ -603,6 +684,11 @@ impl Cluster {
             writeln!(out, "  send {msg}{}", times(n))?;
         }
         queue.extend(rd.messages);
+        if let Some(snapshot) = &rd.snapshot {
+            // First in the write: the entries of this Ready follow the snapshot.
+            writeln!(out, "  install snapshot {} {}", snapshot.last(), snapshot.membership)?;
+            node.up()?.store_mut().install_snapshot(snapshot);
+        }
         if let Some(hs) = rd.hard_state {
             writeln!(out, "  persist hard state {}", fmt_hard_state(&hs))?;
             node.durable = hs;
@@ -621,12 +707,68 @@ impl Cluster {
             raw.on_persisted(number);
             Ok(())
         })?;
+        if let Some(snapshot) = &rd.snapshot {
+            self.check_restored(id, snapshot, out)?;
+        }
         if let Some(last) = rd.committed_entries.last() {
             writeln!(out, "  apply {}", fmt_entries(&rd.committed_entries))?;
             self.check_applied(id, &rd.committed_entries, out)?;
             self.node(id)?.up()?.on_applied(last.index);
         }
+        self.serve_reads(id, rd.read_states, out)?;
         Ok(true)
+    }
+
+    /// Step 5 of the host loop: the reads held from earlier Readies that the state machine
+    /// has now caught up with are served, then each new confirmed read is served at once if
+    /// the state machine has applied up to its index, or held until it has.
+    fn serve_reads(&mut self, id: NodeId, reads: Vec<ReadState>, out: &mut String) -> Result<()> {
+        let node = self.node(id)?;
+        let applied = node.up()?.status().applied;
+        let (ready, waiting): (Vec<ReadState>, Vec<ReadState>) =
+            std::mem::take(&mut node.reads_waiting)
+                .into_iter()
+                .partition(|read| read.index <= applied);
+        node.reads_waiting = waiting;
+        for read in ready {
+            writeln!(out, "  serve read {} (applied {applied})", read.request)?;
+        }
+        for read in reads {
+            let (request, index) = (read.request, read.index);
+            if index <= applied {
+                writeln!(out, "  read {request} at {index} (applied {applied}: serve now)")?;
+            } else {
+                writeln!(out, "  read {request} at {index} (applied {applied}: wait)")?;
+                node.reads_waiting.push(read);
+            }
+        }
+        Ok(())
+    }
+
+    /// State Machine Safety across snapshots (paper §7): a state machine restored from a
+    /// snapshot must be the applied history up to its last entry, so that entry must be the
+    /// one applied at its index elsewhere.
+    fn check_restored(
+        &mut self,
+        id: NodeId,
+        snapshot: &SnapshotMeta,
+        out: &mut String,
+    ) -> Result<()> {
+        let Some((first, seen)) = self.applied.get(&snapshot.index) else { return Ok(()) };
+        if seen.term == snapshot.term {
+            return Ok(());
+        }
+        let violation = format!(
+            "SAFETY VIOLATION (State Machine Safety, §5.4.3, §7): node {id} restored a snapshot \
+             ending at {} where node {first} applied {}",
+            snapshot.last(),
+            fmt_entries(std::slice::from_ref(seen)),
+        );
+        if !self.planted_bug {
+            return Err(violation.into());
+        }
+        writeln!(out, "  {violation}")?;
+        Ok(())
     }
 
     /// State Machine Safety (paper §5.4.3): no two nodes apply different entries at one index.
@@ -779,11 +921,13 @@ impl Cluster {
             )?;
         }
         node.down_store = Some(store);
+        node.reads_waiting.clear();
         Ok(())
     }
 
     /// `restart ID`: a new engine over the durable log and hard state, with a state machine
-    /// that starts empty (applied = 0) and replays the committed log.
+    /// restored from the store's latest snapshot (or empty, applied = 0, without one) that
+    /// replays the committed log after it.
     fn restart(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
         let id = parse_id(args.pos("node id")?)?;
         args.finish()?;
@@ -791,7 +935,8 @@ impl Cluster {
         let node = self.node(id)?;
         let store = node.down_store.take().ok_or_else(|| format!("node {id} is not down"))?;
         let last = store_last(&store);
-        let initial = InitialState { hard_state: node.durable, voters, applied: Index(0) };
+        let applied = store.snapshot().index;
+        let initial = InitialState { hard_state: node.durable, voters, applied };
         node.raw = Some(RawNode::new(node.config.clone(), store, initial)?);
         writeln!(out, "{id}: restarted; {} last={last}", fmt_hard_state(&node.durable))?;
         Ok(())
@@ -837,11 +982,13 @@ impl Cluster {
         let peers: Vec<NodeId> = raw.voters().iter().copied().filter(|&p| p != id).collect();
         for peer in peers {
             let pr = raw.progress(peer).ok_or_else(|| format!("no progress for {peer}"))?;
-            let state = match pr.state {
-                ProgressState::Probe if pr.probe_sent => "probe (waiting for an answer)",
-                ProgressState::Probe => "probe",
-                ProgressState::Replicate => "replicate",
-                ProgressState::Snapshot { .. } => "snapshot (waiting for the install)",
+            let state: String = match pr.state {
+                ProgressState::Probe if pr.probe_sent => "probe (waiting for an answer)".into(),
+                ProgressState::Probe => "probe".into(),
+                ProgressState::Replicate => "replicate".into(),
+                ProgressState::Snapshot { index, .. } => {
+                    format!("snapshot {index} (waiting for the install)")
+                }
             };
             writeln!(
                 out,
@@ -854,24 +1001,34 @@ impl Cluster {
         Ok(())
     }
 
-    /// `log [ID...]`: each node's log (a down node's durable log).
+    /// `log [ID...]`: each node's log (a down node's durable log); `snapshot=T/I` names the
+    /// last entry compacted away, if any.
     fn log(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
         let ids = args.ids()?;
         args.finish()?;
         for id in self.ids_or_all(ids)? {
             let node = self.node(id)?;
-            let (entries, commit, state) = match node.raw.as_ref() {
-                Some(raw) => (
-                    raw.log_entries(Index(1), raw.last_index().next(), u64::MAX)?,
-                    raw.commit(),
-                    "",
-                ),
+            let (entries, compacted, commit, state) = match node.raw.as_ref() {
+                Some(raw) => {
+                    let first = raw.first_index();
+                    let compacted =
+                        EntryId::new(raw.log_term(first.prev()).unwrap_or_default(), first.prev());
+                    let entries = raw.log_entries(first, raw.last_index().next(), u64::MAX)?;
+                    (entries, compacted, raw.commit(), "")
+                }
                 None => {
                     let store = node.down_store.as_ref().ok_or("a down node keeps its store")?;
-                    (store_entries(store)?, node.durable.commit, " (down)")
+                    let before = store.first_index().prev();
+                    let compacted = EntryId::new(store.term(before)?, before);
+                    (store_entries(store)?, compacted, node.durable.commit, " (down)")
                 }
             };
-            writeln!(out, "{id}{state}: commit={commit} {}", fmt_entries(&entries))?;
+            let snapshot = if compacted.index.0 > 0 {
+                format!(" snapshot={compacted}")
+            } else {
+                String::new()
+            };
+            writeln!(out, "{id}{state}: commit={commit}{snapshot} {}", fmt_entries(&entries))?;
         }
         Ok(())
     }
@@ -916,6 +1073,20 @@ fn bad_input_is_an_error_not_a_panic() {
         "add-nodes 3\n---\n\ntransfer-leadership 1 2 3\n---\n",
         "add-nodes 3\n---\n\ntransfer-leadership 1 2 times=2\n---\n",
         "add-nodes 3\n---\n\ncrash 1\n---\n\ntransfer-leadership 1 2\n---\n",
+        "add-nodes 3\n---\n\nread 1\n---\n",
+        "add-nodes 3\n---\n\nread 1 x\n---\n",
+        "add-nodes 3\n---\n\nread 1 -1\n---\n",
+        "add-nodes 3\n---\n\nread 4 1\n---\n",
+        "add-nodes 3\n---\n\nread 1 2 3\n---\n",
+        "add-nodes 3\n---\n\ncrash 1\n---\n\nread 1 1\n---\n",
+        "add-nodes 3 read_requests_max=0\n---\n",
+        "add-nodes 3 read_requests_max=x\n---\n",
+        "add-nodes 3\n---\n\nsnapshot\n---\n",
+        "add-nodes 3\n---\n\nsnapshot 0\n---\n",
+        "add-nodes 3\n---\n\nsnapshot 1 2\n---\n",
+        "add-nodes 3\n---\n\ncrash 1\n---\n\nsnapshot 1\n---\n",
+        // Nothing applied yet: there is no state to snapshot.
+        "add-nodes 3\n---\n\nsnapshot 1\n---\n",
         // A leader without CheckQuorum has no timer that could fire.
         "add-nodes 1 check_quorum=false\n---\n\ncampaign 1\n---\n\ntick-election 1\n---\n",
     ];
@@ -980,4 +1151,8 @@ scenarios! {
     leadership_transfer => "leadership/transfer.txt",
     leadership_transfer_timeout => "leadership/transfer_timeout.txt",
     leadership_forwarding => "leadership/forwarding.txt",
+    snapshot_install => "snapshot/install.txt",
+    snapshot_consistent_suffix => "snapshot/consistent_suffix.txt",
+    reads_leader => "reads/leader.txt",
+    reads_follower => "reads/follower.txt",
 }

@@ -509,10 +509,6 @@ impl Simulation {
             node.applied = snapshot.index;
             self.report.snapshots_installed += 1;
         }
-        for entry in &ready.entries {
-            let prev_term = raw.log_term(entry.index.prev()).unwrap_or_default();
-            self.checker.on_append(id, entry, prev_term)?;
-        }
         for entry in &ready.committed_entries {
             self.checker.on_apply(id, entry, node.applied)?;
             node.applied = entry.index;
@@ -549,6 +545,13 @@ impl Simulation {
             raw.store_mut().install_snapshot(snapshot);
         }
         raw.store_mut().append(&ready.entries);
+        // Log Matching is checked on durable logs: an entry that was never written (nor
+        // sent, see `RawNode::ready`) vanishes in a crash as if it never existed.
+        let id = node.id;
+        for entry in &ready.entries {
+            let prev_term = raw.store().term(entry.index.prev()).unwrap_or_default();
+            self.checker.on_append(id, entry, prev_term)?;
+        }
         let number = ready.number;
         self.trace(|| format!("persist {} ready #{}", i + 1, number.0));
         for msg in ready.messages_after_persist {
