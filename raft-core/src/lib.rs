@@ -16,12 +16,15 @@
 //! 3. Send `rd.messages` at once. They promise nothing about this node's durable state: a
 //!    leader's appends and heartbeats, and pre-vote requests. A leader thus sends new entries
 //!    to followers *while* it writes them to its own disk (thesis §10.2.1).
-//! 4. Persist `rd.hard_state` and `rd.entries` as one all-or-nothing write and make it durable
+//! 4. Persist `rd.snapshot` (install it: drop the log it covers, keep a suffix only if the
+//!    log holds its last entry, restore the state machine from its bytes), then
+//!    `rd.hard_state` and `rd.entries`, as one all-or-nothing write, and make it durable
 //!    (fsync). If `rd.entries[0].index` is at or below the host's last index, first discard
 //!    the host's entries from that index on.
 //! 5. Only then send `rd.messages_after_persist`, and call `node.on_persisted(rd.number)`.
 //! 6. Apply `rd.committed_entries` in order (possibly on another thread) and call
 //!    `node.on_applied(last_index)`.
+//! 7. Serve each read in `rd.read_states` once the applied index reaches its index.
 //!
 //! Several Readies may be outstanding (fetch the next while the last one is being written),
 //! as long as they are persisted and acknowledged in order.
@@ -36,6 +39,10 @@
 //! | `HeartbeatResponse`, `PreVoteResponse` | the term | answers never run ahead of durable state |
 //! | `Append`, `Heartbeat` (leader) | nothing | the leader's own entries count toward commit only after `on_persisted` |
 //! | `PreVote` request | nothing | it changes no state (thesis §9.6) |
+//!
+//! No message of a term leaves before that term is durable: a node that wins an election
+//! alone (the only voter) holds its first appends until the Ready with its new term is
+//! written, or a crash could let it lead the same term twice with different logs.
 //!
 //! A node that moves to a later term before its host took the Ready drops the answers it had
 //! queued in the earlier term: an append ack among them could name entries that a leader of
