@@ -676,8 +676,12 @@ impl Simulation {
             property: "Node invariants",
             detail: format!("node {id}: {detail}"),
         })?;
+        // A leader counts once its term is durable: before that it has written nothing and
+        // sent nothing (`RawNode::ready` holds back every message of an unwritten term), and
+        // a crash erases it without a trace; a lone voter may then lead the same term again.
         let role = (raw.role(), raw.term());
-        if role != node.seen_role {
+        let visible = role.0 != Role::Leader || node.durable.term == role.1;
+        if role != node.seen_role && visible {
             node.seen_role = role;
             if role.0 == Role::Leader {
                 self.report.elections += 1;
