@@ -281,6 +281,13 @@ impl<S: LogStore> Raft<S> {
                 let body = MessageBody::PreVoteResponse { granted: false };
                 self.send_after_persist(msg.from, self.term, body);
             }
+            // A stale candidate must learn the term too (§5.1: reply false with the current
+            // term). Nobody else may ever write to it: a node outside every configuration
+            // that still lists it would otherwise campaign in its old term forever.
+            MessageBody::Vote { .. } => {
+                let body = MessageBody::VoteResponse { granted: false };
+                self.send_after_persist(msg.from, self.term, body);
+            }
             _ => {}
         }
     }

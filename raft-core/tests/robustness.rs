@@ -147,3 +147,14 @@ fn empty_append_is_a_probe() {
     assert_eq!(only_reply(&mut n2), msg(2, 1, 3, MessageBody::AppendResponse(rejected)));
     assert_eq!(n2.commit(), Index(1));
 }
+
+/// §5.1: a vote request from an earlier term is refused with the current term, so a stale
+/// candidate learns it (the simulator found a candidate no node ever wrote to otherwise).
+#[test]
+fn stale_candidate_is_told_the_term() {
+    let mut n2 = follower();
+    let last = EntryId::new(Term(2), Index(9));
+    n2.step(msg(1, 2, 1, MessageBody::Vote { last, transfer: false })).unwrap();
+    let refused = MessageBody::VoteResponse { granted: false };
+    assert_eq!(only_reply(&mut n2), msg(2, 1, 2, refused));
+}
