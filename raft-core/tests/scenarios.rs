@@ -17,13 +17,18 @@
 //!
 //! Node ids are 1..=N. `B` is `true` or `false`.
 //!
-//! - `add-nodes N [pre_vote=B] [check_quorum=B] [election_ticks=T] [heartbeat_ticks=T]
-//!   [append_bytes_max=N] [inflight_msgs_max=N] [read_requests_max=N] [planted_bug=NAME]`: a
-//!   cluster of voters 1..=N; every other setting is `Config::new`'s.
+//! - `add-nodes N [voters=V] [pre_vote=B] [check_quorum=B] [election_ticks=T]
+//!   [heartbeat_ticks=T] [append_bytes_max=N] [inflight_msgs_max=N] [read_requests_max=N]
+//!   [planted_bug=NAME]`: nodes 1..=N, all starting with the first configuration, voters
+//!   1..=V (V = N unless given); nodes V+1..=N are spares, not in it until a `conf-change`
+//!   adds them. Every other setting is `Config::new`'s.
 //! - `campaign ID`: the node starts an election now (a pre-vote round first if enabled).
 //! - `propose ID DATA`: a client write at the node. Prints where it went: appended at
 //!   `term/index` by a leader, forwarded to the leader a follower knows (thesis §6.2), or
 //!   refused with the `ProposeError`.
+//! - `conf-change ID STEP...`: asks the node for a membership change (paper §6), steps in
+//!   order, each `add-voter=N`, `add-learner=N` or `remove=N` (goldenscript has no lists).
+//!   Prints where the joint entry C_old,new went (`term/index`) or the `ConfChangeError`.
 //! - `transfer-leadership FROM TO`: asks node FROM to hand leadership to TO (thesis §3.10).
 //!   Prints that the transfer started, or the `TransferError` (TO need not be a node: the
 //!   engine's refusal of a non-voter is printed like any other).
@@ -48,15 +53,18 @@
 //! - `partition ID...`: cuts the listed nodes off from the rest, both ways. `heal` undoes it.
 //! - `crash ID`: loses everything the node did not persist. `restart ID`: a new engine over
 //!   the durable log and hard state.
-//! - `status [ID...]`: role, term, vote, leader, commit, last entry. `log [ID...]`: entries
-//!   (after a compaction, `snapshot=T/I` names the last entry the log no longer holds).
-//! - `progress ID`: a leader's view of each follower: match, next, probe, replicate or
-//!   snapshot (with the index of the snapshot it waits to hear was installed).
+//! - `status [ID...]`: role, term, vote, leader, commit, last entry, and the configuration in
+//!   force (`voters=(3,4,5)&(1,2,3) learners=(6)`: while joint, C_new & C_old). `log [ID...]`:
+//!   entries (after a compaction, `snapshot=T/I` names the last entry the log no longer holds).
+//! - `progress ID`: a leader's view of each member it replicates to (learners marked): match,
+//!   next, probe, replicate or snapshot (with the index of the snapshot it waits to hear was
+//!   installed).
 //!
 //! Messages print in the engine's trace format (`1->2 Append term=1 prev=1/1 commit=1
 //! [1/2 "a"]`); a message lost to a partition or a crashed node prints with `(dropped: ...)`,
 //! and identical lost messages are folded into one line with a count (`×15`). After every
-//! input, the nodes whose role, term, vote, leader or commit changed print one indented line.
+//! input, the nodes whose role, term, vote, leader, commit or configuration in force changed
+//! print one indented line.
 //!
 //! Every applied entry is compared across nodes (State Machine Safety, paper §5.4.3), and so is
 //! the last entry of every snapshot a node installs: a mismatch fails the script, unless the
@@ -66,8 +74,9 @@
 use goldenscript::Context;
 use raft_core::tracker::ProgressState;
 use raft_core::{
-    Config, Entry, EntryId, EntryKind, HardState, Index, InitialState, LogStore, MemLogStore,
-    Message, NodeId, PlantedBug, Proposed, RawNode, ReadState, Role, SnapshotMeta, Term,
+    ConfChange, Config, Entry, EntryId, EntryKind, HardState, Index, InitialState, LogStore,
+    MemLogStore, Membership, Message, NodeId, PlantedBug, Proposed, RawNode, ReadState, Role,
+    SnapshotMeta, Term,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::error::Error;
@@ -86,13 +95,15 @@ const TICKS_MAX: u32 = 10_000;
 const STABILIZE_ROUNDS_MAX: usize = 1000;
 
 /// The parts of a node's state a trace reports when an input changes them.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 struct Summary {
     role: Role,
     term: Term,
     vote: Option<NodeId>,
     leader: Option<NodeId>,
     commit: Index,
+    /// The configuration in force (the latest in the log, committed or not).
+    membership: Membership,
 }
 
 impl Summary {
@@ -105,10 +116,12 @@ impl Summary {
             vote: status.hard_state.vote,
             leader: status.soft_state.leader,
             commit: status.hard_state.commit,
+            membership: raw.membership().clone(),
         }
     }
 
-    /// What changed from `self` to `after`, as `became candidate, term 2, voted for 2`.
+    /// What changed from `self` to `after`, as `became candidate, term 2, voted for 2` or
+    /// `commit 3, config voters=(3,4,5)`.
     fn changes(&self, after: &Summary) -> Option<String> {
         let mut parts = Vec::new();
         if after.role != self.role {
@@ -127,6 +140,9 @@ impl Summary {
         }
         if after.commit != self.commit {
             parts.push(format!("commit {}", after.commit));
+        }
+        if after.membership != self.membership {
+            parts.push(format!("config {}", after.membership));
         }
         (!parts.is_empty()).then(|| parts.join(", "))
     }
@@ -166,6 +182,8 @@ struct Cluster {
     applied: BTreeMap<Index, (NodeId, Entry)>,
     /// A planted bug is active: a safety violation is printed rather than failing the script.
     planted_bug: bool,
+    /// The first configuration's voters, which every node starts (and restarts) with.
+    initial_voters: Vec<NodeId>,
 }
 
 impl goldenscript::Runner for Cluster {
@@ -178,6 +196,7 @@ impl goldenscript::Runner for Cluster {
             "add-nodes" => self.add_nodes(&mut args, &mut out)?,
             "campaign" => self.campaign(&mut args, &mut out)?,
             "propose" => self.propose(&mut args, &mut out)?,
+            "conf-change" => self.conf_change(&mut args, &mut out)?,
             "transfer-leadership" => self.transfer_leadership(&mut args, &mut out)?,
             "read" => self.read(&mut args, &mut out)?,
             "snapshot" => self.snapshot(&mut args, &mut out)?,
@@ -250,6 +269,11 @@ impl<'a> Args<'a> {
         ids
     }
 
+    /// Every remaining `key=value` argument, in script order.
+    fn keys(&mut self) -> Vec<(&'a str, &'a str)> {
+        std::iter::from_fn(|| self.inner.next_key()).collect()
+    }
+
     /// Fails if any argument was not consumed.
     fn finish(&self) -> Result<()> {
         self.inner.reject_next()
@@ -260,6 +284,24 @@ fn parse_id(s: &str) -> Result<NodeId> {
     match s.parse::<u64>() {
         Ok(id) if id > 0 => Ok(NodeId(id)),
         _ => Err(format!("bad node id {s:?}").into()),
+    }
+}
+
+/// One step of `conf-change`: `add-voter=N`, `add-learner=N` or `remove=N`.
+fn parse_step(key: &str, value: &str) -> Result<ConfChange> {
+    let id = parse_id(value)?;
+    match key {
+        "add-voter" => Ok(ConfChange::AddVoter(id)),
+        "add-learner" => Ok(ConfChange::AddLearner(id)),
+        "remove" => Ok(ConfChange::Remove(id)),
+        _ => Err(format!("unknown step {key}={value}: add-voter, add-learner or remove").into()),
+    }
+}
+
+/// The node a step names.
+fn step_id(step: ConfChange) -> NodeId {
+    match step {
+        ConfChange::AddVoter(id) | ConfChange::AddLearner(id) | ConfChange::Remove(id) => id,
     }
 }
 
@@ -434,7 +476,10 @@ impl Cluster {
         Ok(ids)
     }
 
-    /// `add-nodes N [options]`: a fresh cluster of voters 1..=N (see [`NodeOptions`]).
+    /// `add-nodes N [voters=V] [options]`: nodes 1..=N (see [`NodeOptions`]), all starting
+    /// with the first configuration: voters 1..=V (V = N unless given). Nodes V+1..=N are
+    /// spares: they run, knowing that configuration, in which they do not vote, until a
+    /// membership change adds them (paper §6).
     fn add_nodes(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
         if !self.nodes.is_empty() {
             return Err("the cluster already has nodes".into());
@@ -443,13 +488,21 @@ impl Cluster {
         if !(1..=NODES_MAX).contains(&count) {
             return Err(format!("a cluster has 1 to {NODES_MAX} nodes").into());
         }
+        let voter_count: u64 = args.key("voters")?.unwrap_or(count);
+        if !(1..=count).contains(&voter_count) {
+            return Err(format!(
+                "voters={voter_count}: a cluster of {count} has 1 to {count} voters"
+            )
+            .into());
+        }
         let options = NodeOptions::parse(args)?;
         args.finish()?;
         self.planted_bug = options.planted_bug.is_some();
-        let voters: Vec<NodeId> = (1..=count).map(NodeId).collect();
-        for &id in &voters {
+        self.initial_voters = (1..=voter_count).map(NodeId).collect();
+        for id in (1..=count).map(NodeId) {
             let config = options.config(id);
-            let initial = InitialState { voters: voters.clone(), ..InitialState::default() };
+            let voters = self.initial_voters.clone();
+            let initial = InitialState { voters, ..InitialState::default() };
             let raw = RawNode::new(config.clone(), MemLogStore::new(), initial)?;
             let node = Node {
                 config,
@@ -460,7 +513,14 @@ impl Cluster {
             };
             self.nodes.insert(id, node);
         }
-        writeln!(out, "{count} nodes: {}", options.describe())?;
+        let spares = if voter_count < count {
+            let spares: Vec<String> = (voter_count + 1..=count).map(|id| id.to_string()).collect();
+            let first = Membership::new(self.initial_voters.iter().copied());
+            format!(" (not in {first}: {})", spares.join(","))
+        } else {
+            String::new()
+        };
+        writeln!(out, "{count} nodes{spares}: {}", options.describe())?;
         Ok(())
     }
 
@@ -509,6 +569,33 @@ impl Cluster {
             Ok(())
         })?;
         writeln!(out, "{line}")?;
+        Ok(())
+    }
+
+    /// `conf-change ID STEP...` (paper §6, thesis §4.3): asks node ID for a membership change
+    /// of the steps, in order: `add-voter=N`, `add-learner=N`, `remove=N`, each naming a node
+    /// of the cluster. Prints where the joint entry C_old,new was appended, or the
+    /// `ConfChangeError`; then, since the entry is in force at once, the node's new
+    /// configuration.
+    fn conf_change(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
+        let id = parse_id(args.pos("node id")?)?;
+        let steps: Vec<ConfChange> =
+            args.keys().into_iter().map(|(k, v)| parse_step(k, v)).collect::<Result<_>>()?;
+        args.finish()?;
+        if steps.is_empty() {
+            return Err("no steps: add-voter=N, add-learner=N or remove=N".into());
+        }
+        self.check_ids(&steps.iter().copied().map(step_id).collect::<Vec<_>>())?;
+        let (mut line, mut changes) = (String::new(), String::new());
+        self.input(id, &mut changes, "", |raw| {
+            line = match raw.propose_conf_change(&steps) {
+                Ok(index) => format!("{id}: conf change appended at {}/{index}", raw.term()),
+                Err(error) => format!("{id}: conf change refused: {error}"),
+            };
+            Ok(())
+        })?;
+        writeln!(out, "{line}")?;
+        out.push_str(&changes);
         Ok(())
     }
 
@@ -927,11 +1014,12 @@ impl Cluster {
 
     /// `restart ID`: a new engine over the durable log and hard state, with a state machine
     /// restored from the store's latest snapshot (or empty, applied = 0, without one) that
-    /// replays the committed log after it.
+    /// replays the committed log after it. Like every node, it starts from the first
+    /// configuration; the engine finds later ones in the snapshot and the log.
     fn restart(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
         let id = parse_id(args.pos("node id")?)?;
         args.finish()?;
-        let voters: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let voters = self.initial_voters.clone();
         let node = self.node(id)?;
         let store = node.down_store.take().ok_or_else(|| format!("node {id} is not down"))?;
         let last = store_last(&store);
@@ -942,7 +1030,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// `status [ID...]`
+    /// `status [ID...]`: role, term, vote, leader, commit, last entry, and the configuration
+    /// in force.
     fn status(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
         let ids = args.ids()?;
         args.finish()?;
@@ -959,19 +1048,20 @@ impl Cluster {
             let last = EntryId::new(raw.log_term(last).unwrap_or_default(), last);
             writeln!(
                 out,
-                "{id}: {} term={} vote={} leader={} commit={} last={last}",
+                "{id}: {} term={} vote={} leader={} commit={} last={last} {}",
                 s.role,
                 s.term,
                 opt(s.vote),
                 opt(s.leader),
-                s.commit
+                s.commit,
+                s.membership
             )?;
         }
         Ok(())
     }
 
-    /// `progress ID`: the leader's view of each follower (paper §5.3 matchIndex, nextIndex)
-    /// and its flow-control state.
+    /// `progress ID`: the leader's view of each member it replicates to, voter or learner
+    /// (paper §5.3 matchIndex, nextIndex), and its flow-control state.
     fn progress(&mut self, args: &mut Args, out: &mut String) -> Result<()> {
         let id = parse_id(args.pos("node id")?)?;
         args.finish()?;
@@ -979,8 +1069,10 @@ impl Cluster {
         if raw.role() != Role::Leader {
             return Err(format!("node {id} is not the leader").into());
         }
-        let peers: Vec<NodeId> = raw.voters().iter().copied().filter(|&p| p != id).collect();
+        let membership = raw.membership();
+        let peers: Vec<NodeId> = membership.members().into_iter().filter(|&p| p != id).collect();
         for peer in peers {
+            let learner = if membership.learners.contains(&peer) { " (learner)" } else { "" };
             let pr = raw.progress(peer).ok_or_else(|| format!("no progress for {peer}"))?;
             let state: String = match pr.state {
                 ProgressState::Probe if pr.probe_sent => "probe (waiting for an answer)".into(),
@@ -992,7 +1084,7 @@ impl Cluster {
             };
             writeln!(
                 out,
-                "{id}->{peer}: match={} next={} {state} inflight={}",
+                "{id}->{peer}: match={} next={} {state} inflight={}{learner}",
                 pr.match_index,
                 pr.next_index,
                 pr.inflights.count()
@@ -1087,6 +1179,21 @@ fn bad_input_is_an_error_not_a_panic() {
         "add-nodes 3\n---\n\ncrash 1\n---\n\nsnapshot 1\n---\n",
         // Nothing applied yet: there is no state to snapshot.
         "add-nodes 3\n---\n\nsnapshot 1\n---\n",
+        // Spares, and membership changes: the steps must parse and name nodes of the cluster.
+        "add-nodes 3 voters=0\n---\n",
+        "add-nodes 3 voters=4\n---\n",
+        "add-nodes 3 voters=x\n---\n",
+        "add-nodes 5 voters=3\n---\n\nconf-change\n---\n",
+        "add-nodes 5 voters=3\n---\n\nconf-change 1\n---\n",
+        "add-nodes 5 voters=3\n---\n\nconf-change x add-voter=4\n---\n",
+        "add-nodes 5 voters=3\n---\n\nconf-change 6 add-voter=4\n---\n",
+        "add-nodes 5 voters=3\n---\n\nconf-change 1 add-voter=x\n---\n",
+        "add-nodes 5 voters=3\n---\n\nconf-change 1 add-voter=0\n---\n",
+        "add-nodes 5 voters=3\n---\n\nconf-change 1 add-voter=6\n---\n",
+        "add-nodes 5 voters=3\n---\n\nconf-change 1 remove=6\n---\n",
+        "add-nodes 5 voters=3\n---\n\nconf-change 1 promote=4\n---\n",
+        "add-nodes 5 voters=3\n---\n\nconf-change 1 add-voter=4 5\n---\n",
+        "add-nodes 5 voters=3\n---\n\ncrash 1\n---\n\nconf-change 1 add-voter=4\n---\n",
         // A leader without CheckQuorum has no timer that could fire.
         "add-nodes 1 check_quorum=false\n---\n\ncampaign 1\n---\n\ntick-election 1\n---\n",
     ];
@@ -1155,4 +1262,8 @@ scenarios! {
     snapshot_consistent_suffix => "snapshot/consistent_suffix.txt",
     reads_leader => "reads/leader.txt",
     reads_follower => "reads/follower.txt",
+    membership_joint_change => "membership/joint_change.txt",
+    membership_remove_leader => "membership/remove_leader.txt",
+    membership_promote_learner => "membership/promote_learner.txt",
+    membership_one_at_a_time => "membership/one_at_a_time.txt",
 }
