@@ -44,19 +44,21 @@ fn configs_in_log(cluster: &mut Cluster, id: u64) -> Vec<Membership> {
         .collect()
 }
 
+/// The change from {1,2,3} to {3,4,5}.
+const REPLACE_1_2_WITH_4_5: [ConfChange; 4] = [
+    ConfChange::AddVoter(NodeId(4)),
+    ConfChange::AddVoter(NodeId(5)),
+    ConfChange::Remove(NodeId(1)),
+    ConfChange::Remove(NodeId(2)),
+];
+
 /// {1,2,3} -> {3,4,5} in one change: the joint entry, then C_new appended by the leader on its
 /// own; leader 1 is not in C_new, so it steps down once C_new commits.
 #[test]
 fn joint_change_replaces_two_voters_and_the_leader() {
     let mut cluster = cluster_with_spares();
     cluster.elect(1);
-    let changes = [
-        ConfChange::AddVoter(NodeId(4)),
-        ConfChange::AddVoter(NodeId(5)),
-        ConfChange::Remove(NodeId(1)),
-        ConfChange::Remove(NodeId(2)),
-    ];
-    cluster.node(1).propose_conf_change(&changes).unwrap();
+    cluster.node(1).propose_conf_change(&REPLACE_1_2_WITH_4_5).unwrap();
     assert!(cluster.node(1).membership().is_joint(), "the joint entry is in force at once");
     cluster.stabilize();
     let configs = configs_in_log(&mut cluster, 4);
@@ -86,13 +88,7 @@ fn joint_change_replaces_two_voters_and_the_leader() {
 fn joint_commit_needs_both_majorities() {
     let mut cluster = cluster_with_spares();
     cluster.elect(1);
-    let changes = [
-        ConfChange::AddVoter(NodeId(4)),
-        ConfChange::AddVoter(NodeId(5)),
-        ConfChange::Remove(NodeId(1)),
-        ConfChange::Remove(NodeId(2)),
-    ];
-    let joint_index = cluster.node(1).propose_conf_change(&changes).unwrap();
+    let joint_index = cluster.node(1).propose_conf_change(&REPLACE_1_2_WITH_4_5).unwrap();
     cluster.process_readies();
     cluster.queue.retain(|m| m.to.0 < 4);
     loop {
