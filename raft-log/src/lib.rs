@@ -10,9 +10,12 @@
 //!   so that a torn tail and a flipped bit are both detected, and a decoder that never
 //!   panics on any bytes;
 //! - [`codec`]: the payloads: raft-core entries (normal, no-op, configuration) and the hard
-//!   state.
+//!   state;
+//! - [`segment`]: one segment file: append, `fdatasync`, truncate, and opening with the
+//!   recovery rules (a torn tail of the last segment is cut; other damage refuses to open).
 //!
 //! The byte layout is written down in `raft-log/FORMAT.md`.
 
 pub mod codec;
 pub mod record;
+pub mod segment;
