@@ -12,10 +12,14 @@
 //! - [`codec`]: the payloads: raft-core entries (normal, no-op, configuration) and the hard
 //!   state;
 //! - [`segment`]: one segment file: append, `fdatasync`, truncate, and opening with the
-//!   recovery rules (a torn tail of the last segment is cut; other damage refuses to open).
+//!   recovery rules (a torn tail of the last segment is cut; other damage refuses to open);
+//! - [`wal`]: the log over segments: batches of a hard state and entries made durable with one
+//!   write and one `fdatasync`, suffix truncation, segment roll-over, reopening, and
+//!   `raft_core::LogStore` for the engine. Not yet: compaction, snapshots, the mmap'd index.
 //!
 //! The byte layout is written down in `raft-log/FORMAT.md`.
 
 pub mod codec;
 pub mod record;
 pub mod segment;
+pub mod wal;

@@ -1,0 +1,98 @@
+//! The write-ahead log against an in-memory model, across reopenings and crashes.
+
+use bytes::Bytes;
+use raft_core::{Entry, EntryKind, HardState, Index, LogStore, MemLogStore, NodeId, Term};
+use raft_log::wal::{Wal, WalOptions};
+
+fn entry(term: u64, index: u64) -> Entry {
+    let data = Bytes::from(format!("entry {index} of term {term}"));
+    Entry { term: Term(term), index: Index(index), kind: EntryKind::Normal, data }
+}
+
+fn hard_state(term: u64, commit: u64) -> HardState {
+    HardState { term: Term(term), vote: Some(NodeId(1)), commit: Index(commit) }
+}
+
+fn small_segments() -> WalOptions {
+    WalOptions { segment_bytes_max: 300 }
+}
+
+/// Every entry of `wal`, read back through `LogStore`.
+fn all_entries(wal: &Wal) -> Vec<Entry> {
+    let (first, last) = (wal.first_index(), wal.last_index());
+    if first > last {
+        return Vec::new();
+    }
+    wal.entries(first, last.next(), u64::MAX).unwrap()
+}
+
+#[test]
+fn batches_survive_reopening_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path(), small_segments()).unwrap();
+    let mut model = MemLogStore::new();
+    for batch in 0..20u64 {
+        let entries: Vec<Entry> = (1..=3).map(|i| entry(1, batch * 3 + i)).collect();
+        wal.write(Some(hard_state(1, batch * 3)), &entries).unwrap();
+        model.append(&entries);
+    }
+    let segments = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(segments > 3, "expected several segments, found {segments}");
+    drop(wal);
+    let wal = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(wal.hard_state(), hard_state(1, 57));
+    assert_eq!(all_entries(&wal), model.entries(Index(1), Index(61), u64::MAX).unwrap());
+    assert_eq!(wal.term(Index(60)), Ok(Term(1)));
+}
+
+#[test]
+fn a_conflicting_suffix_is_replaced_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path(), small_segments()).unwrap();
+    let old: Vec<Entry> = (1..=20).map(|i| entry(1, i)).collect();
+    wal.write(Some(hard_state(1, 3)), &old).unwrap();
+    let new: Vec<Entry> = (6..=8).map(|i| entry(2, i)).collect();
+    wal.write(Some(hard_state(2, 5)), &new).unwrap();
+    for wal in [wal, Wal::open(dir.path(), small_segments()).unwrap()] {
+        assert_eq!(wal.last_index(), Index(8));
+        assert_eq!(wal.term(Index(5)), Ok(Term(1)));
+        assert_eq!(wal.term(Index(6)), Ok(Term(2)));
+        assert_eq!(wal.hard_state(), hard_state(2, 5));
+    }
+}
+
+/// A crash may cut the newest segment at any byte: the log always reopens, holding a prefix
+/// of what was written and a hard state that was written, and accepts new writes after it.
+#[test]
+fn a_crash_at_every_byte_of_the_last_segment_reopens_at_a_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions { segment_bytes_max: u64::MAX };
+    let mut wal = Wal::open(dir.path(), options.clone()).unwrap();
+    let written: Vec<Entry> = (1..=6).map(|i| entry(1, i)).collect();
+    for (i, e) in written.iter().enumerate() {
+        wal.write(Some(hard_state(1, i as u64)), std::slice::from_ref(e)).unwrap();
+    }
+    drop(wal);
+    let segment = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    let bytes = std::fs::read(&segment).unwrap();
+    for cut in 0..=bytes.len() {
+        std::fs::write(&segment, &bytes[..cut]).unwrap();
+        let mut wal = Wal::open(dir.path(), options.clone()).unwrap();
+        let kept = all_entries(&wal);
+        assert_eq!(kept, written[..kept.len()], "cut at {cut}");
+        assert!(wal.hard_state().commit.0 <= kept.len() as u64, "cut at {cut}");
+        let next = entry(1, kept.len() as u64 + 1);
+        wal.write(None, std::slice::from_ref(&next)).unwrap();
+        assert_eq!(wal.last_index(), next.index, "cut at {cut}");
+    }
+}
+
+/// Writes that do not fit the log are refused with an error, not a panic.
+#[test]
+fn a_gap_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert!(wal.write(None, &[entry(1, 5)]).is_err());
+    wal.write(None, &[entry(1, 1)]).unwrap();
+    assert_eq!(wal.last_index(), Index(1));
+}
