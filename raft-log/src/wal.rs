@@ -5,7 +5,9 @@
 //!   current hard state, so the newest hard state is always in the newest segments.
 //! - One [`Wal::write`] is one `write` and one `fdatasync` (group commit): the hard state and
 //!   every entry of a Ready become durable together. When it returns, the caller may tell the
-//!   engine the batch is durable.
+//!   engine the batch is durable. The hard state is written first in the batch, so a torn
+//!   batch never leaves entries of a term the durable term has not reached; its commit index
+//!   is clamped to the last entry at open.
 //! - Entries replacing a conflicting suffix truncate the log at the first replaced index
 //!   (later segments are deleted), then the batch is appended; the hard state is written
 //!   again after the cut so the truncation cannot take the latest one with it.
@@ -143,6 +145,9 @@ impl Wal {
         if wal.segments.is_empty() {
             wal.roll(Index(1))?;
         }
+        // A torn batch may have kept its hard state and lost entries up to its commit index;
+        // the commit index is only a hint (the leader tells it again), so it is clamped.
+        wal.hard_state.commit = wal.hard_state.commit.min(wal.last_index());
         Ok(wal)
     }
 
@@ -247,9 +252,14 @@ impl Wal {
         if self.active().segment.len() > self.options.segment_bytes_max {
             self.roll(self.last_index().next())?;
         }
+        // The hard state goes first: a crash that tears the batch may lose entries, but never
+        // leaves an entry of a term the durable term has not reached (a node back in an older
+        // term could vote, and lead, in the term whose entries it holds).
         let hard_state = hard_state.unwrap_or(self.hard_state);
         let mut buf = Vec::new();
         let mut payload = Vec::new();
+        codec::encode_hard_state(&hard_state, &mut payload);
+        record::encode(RecordKind::HardState, &payload, &mut buf);
         let base = self.active().segment.len();
         let segment = self.segments.len() - 1;
         let mut written = Vec::with_capacity(entries.len());
@@ -264,9 +274,6 @@ impl Wal {
             });
             record::encode(RecordKind::Entry, &payload, &mut buf);
         }
-        payload.clear();
-        codec::encode_hard_state(&hard_state, &mut payload);
-        record::encode(RecordKind::HardState, &payload, &mut buf);
         self.append_synced(&buf)?;
         self.locations.extend(written);
         self.hard_state = hard_state;

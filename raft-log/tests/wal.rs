@@ -68,9 +68,11 @@ fn a_crash_at_every_byte_of_the_last_segment_reopens_at_a_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let options = WalOptions { segment_bytes_max: u64::MAX };
     let mut wal = Wal::open(dir.path(), options.clone()).unwrap();
-    let written: Vec<Entry> = (1..=6).map(|i| entry(1, i)).collect();
-    for (i, e) in written.iter().enumerate() {
-        wal.write(Some(hard_state(1, i as u64)), std::slice::from_ref(e)).unwrap();
+    // Entry i is of term i, written with hard state term i, commit i: a node never holds an
+    // entry of a term beyond its durable term, whatever byte the crash cuts at.
+    let written: Vec<Entry> = (1..=6).map(|i| entry(i, i)).collect();
+    for e in &written {
+        wal.write(Some(hard_state(e.term.0, e.index.0)), std::slice::from_ref(e)).unwrap();
     }
     drop(wal);
     let segment = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
@@ -81,7 +83,9 @@ fn a_crash_at_every_byte_of_the_last_segment_reopens_at_a_prefix() {
         let kept = all_entries(&wal);
         assert_eq!(kept, written[..kept.len()], "cut at {cut}");
         assert!(wal.hard_state().commit.0 <= kept.len() as u64, "cut at {cut}");
-        let next = entry(1, kept.len() as u64 + 1);
+        let last_term = kept.last().map_or(Term(0), |e| e.term);
+        assert!(last_term <= wal.hard_state().term, "cut at {cut}: entry beyond the term");
+        let next = entry(wal.hard_state().term.0, kept.len() as u64 + 1);
         wal.write(None, std::slice::from_ref(&next)).unwrap();
         assert_eq!(wal.last_index(), next.index, "cut at {cut}");
     }
