@@ -57,6 +57,9 @@ pub fn decode_entry(payload: &[u8]) -> Result<Entry, PayloadError> {
     let mut reader = Reader(payload);
     let term = Term(reader.u64("term")?);
     let index = Index(reader.u64("index")?);
+    if term > Term::MAX || index > Index::MAX {
+        return Err(PayloadError::Invalid("term or index beyond what the engine accepts"));
+    }
     let kind = match reader.u8("entry kind")? {
         KIND_NORMAL => {
             let data = Bytes::copy_from_slice(reader.rest());
@@ -89,6 +92,9 @@ pub fn decode_hard_state(payload: &[u8]) -> Result<HardState, PayloadError> {
     let term = Term(reader.u64("term")?);
     let vote = reader.u64("vote")?;
     let commit = Index(reader.u64("commit")?);
+    if term > Term::MAX || commit > Index::MAX {
+        return Err(PayloadError::Invalid("term or commit beyond what the engine accepts"));
+    }
     if !reader.rest().is_empty() {
         return Err(PayloadError::Invalid("trailing bytes after the hard state"));
     }
@@ -196,5 +202,7 @@ mod tests {
         }
         assert!(decode_hard_state(&[0; 23]).is_err());
         assert!(decode_hard_state(&[0; 25]).is_err());
+        assert!(decode_hard_state(&[0xff; 24]).is_err(), "a term no engine could reach");
+        assert!(decode_entry(&[0xff; 17]).is_err(), "an index no engine could reach");
     }
 }

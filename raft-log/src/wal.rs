@@ -1,8 +1,9 @@
 //! The write-ahead log: a directory of segment files holding entries and hard states.
 //!
 //! - Segments are named after the first index they may hold (`00000000000000000001.seg`)
-//!   and roll over once they exceed `segment_bytes_max`. A new segment starts with the
-//!   current hard state, so the newest hard state is always in the newest segments.
+//!   and roll over once they exceed `segment_bytes_max`. The first batch in a new segment
+//!   starts with the current hard state, so the newest hard state is always in the newest
+//!   segments.
 //! - One [`Wal::write`] is one `write` and one `fdatasync` (group commit): the hard state and
 //!   every entry of a Ready become durable together. When it returns, the caller may tell the
 //!   engine the batch is durable. The hard state is written first in the batch, so a torn
@@ -11,6 +12,7 @@
 //! - Entries replacing a conflicting suffix truncate the log at the first replaced index
 //!   (later segments are deleted), then the batch is appended; the hard state is written
 //!   again after the cut so the truncation cannot take the latest one with it.
+//! - A batch with nothing new (no entries, unchanged hard state) costs no write and no sync.
 //! - The directory is fsync'd after a segment is created or removed.
 //!
 //! The index of every entry (segment, offset, term) is kept in memory, rebuilt by scanning
@@ -183,8 +185,9 @@ impl Wal {
         Ok(())
     }
 
-    /// Records where `entry` lives; a lower index than expected replaces the suffix from it
-    /// (a truncation written as a later record in the same or a later segment).
+    /// Records where `entry` lives. Entries on disk follow each other without gaps or
+    /// repeats (a truncation cuts the file itself); only the log's very first entry may set
+    /// where the log starts.
     fn index_entry(
         &mut self,
         path: &Path,
@@ -193,34 +196,24 @@ impl Wal {
         offset: u64,
         payload_len: usize,
     ) -> Result<(), WalError> {
-        let next = self.first.plus(self.locations.len() as u64);
-        if entry.index > next || entry.index < self.first {
-            if self.locations.is_empty() && segment == 0 {
-                self.first = entry.index;
-            } else {
-                return Err(WalError::Gap {
-                    path: path.to_path_buf(),
-                    expected: next,
-                    found: entry.index,
-                });
-            }
+        if self.locations.is_empty() && segment == 0 {
+            self.first = entry.index;
         }
-        self.locations.truncate((entry.index.0 - self.first.0) as usize);
+        let next = self.first.plus(self.locations.len() as u64);
+        if entry.index != next {
+            let path = path.to_path_buf();
+            return Err(WalError::Gap { path, expected: next, found: entry.index });
+        }
         let payload_len = payload_len as u32;
         self.locations.push(Location { term: entry.term, segment, offset, payload_len });
         Ok(())
     }
 
-    /// Starts a new segment for entries from `first`, beginning with the hard state.
+    /// Starts a new, empty segment for entries from `first`. The next batch, the first in it,
+    /// writes the hard state first (see [`Wal::write`]), and is synced with it.
     fn roll(&mut self, first: Index) -> Result<(), WalError> {
         let path = self.dir.join(segment_name(first));
-        let mut segment = Segment::create(&path)?;
-        let mut buf = Vec::new();
-        let mut payload = Vec::new();
-        codec::encode_hard_state(&self.hard_state, &mut payload);
-        record::encode(RecordKind::HardState, &payload, &mut buf);
-        segment.append(&buf)?;
-        segment.sync()?;
+        let segment = Segment::create(&path)?;
         sync_dir(&self.dir)?;
         let reader = File::open(&path).map_err(io_error(&path))?;
         self.segments.push(SegmentFile { segment, reader });
@@ -237,6 +230,7 @@ impl Wal {
         if self.read_only {
             return Err(WalError::ReadOnly);
         }
+        let mut truncated = false;
         if let Some(first) = entries.first() {
             let last = self.last_index();
             if first.index > last.next() || first.index < self.first {
@@ -247,6 +241,7 @@ impl Wal {
             }
             if first.index <= last {
                 self.truncate_from(first.index)?;
+                truncated = true;
             }
         }
         if self.active().segment.len() > self.options.segment_bytes_max {
@@ -254,18 +249,35 @@ impl Wal {
         }
         // The hard state goes first: a crash that tears the batch may lose entries, but never
         // leaves an entry of a term the durable term has not reached (a node back in an older
-        // term could vote, and lead, in the term whose entries it holds).
+        // term could vote, and lead, in the term whose entries it holds). It is also written
+        // unchanged at the head of a new segment, and after a truncation (which may have cut
+        // away the record that held it); otherwise an unchanged hard state costs nothing.
+        let write_hard_state =
+            hard_state.is_some() || truncated || self.active().segment.is_empty();
+        if !write_hard_state && entries.is_empty() {
+            return Ok(()); // nothing to make durable: no write, no fdatasync
+        }
         let hard_state = hard_state.unwrap_or(self.hard_state);
         let mut buf = Vec::new();
         let mut payload = Vec::new();
-        codec::encode_hard_state(&hard_state, &mut payload);
-        record::encode(RecordKind::HardState, &payload, &mut buf);
+        if write_hard_state {
+            codec::encode_hard_state(&hard_state, &mut payload);
+            record::encode(RecordKind::HardState, &payload, &mut buf);
+        }
         let base = self.active().segment.len();
         let segment = self.segments.len() - 1;
         let mut written = Vec::with_capacity(entries.len());
         for entry in entries {
             payload.clear();
             codec::encode_entry(entry, &mut payload);
+            if payload.len() > record::PAYLOAD_LEN_MAX as usize {
+                return Err(WalError::InvalidWrite(format!(
+                    "entry {} of {} bytes exceeds the record limit of {} bytes",
+                    entry.index,
+                    payload.len(),
+                    record::PAYLOAD_LEN_MAX
+                )));
+            }
             written.push(Location {
                 term: entry.term,
                 segment,
@@ -293,12 +305,15 @@ impl Wal {
     /// Cuts the log before `index`: its segment is truncated at the entry, later segments go.
     fn truncate_from(&mut self, index: Index) -> Result<(), WalError> {
         let at = self.locations[(index.0 - self.first.0) as usize];
-        while self.segments.len() > at.segment + 1 {
-            let gone = self.segments.pop().expect("checked above");
-            let path = gone.segment.path().to_path_buf();
-            std::fs::remove_file(&path).map_err(io_error(&path))?;
+        if self.segments.len() > at.segment + 1 {
+            for gone in self.segments.drain(at.segment + 1..).rev() {
+                let path = gone.segment.path().to_path_buf();
+                std::fs::remove_file(&path).map_err(io_error(&path))?;
+            }
+            sync_dir(&self.dir)?;
         }
-        sync_dir(&self.dir)?;
+        // Synced before anything is appended over the cut: a crash must not leave old records
+        // behind the new ones, which would read as damage in the middle of the segment.
         self.active_mut().segment.truncate(at.offset)?;
         self.locations.truncate((index.0 - self.first.0) as usize);
         Ok(())

@@ -100,3 +100,36 @@ fn a_gap_is_refused() {
     wal.write(None, &[entry(1, 1)]).unwrap();
     assert_eq!(wal.last_index(), Index(1));
 }
+
+/// A truncation can cut away the record holding the latest hard state (written with entries
+/// after the cut); the next batch writes it again, so the vote survives a reopening.
+#[test]
+fn truncation_keeps_the_latest_hard_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    wal.write(Some(hard_state(5, 0)), &[entry(5, 1), entry(5, 2), entry(5, 3)]).unwrap();
+    wal.write(None, &[entry(5, 4), entry(5, 5)]).unwrap();
+    // The vote in term 6 is written with entry 6, after entry 5 in the file...
+    let voted = HardState { term: Term(6), vote: Some(NodeId(3)), commit: Index(2) };
+    wal.write(Some(voted), &[entry(5, 6)]).unwrap();
+    // ...and the cut at entry 5 takes that record with it.
+    wal.write(None, &[entry(6, 5)]).unwrap();
+    let reopened = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(reopened.hard_state(), voted);
+    assert_eq!(reopened.last_index(), Index(5));
+    assert_eq!(reopened.term(Index(5)), Ok(Term(6)));
+}
+
+/// A Ready with nothing to persist costs no write (and no fdatasync).
+#[test]
+fn an_empty_batch_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    wal.write(Some(hard_state(1, 0)), &[entry(1, 1)]).unwrap();
+    let size = || -> u64 {
+        std::fs::read_dir(dir.path()).unwrap().map(|f| f.unwrap().metadata().unwrap().len()).sum()
+    };
+    let before = size();
+    wal.write(None, &[]).unwrap();
+    assert_eq!(size(), before);
+}
