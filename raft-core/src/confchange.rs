@@ -102,15 +102,13 @@ impl ConfigHistory {
     /// The committed configuration in force at `index` (at or after the oldest one kept).
     /// Forgets the ones before it, which no later snapshot can need.
     pub(crate) fn committed_at(&mut self, index: Index) -> Membership {
+        // After this, `older[0]` is the last one at or before `index`, if any is.
         let keep_from = self.older.iter().rposition(|(at, _)| *at <= index).unwrap_or(0);
         self.older.drain(..keep_from);
         if self.committed.0 <= index {
             return self.committed.1.clone();
         }
-        match self.older.iter().rev().find(|(at, _)| *at <= index) {
-            Some((_, membership)) => membership.clone(),
-            None => self.older.first().map_or(&self.committed.1, |(_, m)| m).clone(),
-        }
+        self.older.first().map_or(&self.committed.1, |(_, m)| m).clone()
     }
 
     /// The log was replaced by a snapshot with `membership` at `index`.
@@ -127,6 +125,9 @@ fn joint_config(
     let mut voters = current.voters.clone();
     let mut learners = current.learners.clone();
     for &change in changes {
+        if matches!(change, ConfChange::AddVoter(NodeId(0)) | ConfChange::AddLearner(NodeId(0))) {
+            return Err(ConfChangeError::Invalid("node id 0 is reserved".to_string()));
+        }
         match change {
             ConfChange::AddVoter(id) => {
                 learners.remove(&id);
@@ -144,9 +145,6 @@ fn joint_config(
                 return Err(ConfChangeError::Invalid(format!("node {id} is not a member")));
             }
             ConfChange::Remove(_) => {}
-        }
-        if matches!(change, ConfChange::AddVoter(NodeId(0)) | ConfChange::AddLearner(NodeId(0))) {
-            return Err(ConfChangeError::Invalid("node id 0 is reserved".to_string()));
         }
     }
     if voters.is_empty() {

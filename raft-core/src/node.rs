@@ -412,12 +412,16 @@ fn config_history<S: LogStore>(
     let snapshot = store.snapshot();
     let base = if snapshot.index.0 > 0 { snapshot.membership } else { Membership::new(voters) };
     let mut configs = ConfigHistory::new(snapshot.index, base);
-    let (first, last) = (store.first_index(), store.last_index());
-    if first <= last {
-        let entries = store.entries(first, last.next(), u64::MAX).map_err(|error| {
+    // Read in bounded chunks: the log may be far larger than memory should hold at once.
+    const CHUNK_BYTES_MAX: u64 = 4 << 20;
+    let (mut next, last) = (store.first_index(), store.last_index());
+    while next <= last {
+        let entries = store.entries(next, last.next(), CHUNK_BYTES_MAX).map_err(|error| {
             ConfigError::StartState(format!("cannot read the log to find configurations: {error}"))
         })?;
+        let Some(read_to) = entries.last().map(|e| e.index) else { break };
         configs.appended(&entries);
+        next = read_to.next();
     }
     configs.committed_to(commit);
     Ok(configs)
@@ -447,7 +451,7 @@ fn hold_until_term_durable(
     durable_term: Term,
     vote_early: bool,
 ) -> (Vec<Message>, Vec<Message>) {
-    messages.into_iter().partition(|msg| {
+    let may_leave = |msg: &Message| {
         msg.term <= durable_term
             || (vote_early && matches!(msg.body, MessageBody::VoteResponse { .. }))
             || matches!(
@@ -456,5 +460,9 @@ fn hold_until_term_durable(
                     | MessageBody::Propose { .. }
                     | MessageBody::ReadIndex { .. }
             )
-    })
+    };
+    if messages.iter().all(may_leave) {
+        return (messages, Vec::new()); // the usual case: no new vector, no moves
+    }
+    messages.into_iter().partition(may_leave)
 }

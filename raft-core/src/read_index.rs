@@ -126,11 +126,14 @@ impl<S: LogStore> Raft<S> {
         self.reads.ready.push(ReadState { request, index });
     }
 
+    /// Whether this leader has committed an entry of its own term (step 1's condition).
+    fn committed_in_term(&self) -> bool {
+        self.log.term(self.log.commit) == Some(self.term)
+    }
+
     /// Step 1: a read waits until this leader has committed an entry of its own term.
     fn take_read(&mut self, read: ReadRequest) {
-        let committed_in_term = self.log.term(self.log.commit) == Some(self.term)
-            || self.config.has_bug(PlantedBug::ReadBeforeOwnTermCommit);
-        if committed_in_term {
+        if self.committed_in_term() || self.config.has_bug(PlantedBug::ReadBeforeOwnTermCommit) {
             self.register_read(read);
         } else {
             self.reads.waiting_for_commit.push(read);
@@ -139,7 +142,7 @@ impl<S: LogStore> Raft<S> {
 
     /// Step 1 done: the leader committed an entry of its term; register the waiting reads.
     pub(crate) fn register_reads_waiting_for_commit(&mut self) {
-        if self.role != Role::Leader || self.log.term(self.log.commit) != Some(self.term) {
+        if self.role != Role::Leader || !self.committed_in_term() {
             return;
         }
         for read in std::mem::take(&mut self.reads.waiting_for_commit) {
@@ -147,12 +150,11 @@ impl<S: LogStore> Raft<S> {
         }
     }
 
-    /// Step 2: the read's index is the commit index now; it joins the next round.
+    /// Step 2: the read's index is the commit index now; it joins the next round. A leader
+    /// that is a quorum by itself (a one-voter cluster) confirms it at once.
     fn register_read(&mut self, read: ReadRequest) {
         let index = self.log.commit;
-        let alone = self.tracker.membership.all_voters().len() == 1 && self.is_voter();
-        if alone || self.config.has_bug(PlantedBug::ReadWithoutHeartbeatRound) {
-            // A one-node cluster is its own majority: nobody else can lead.
+        if self.config.has_bug(PlantedBug::ReadWithoutHeartbeatRound) {
             self.release_read(read, index);
             return;
         }
@@ -162,6 +164,7 @@ impl<S: LogStore> Raft<S> {
         }
         let round = self.reads.round;
         self.reads.pending.push_back(PendingRead { read, index, round });
+        self.release_confirmed_reads();
     }
 
     /// Step 3: sends the heartbeats of a round that has reads, once per Ready.
@@ -171,22 +174,18 @@ impl<S: LogStore> Raft<S> {
         }
     }
 
-    /// Step 4: releases every read whose round a majority has echoed.
+    /// Step 4: releases every read whose round a quorum (this leader, if a voter, included)
+    /// has echoed.
     pub(crate) fn release_confirmed_reads(&mut self) {
-        let (me, round) = (self.id, self.reads.round);
-        let progress = &self.tracker.progress;
-        let confirmed = self.tracker.membership.committed_index(|id| {
-            let acked = if id == me {
-                round
-            } else {
-                progress.get(&id).map_or(0, |pr| pr.read_round_acked)
+        while let Some(&PendingRead { read, index, round }) = self.reads.pending.front() {
+            let (me, progress) = (self.id, &self.tracker.progress);
+            let echoed = |id: NodeId| {
+                id == me || progress.get(&id).is_some_and(|pr| pr.read_round_acked >= round)
             };
-            Index(acked)
-        });
-        while self.reads.pending.front().is_some_and(|read| read.round <= confirmed.0) {
-            let Some(PendingRead { read, index, .. }) = self.reads.pending.pop_front() else {
-                break;
-            };
+            if !self.tracker.membership.is_quorum(echoed) {
+                return;
+            }
+            self.reads.pending.pop_front();
             self.release_read(read, index);
         }
     }

@@ -151,3 +151,32 @@ fn ack_from_a_left_term_is_not_sent() {
     let ack = MessageBody::AppendResponse(accepted);
     assert_eq!(ready.messages_after_persist, vec![msg(2, 1, 5, ack)]);
 }
+
+/// No message of a term leaves before that term is durable. A node that is the only voter
+/// wins its election alone, in the same Ready that carries its new term: its appends to a
+/// learner must wait for the write, or a crash before it could let the node lead that term a
+/// second time with another log (found by the simulator).
+#[test]
+fn lone_voter_holds_its_first_appends_until_its_term_is_durable() {
+    use raft_core::{InitialState, LogStore, MemLogStore, Membership, RawNode};
+    let mut store = MemLogStore::new();
+    store.append(&[entry(1, 1)]);
+    let membership = Membership { learners: [NodeId(2)].into(), ..Membership::new([NodeId(1)]) };
+    store.record_snapshot(Index(1), membership).unwrap();
+    store.compact(Index(1)).unwrap();
+    let hard_state = HardState { term: Term(1), vote: None, commit: Index(1) };
+    let initial = InitialState { hard_state, voters: vec![NodeId(1)], applied: Index(1) };
+    let mut n1 = RawNode::new(raft_core::Config::new(NodeId(1)), store, initial).unwrap();
+    n1.campaign();
+    assert_eq!(n1.role(), Role::Leader, "a lone voter wins at once");
+    let ready = n1.ready();
+    assert_eq!(ready.hard_state.map(|hs| hs.term), Some(Term(2)));
+    assert!(ready.messages.is_empty(), "spoke for term 2 before writing it: {:?}", ready.messages);
+    assert!(has_kind(&ready.messages_after_persist, "Append"));
+    n1.store_mut().append(&ready.entries);
+    n1.on_persisted(ready.number);
+    n1.tick(); // a heartbeat to the learner
+    let next = n1.ready();
+    assert!(has_kind(&next.messages, "Heartbeat"), "once term 2 is durable, it speaks at once");
+    assert_eq!(n1.store().last_index(), Index(2));
+}
