@@ -5,6 +5,14 @@
 use raft_core::sim::{SimOptions, Simulation};
 use raft_core::PlantedBug;
 
+/// What a bug that loses or overwrites a committed entry trips first.
+const LOST_COMMIT: [&str; 3] =
+    ["Leader Completeness", "State Machine Safety", "Committed entries are never changed"];
+
+/// What a bug that lets two majorities decide apart trips first.
+const TWO_MAJORITIES: [&str; 3] =
+    ["Election Safety", "Leader Completeness", "State Machine Safety"];
+
 /// Safety-phase actions per seed, as in the main simulation test.
 const STEPS: u64 = 5_000;
 
@@ -44,9 +52,7 @@ fn assert_caught_with(
 /// leader overwrite it. Rare: it needs Figure 8's exact interleaving.
 #[test]
 fn commit_earlier_term_is_caught() {
-    let properties =
-        ["Leader Completeness", "State Machine Safety", "Committed entries are never changed"];
-    assert_caught(PlantedBug::CommitEarlierTerm, 10_000, &properties);
+    assert_caught(PlantedBug::CommitEarlierTerm, 10_000, &LOST_COMMIT);
 }
 
 /// Figure 2: a vote sent before it is durable. The persist-before-answer checker sees the
@@ -80,18 +86,14 @@ fn vote_before_persist_is_caught_by_figure_3_checkers_too() {
 /// §5.4.1: without the up-to-date check a node missing committed entries can win.
 #[test]
 fn skip_up_to_date_check_is_caught() {
-    let properties =
-        ["Leader Completeness", "State Machine Safety", "Committed entries are never changed"];
-    assert_caught(PlantedBug::SkipUpToDateCheck, 500, &properties);
+    assert_caught(PlantedBug::SkipUpToDateCheck, 500, &LOST_COMMIT);
 }
 
 /// Thesis §10.2.1: a leader counting its own unwritten entries can report a commit that a
 /// crash then loses.
 #[test]
 fn leader_counts_unpersisted_is_caught() {
-    let properties =
-        ["Leader Completeness", "State Machine Safety", "Committed entries are never changed"];
-    assert_caught(PlantedBug::LeaderCountsUnpersisted, 5_000, &properties);
+    assert_caught(PlantedBug::LeaderCountsUnpersisted, 5_000, &LOST_COMMIT);
 }
 
 /// §5.3: accepting appends without the consistency check breaks Log Matching.
@@ -133,14 +135,12 @@ fn snapshot_drops_suffix_is_caught() {
 /// Paper §6: switching straight from C_old to C_new lets disjoint majorities decide.
 #[test]
 fn conf_change_without_joint_is_caught() {
-    let properties = ["Election Safety", "Leader Completeness", "State Machine Safety"];
-    assert_caught(PlantedBug::ConfChangeWithoutJoint, 2_000, &properties);
+    assert_caught(PlantedBug::ConfChangeWithoutJoint, 2_000, &TWO_MAJORITIES);
 }
 
 /// One change at a time: accepting a change while another is under way joins configurations
 /// whose majorities need not overlap.
 #[test]
 fn overlapping_conf_changes_are_caught() {
-    let properties = ["Election Safety", "Leader Completeness", "State Machine Safety"];
-    assert_caught(PlantedBug::OverlappingConfChanges, 2_000, &properties);
+    assert_caught(PlantedBug::OverlappingConfChanges, 2_000, &TWO_MAJORITIES);
 }
