@@ -277,4 +277,23 @@ mod tests {
         assert_eq!(history.committed_at(Index(2)).voters, ids(&[1]), "before the entry at 3");
         assert_eq!(history.committed_at(Index(3)).voters, ids(&[1, 2]));
     }
+
+    /// Thesis §4.2.2: a node removed by an entry not yet committed may still campaign (it may
+    /// be the only one holding that entry); once the removal commits, it may not.
+    #[test]
+    fn a_node_removed_by_an_uncommitted_entry_may_still_campaign() {
+        let config = |index, voters: &[u64]| Entry {
+            term: crate::types::Term(1),
+            index: Index(index),
+            kind: EntryKind::Config(Membership::new(ids(voters))),
+            data: Bytes::new(),
+        };
+        let mut history = ConfigHistory::new(Index(0), Membership::new(ids(&[1, 2])));
+        history.appended(&[config(2, &[2])]);
+        assert!(!history.latest().is_voter(NodeId(1)));
+        assert!(history.may_campaign(NodeId(1)), "node 1 may still be needed");
+        history.committed_to(Index(2));
+        assert!(!history.may_campaign(NodeId(1)));
+        assert!(!history.may_campaign(NodeId(9)), "a stranger never campaigns");
+    }
 }

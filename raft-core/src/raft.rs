@@ -6,12 +6,13 @@ use crate::confchange::ConfigHistory;
 use crate::config::Config;
 use crate::error::StepError;
 use crate::log::RaftLog;
+use crate::membership::Membership;
 use crate::message::{AppendResult, Message, MessageBody};
 use crate::read_index::ReadQueue;
 use crate::rng::Rng;
 use crate::storage::LogStore;
 use crate::tracker::ProgressTracker;
-use crate::types::{EntryId, HardState, Index, NodeId, Role, SoftState, Term};
+use crate::types::{EntryId, EntryKind, HardState, Index, NodeId, Role, SoftState, Term};
 
 /// One node's Raft state. Driven only through [`crate::RawNode`].
 pub(crate) struct Raft<S> {
@@ -344,11 +345,11 @@ fn validate(msg: &Message, me: NodeId) -> Result<(), StepError> {
         ));
     }
     if let MessageBody::InstallSnapshot { snapshot } = &msg.body {
-        if snapshot.index == Index(0) || snapshot.membership.voters.is_empty() {
-            return malformed("a snapshot must cover an entry and name its voters".to_string());
+        if snapshot.index == Index(0) {
+            return malformed("a snapshot must cover an entry".to_string());
         }
-        if snapshot.membership.members().contains(&NodeId(0)) {
-            return malformed("a snapshot names voter 0".to_string());
+        if let Some(reason) = membership_problem(&snapshot.membership) {
+            return malformed(format!("snapshot: {reason}"));
         }
     }
     if let MessageBody::Append { prev, entries, .. } = &msg.body {
@@ -361,11 +362,24 @@ fn validate(msg: &Message, me: NodeId) -> Result<(), StepError> {
             if entry.term < prev_term || entry.term > msg.term {
                 return malformed(format!("entry {} has an impossible term", entry.id()));
             }
+            if let EntryKind::Config(membership) = &entry.kind {
+                if let Some(reason) = membership_problem(membership) {
+                    return malformed(format!("configuration entry {}: {reason}", entry.id()));
+                }
+            }
             prev_term = entry.term;
             expected = expected.next();
         }
     }
     Ok(())
+}
+
+/// What makes `membership` impossible for a peer to have sent, if anything.
+fn membership_problem(membership: &Membership) -> Option<&'static str> {
+    if membership.voters.is_empty() {
+        return Some("no voters");
+    }
+    membership.members().contains(&NodeId(0)).then_some("node 0 is a member")
 }
 
 /// Whether every term and index in `msg` is at most [`Term::MAX`] / [`Index::MAX`], so no

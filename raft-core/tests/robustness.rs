@@ -17,6 +17,13 @@ fn append(prev: (u64, u64), entries: Vec<raft_core::Entry>, commit: u64) -> Mess
     MessageBody::Append { prev, entries, commit: Index(commit) }
 }
 
+/// A configuration entry naming `voters`.
+fn config_entry(term: u64, index: u64, voters: &[u64]) -> raft_core::Entry {
+    let membership = raft_core::Membership::new(voters.iter().map(|&id| NodeId(id)));
+    let kind = raft_core::EntryKind::Config(membership);
+    raft_core::Entry { term: Term(term), index: Index(index), kind, data: bytes::Bytes::new() }
+}
+
 /// A follower of term 2 holding entries 1..=3 of terms 1, 1, 2, one committed.
 fn follower() -> Node {
     let hard_state = HardState { term: Term(2), vote: None, commit: Index(1) };
@@ -46,6 +53,8 @@ fn malformed_append_is_refused() {
         (msg(1, 2, u64::MAX, append((2, 3), vec![], 0)), "term beyond Term::MAX"),
         (msg(1, 2, 2, append((2, u64::MAX), vec![entry(2, 0)], 0)), "index overflow"),
         (msg(1, 2, 2, append((2, 3), vec![], u64::MAX)), "commit beyond Index::MAX"),
+        (msg(1, 2, 2, append((2, 3), vec![config_entry(2, 4, &[])], 0)), "config without voters"),
+        (msg(1, 2, 2, append((2, 3), vec![config_entry(2, 4, &[0, 1])], 0)), "config with node 0"),
     ];
     for (message, why) in cases {
         let mut n2 = follower();
