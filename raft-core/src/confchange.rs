@@ -78,17 +78,23 @@ impl ConfigHistory {
     }
 
     /// Records the configuration entries among `entries`, which follow the log's end.
-    pub(crate) fn appended(&mut self, entries: &[Entry]) {
+    /// Returns whether there was any.
+    pub(crate) fn appended(&mut self, entries: &[Entry]) -> bool {
+        let before = self.pending.len();
         for entry in entries {
             if let EntryKind::Config(membership) = &entry.kind {
-                self.pending.push((entry.index, membership.clone()));
+                self.pending.push((entry.index, Membership::clone(membership)));
             }
         }
+        self.pending.len() != before
     }
 
     /// The log lost its entries from `index` on (a conflicting append replaced them).
-    pub(crate) fn truncated_from(&mut self, index: Index) {
+    /// Returns whether a configuration entry went with them.
+    pub(crate) fn truncated_from(&mut self, index: Index) -> bool {
+        let before = self.pending.len();
         self.pending.retain(|(at, _)| *at < index);
+        self.pending.len() != before
     }
 
     /// Entries up to `commit` are committed.
@@ -182,7 +188,7 @@ impl<S: LogStore> Raft<S> {
     fn append_config(&mut self, membership: Membership) -> Index {
         let index = self.log.last_index().next();
         tracing::info!(id = %self.id, term = %self.term, %index, %membership, "configuration change");
-        let kind = EntryKind::Config(membership);
+        let kind = EntryKind::Config(Box::new(membership));
         let entry = Entry { term: self.term, index, kind, data: Bytes::new() };
         self.configs.appended(std::slice::from_ref(&entry));
         self.log.push(entry);
@@ -214,9 +220,9 @@ impl<S: LogStore> Raft<S> {
         if self.role != Role::Leader || self.configs.has_pending() {
             return;
         }
-        let latest = self.configs.latest().clone();
+        let latest = self.configs.latest();
         if latest.is_joint() {
-            let leave = Membership { voters_outgoing: Default::default(), ..latest };
+            let leave = Membership { voters_outgoing: Default::default(), ..latest.clone() };
             self.append_config(leave);
         } else if !latest.is_voter(self.id) {
             tracing::info!(id = %self.id, term = %self.term, "removed from the configuration; stepping down");
@@ -263,7 +269,7 @@ mod tests {
         let entry = |index, voters: &[u64]| Entry {
             term: crate::types::Term(1),
             index: Index(index),
-            kind: EntryKind::Config(Membership::new(ids(voters))),
+            kind: EntryKind::Config(Box::new(Membership::new(ids(voters)))),
             data: Bytes::new(),
         };
         let mut history = ConfigHistory::new(Index(0), Membership::new(ids(&[1])));
@@ -285,7 +291,7 @@ mod tests {
         let config = |index, voters: &[u64]| Entry {
             term: crate::types::Term(1),
             index: Index(index),
-            kind: EntryKind::Config(Membership::new(ids(voters))),
+            kind: EntryKind::Config(Box::new(Membership::new(ids(voters)))),
             data: Bytes::new(),
         };
         let mut history = ConfigHistory::new(Index(0), Membership::new(ids(&[1, 2])));

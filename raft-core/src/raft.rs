@@ -105,9 +105,9 @@ impl<S: LogStore> Raft<S> {
     }
 
     /// The other members (voters of both halves and learners), in id order: whom a leader
-    /// replicates to.
+    /// replicates to. (A leader keeps a progress for exactly the members.)
     pub(crate) fn peers(&self) -> Vec<NodeId> {
-        self.tracker.membership.members().into_iter().filter(|&id| id != self.id).collect()
+        self.tracker.progress.keys().copied().filter(|&id| id != self.id).collect()
     }
 
     /// The other voters, in id order: whom a candidate asks for votes.

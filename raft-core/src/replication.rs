@@ -175,10 +175,12 @@ impl<S: LogStore> Raft<S> {
             }
             let mut entries = entries;
             entries.drain(..(conflict.0 - prev.index.0 - 1) as usize);
-            self.configs.truncated_from(conflict);
-            self.configs.appended(&entries);
+            let lost_config = self.configs.truncated_from(conflict);
+            let new_config = self.configs.appended(&entries);
             self.log.append(entries);
-            self.use_latest_config();
+            if lost_config || new_config {
+                self.use_latest_config();
+            }
         }
         self.log.commit_to(commit.min(last_new));
         let result = AppendResult::Accepted { match_index: last_new };

@@ -104,8 +104,9 @@ pub enum EntryKind {
     /// The empty entry a new leader appends for its term (paper §8, thesis §6.4): committing it
     /// commits every earlier entry, which Figure 8 forbids doing by counting replicas.
     Noop,
-    /// A new configuration (paper §6): in force on a node as soon as it is in its log.
-    Config(Membership),
+    /// A new configuration (paper §6): in force on a node as soon as it is in its log. Boxed:
+    /// configurations are rare, and every other entry stays small to clone and move.
+    Config(Box<Membership>),
 }
 
 /// One log entry.

@@ -38,7 +38,7 @@ fn configs_in_log(cluster: &mut Cluster, id: u64) -> Vec<Membership> {
     entries
         .into_iter()
         .filter_map(|e| match e.kind {
-            raft_core::EntryKind::Config(m) => Some(m),
+            raft_core::EntryKind::Config(m) => Some(*m),
             _ => None,
         })
         .collect()

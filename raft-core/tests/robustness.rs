@@ -20,7 +20,7 @@ fn append(prev: (u64, u64), entries: Vec<raft_core::Entry>, commit: u64) -> Mess
 /// A configuration entry naming `voters`.
 fn config_entry(term: u64, index: u64, voters: &[u64]) -> raft_core::Entry {
     let membership = raft_core::Membership::new(voters.iter().map(|&id| NodeId(id)));
-    let kind = raft_core::EntryKind::Config(membership);
+    let kind = raft_core::EntryKind::Config(Box::new(membership));
     raft_core::Entry { term: Term(term), index: Index(index), kind, data: bytes::Bytes::new() }
 }
 

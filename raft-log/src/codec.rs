@@ -66,11 +66,11 @@ pub fn decode_entry(payload: &[u8]) -> Result<Entry, PayloadError> {
             return Ok(Entry { term, index, kind: EntryKind::Normal, data });
         }
         KIND_NOOP => EntryKind::Noop,
-        KIND_CONFIG => EntryKind::Config(Membership {
+        KIND_CONFIG => EntryKind::Config(Box::new(Membership {
             voters: reader.ids("voters")?,
             voters_outgoing: reader.ids("outgoing voters")?,
             learners: reader.ids("learners")?,
-        }),
+        })),
         _ => return Err(PayloadError::Invalid("entry kind")),
     };
     if !reader.rest().is_empty() {
@@ -162,7 +162,7 @@ mod tests {
             entry(EntryKind::Normal, b"set k v"),
             entry(EntryKind::Normal, b""),
             entry(EntryKind::Noop, b""),
-            entry(EntryKind::Config(joint), b""),
+            entry(EntryKind::Config(Box::new(joint)), b""),
         ]
     }
 
