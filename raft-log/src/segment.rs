@@ -10,8 +10,8 @@
 //!   dropped silently.
 
 use crate::record::{self, CorruptRecord, Decoded, RecordKind, ScanEnd};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use crate::vfs::{Vfs, VfsFile};
+use std::io;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -46,12 +46,23 @@ pub enum SegmentError {
 pub struct SegmentRecovery {
     /// Bytes cut from the end as a torn write (0 if none).
     pub torn_bytes: u64,
+    /// With repair: where a damaged record was found, and the segment cut (else `None`).
+    pub repaired_from: Option<u64>,
+}
+
+/// How to open a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenMode {
+    /// Whether it is the newest segment, the only one a crash can leave torn.
+    pub last: bool,
+    /// Whether damage is cut away (from the damaged record on) instead of refused.
+    pub repair: bool,
 }
 
 /// An open segment file.
 pub struct Segment {
     path: PathBuf,
-    file: File,
+    file: Box<dyn VfsFile>,
     /// Bytes of intact records. Invariant: the file holds exactly this many bytes.
     len: u64,
 }
@@ -62,55 +73,76 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SegmentError + '_ {
 
 impl Segment {
     /// Creates an empty segment at `path` (the caller syncs the directory).
-    pub fn create(path: &Path) -> Result<Segment, SegmentError> {
-        let file = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .append(true)
-            .open(path)
-            .map_err(io_error(path))?;
+    pub fn create(vfs: &dyn Vfs, path: &Path) -> Result<Segment, SegmentError> {
+        let file = vfs.create_new(path).map_err(io_error(path))?;
         Ok(Segment { path: path.to_path_buf(), file, len: 0 })
     }
 
-    /// Opens the segment at `path` and returns it with its intact records' bytes. `last`
-    /// says whether it is the newest segment, the only one a crash can leave torn.
+    /// Opens the segment at `path` and returns it with its intact records' bytes, applying
+    /// the recovery rules (a torn tail cut from the last segment; other damage refused, or
+    /// cut with `mode.repair`). A cut is synced before this returns.
     pub fn open(
+        vfs: &dyn Vfs,
         path: &Path,
-        last: bool,
+        mode: OpenMode,
     ) -> Result<(Segment, Vec<u8>, SegmentRecovery), SegmentError> {
-        let mut file =
-            OpenOptions::new().read(true).append(true).open(path).map_err(io_error(path))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io_error(path))?;
-        let intact = intact_len(path, &bytes, last)?;
-        let recovery = SegmentRecovery { torn_bytes: (bytes.len() - intact) as u64 };
-        if recovery.torn_bytes > 0 {
+        let mut file = vfs.open(path).map_err(io_error(path))?;
+        let mut bytes = file.read_all().map_err(io_error(path))?;
+        let (intact, repaired_from) = match intact_len(path, &bytes, mode.last) {
+            Ok(intact) => (intact, None),
+            Err(SegmentError::Corrupt { offset, .. }) if mode.repair => {
+                (offset as usize, Some(offset))
+            }
+            Err(error) => return Err(error),
+        };
+        let torn_bytes = if repaired_from.is_some() { 0 } else { (bytes.len() - intact) as u64 };
+        let recovery = SegmentRecovery { torn_bytes, repaired_from };
+        if intact < bytes.len() {
             file.set_len(intact as u64).map_err(io_error(path))?;
-            file.sync_all().map_err(io_error(path))?;
+            file.sync().map_err(io_error(path))?;
             bytes.truncate(intact);
         }
         let segment = Segment { path: path.to_path_buf(), file, len: intact as u64 };
         Ok((segment, bytes, recovery))
     }
 
+    /// Opens a sealed segment without reading it, trusting its index that says it holds
+    /// `len` bytes (records are still checked when read). `None` if the file's length differs.
+    pub fn open_indexed(
+        vfs: &dyn Vfs,
+        path: &Path,
+        len: u64,
+    ) -> Result<Option<Segment>, SegmentError> {
+        let file = vfs.open(path).map_err(io_error(path))?;
+        if file.size().map_err(io_error(path))? != len {
+            return Ok(None);
+        }
+        Ok(Some(Segment { path: path.to_path_buf(), file, len }))
+    }
+
     /// Appends already-framed records (one `write`, no sync).
     pub fn append(&mut self, records: &[u8]) -> Result<(), SegmentError> {
-        self.file.write_all(records).map_err(io_error(&self.path))?;
+        self.file.write_at(records, self.len).map_err(io_error(&self.path))?;
         self.len += records.len() as u64;
         Ok(())
     }
 
     /// Makes everything appended so far durable (`fdatasync`).
     pub fn sync(&mut self) -> Result<(), SegmentError> {
-        self.file.sync_data().map_err(io_error(&self.path))
+        self.file.sync().map_err(io_error(&self.path))
     }
 
     /// Cuts the segment to its first `len` bytes and makes that durable.
     pub fn truncate(&mut self, len: u64) -> Result<(), SegmentError> {
         self.file.set_len(len).map_err(io_error(&self.path))?;
-        self.file.sync_all().map_err(io_error(&self.path))?;
+        self.file.sync().map_err(io_error(&self.path))?;
         self.len = len;
         Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SegmentError> {
+        self.file.read_exact_at(buf, offset).map_err(io_error(&self.path))
     }
 
     /// Bytes of intact records.
@@ -164,6 +196,7 @@ fn intact_record_after(bytes: &[u8], offset: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vfs::StdVfs;
 
     fn records(payloads: &[&[u8]]) -> Vec<u8> {
         let mut buf = Vec::new();
@@ -177,15 +210,18 @@ mod tests {
         std::fs::write(path, bytes).unwrap();
     }
 
+    const LAST: OpenMode = OpenMode { last: true, repair: false };
+    const SEALED: OpenMode = OpenMode { last: false, repair: false };
+
     #[test]
     fn appended_records_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("1.seg");
-        let mut segment = Segment::create(&path).unwrap();
+        let mut segment = Segment::create(&StdVfs, &path).unwrap();
         let bytes = records(&[b"a", b"bb", b"ccc"]);
         segment.append(&bytes).unwrap();
         segment.sync().unwrap();
-        let (reopened, read, recovery) = Segment::open(&path, true).unwrap();
+        let (reopened, read, recovery) = Segment::open(&StdVfs, &path, LAST).unwrap();
         assert_eq!(
             (read, recovery, reopened.len()),
             (bytes.clone(), SegmentRecovery::default(), bytes.len() as u64)
@@ -202,7 +238,7 @@ mod tests {
         for cut in 0..=bytes.len() {
             let path = dir.path().join(format!("cut-{cut}.seg"));
             write(&path, &bytes[..cut]);
-            let (segment, read, recovery) = Segment::open(&path, true).unwrap();
+            let (segment, read, recovery) = Segment::open(&StdVfs, &path, LAST).unwrap();
             let (kept, end) = record::scan(&read);
             assert_eq!(end, ScanEnd::Clean, "cut at {cut}");
             assert_eq!(kept, all[..kept.len()], "cut at {cut}");
@@ -226,7 +262,7 @@ mod tests {
             damaged[bit / 8] ^= 1 << (bit % 8);
             let path = dir.path().join(format!("bit-{bit}.seg"));
             write(&path, &damaged);
-            let opened = Segment::open(&path, true);
+            let opened = Segment::open(&StdVfs, &path, LAST);
             if bit / 8 >= last_start {
                 let (_, read, recovery) = opened.unwrap();
                 assert_eq!(read, bytes[..last_start], "bit {bit}");
@@ -236,7 +272,10 @@ mod tests {
                 assert!(matches!(error, SegmentError::Corrupt { .. }), "bit {bit}: {error}");
             }
             write(&path, &damaged);
-            assert!(Segment::open(&path, false).is_err(), "bit {bit} in a sealed segment");
+            assert!(
+                Segment::open(&StdVfs, &path, SEALED).is_err(),
+                "bit {bit} in a sealed segment"
+            );
         }
     }
 
@@ -247,7 +286,7 @@ mod tests {
         let bytes = records(&[b"first", b"second"]);
         let path = dir.path().join("sealed.seg");
         write(&path, &bytes[..bytes.len() - 1]);
-        let error = Segment::open(&path, false).err().unwrap();
+        let error = Segment::open(&StdVfs, &path, SEALED).err().unwrap();
         assert!(error.to_string().contains("sealed.seg"), "{error}");
     }
 }

@@ -1,38 +1,53 @@
-//! The write-ahead log: a directory of segment files holding entries and hard states.
+//! The write-ahead log: a directory of segment files holding entries, with an index file per
+//! sealed segment, a vote file and snapshot files.
 //!
-//! - Segments are named after the first index they may hold (`00000000000000000001.seg`)
-//!   and roll over once they exceed `segment_bytes_max`. The first batch in a new segment
-//!   starts with the current hard state, so the newest hard state is always in the newest
-//!   segments.
-//! - One [`Wal::write`] is one `write` and one `fdatasync` (group commit): the hard state and
-//!   every entry of a Ready become durable together. When it returns, the caller may tell the
-//!   engine the batch is durable. The hard state is written first in the batch, so a torn
-//!   batch never leaves entries of a term the durable term has not reached; its commit index
-//!   is clamped to the last entry at open.
-//! - Entries replacing a conflicting suffix truncate the log at the first replaced index
-//!   (later segments are deleted), then the batch is appended; the hard state is written
-//!   again after the cut so the truncation cannot take the latest one with it.
+//! ```text
+//! <dir>/00000000000000000001.seg   entries 1.. (sealed)      hard-state records between
+//! <dir>/00000000000000000001.idx   its index (mapped at open; a cache, rebuilt if damaged)
+//! <dir>/00000000000000052431.seg   entries 52431.. (newest: takes appends, scanned at open)
+//! <dir>/vote                        term and vote (vote.rs)
+//! <dir>/<index>-<term>.snap         the newest snapshot (snapshot.rs)
+//! ```
+//!
+//! - Segments are named after the first index they hold and roll over once they exceed
+//!   `segment_bytes_max`; the one rolled out is sealed: never written again except by a cut,
+//!   and its index file written.
+//! - One [`Wal::write`] is one `write` and one `fdatasync` (group commit), preceded by a
+//!   sync of the vote file only when the term or vote changed. When it returns, the caller may
+//!   tell the engine the batch is durable.
+//! - Entries replacing a conflicting suffix cut the log at the first replaced index (later
+//!   segments are deleted), then the batch is appended.
 //! - A batch with nothing new (no entries, unchanged hard state) costs no write and no sync.
-//! - The directory is fsync'd after a segment is created or removed.
+//! - The directory is synced after a segment or snapshot is created, renamed or removed.
 //!
-//! The index of every entry (segment, offset, term) is kept in memory, rebuilt by scanning
-//! the segments at open.
+//! Invariants: segments are contiguous (each one's entries start at its name, and the next
+//! starts where it ends); the newest segment's index is in memory; every entry's term is at
+//! most the durable term.
 
 use crate::codec::{self, PayloadError};
+use crate::index::{self, IndexHeader, Location, SegmentIndex};
 use crate::record::{self, RecordKind};
-use crate::segment::{Segment, SegmentError};
-use raft_core::{Entry, HardState, Index, LogStore, SnapshotMeta, StoreError, Term};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use crate::segment::{OpenMode, Segment, SegmentError};
+use crate::snapshot::{self, SnapshotError, SnapshotFile};
+use crate::vfs::{StdVfs, Vfs};
+use crate::vote::{Vote, VoteError, VoteFile};
+use raft_core::{EntryId, HardState, Index, LogStore, SnapshotMeta};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Why the log could not be opened or written.
 #[derive(Debug, Error)]
 pub enum WalError {
-    /// A segment could not be read or written.
+    /// A segment could not be read or written, or is damaged.
     #[error(transparent)]
     Segment(#[from] SegmentError),
+    /// The vote file could not be read or written, or is damaged.
+    #[error(transparent)]
+    Vote(#[from] VoteError),
+    /// A snapshot file could not be read or written, or is damaged.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// An operating-system error on `path`.
     #[error("{path}: {source}")]
     Io {
@@ -51,8 +66,8 @@ pub enum WalError {
         /// What is wrong with it.
         reason: PayloadError,
     },
-    /// The entries on disk do not follow each other.
-    #[error("{path}: entry {found} where {expected} was due")]
+    /// The entries on disk do not follow each other, or miss a part no snapshot covers.
+    #[error("{path}: entry {found} where {expected} was due; entries are missing or out of place")]
     Gap {
         /// The file.
         path: PathBuf,
@@ -60,6 +75,14 @@ pub enum WalError {
         expected: Index,
         /// The index found.
         found: Index,
+    },
+    /// The log holds entries, or a term, that the vote file does not account for.
+    #[error("{dir}: {reason}; the log refuses to open. Restore the node from a peer")]
+    Inconsistent {
+        /// The log's directory.
+        dir: PathBuf,
+        /// What does not fit.
+        reason: String,
     },
     /// A write asked for something the log cannot do.
     #[error("invalid write: {0}")]
@@ -70,347 +93,373 @@ pub enum WalError {
     ReadOnly,
 }
 
-/// How the log is laid out.
+/// How the log is laid out and opened.
 #[derive(Clone, Debug)]
 pub struct WalOptions {
     /// A segment rolls over once it holds more than this many bytes.
     pub segment_bytes_max: u64,
+    /// Cut the log at a damaged record instead of refusing to open. What was cut is lost on
+    /// this node: it must not vote or count toward a quorum before it has refetched the log
+    /// from its peers (the server's job). Reported in [`RecoveryReport::repaired_from`].
+    pub repair: bool,
+    /// Scan sealed segments at open (checking every record) instead of trusting their index
+    /// files. Without it, damage in a sealed segment is found when the entry is read.
+    pub verify_sealed: bool,
 }
 
 impl Default for WalOptions {
     fn default() -> WalOptions {
-        WalOptions { segment_bytes_max: 64 << 20 }
+        WalOptions { segment_bytes_max: 64 << 20, repair: false, verify_sealed: false }
     }
 }
 
-/// Where one entry lives.
-#[derive(Clone, Copy, Debug)]
-struct Location {
-    term: Term,
-    /// Position of the segment in `Wal::segments`.
-    segment: usize,
-    /// Offset of the entry's record in the segment.
-    offset: u64,
-    /// Length of the entry's payload.
-    payload_len: u32,
+/// What opening the log found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Bytes of a torn write cut from the end of the newest segment.
+    pub torn_bytes: u64,
+    /// With [`WalOptions::repair`]: the damaged record the log was cut from.
+    pub repaired_from: Option<(PathBuf, u64)>,
+    /// Sealed segments opened through their index file, without reading them.
+    pub segments_indexed: usize,
+    /// Segments read record by record (the newest, and sealed ones without a usable index).
+    pub segments_scanned: usize,
+    /// Whether the log was dropped because it did not hold the snapshot's last entry (a
+    /// snapshot install that a crash interrupted).
+    pub log_replaced_by_snapshot: bool,
 }
 
-/// One segment and what the log knows about it.
+/// One segment and where its entries are.
 struct SegmentFile {
+    /// The index of its first entry.
+    first: Index,
     segment: Segment,
-    /// A read handle for positional reads.
-    reader: File,
+    index: SegmentIndex,
+}
+
+impl SegmentFile {
+    /// The index just past its last entry.
+    fn end(&self) -> Index {
+        self.first.plus(self.index.len() as u64)
+    }
 }
 
 /// A write-ahead log in a directory.
 pub struct Wal {
+    vfs: Arc<dyn Vfs>,
     dir: PathBuf,
     options: WalOptions,
+    /// Oldest first; the last takes appends and has an in-memory index. Invariant: never
+    /// empty, and `segments[i + 1].first == segments[i].end()`.
     segments: Vec<SegmentFile>,
-    /// `locations[i]` is the entry at index `first + i`.
-    locations: Vec<Location>,
-    first: Index,
+    /// The entry before the first one served (index 0 if none was compacted). Invariant:
+    /// `compacted.index <= snapshot index` and it is held or is the snapshot's last entry.
+    compacted: EntryId,
+    vote_file: VoteFile,
+    /// The durable hard state: term and vote from the vote file, commit from the log.
     hard_state: HardState,
-    snapshot: SnapshotMeta,
+    snapshot: Option<SnapshotFile>,
     read_only: bool,
+    report: RecoveryReport,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
     move |source| WalError::Io { path: path.to_path_buf(), source }
 }
 
-fn segment_name(first: Index) -> String {
-    format!("{:020}.seg", first.0)
+fn segment_path(dir: &Path, first: Index) -> PathBuf {
+    dir.join(format!("{:020}.seg", first.0))
+}
+
+fn index_path(dir: &Path, first: Index) -> PathBuf {
+    dir.join(format!("{:020}.idx", first.0))
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir`, recovering from a crash as `FORMAT.md` says.
+    /// Opens (or creates) the log in `dir` on the real file system, recovering from a crash
+    /// as `FORMAT.md` says.
     pub fn open(dir: &Path, options: WalOptions) -> Result<Wal, WalError> {
-        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        Wal::open_with(Arc::new(StdVfs), dir, options)
+    }
+
+    /// Opens (or creates) the log in `dir` on `vfs`.
+    pub fn open_with(vfs: Arc<dyn Vfs>, dir: &Path, options: WalOptions) -> Result<Wal, WalError> {
+        vfs.create_dir_all(dir).map_err(io_error(dir))?;
+        let names = segment_names(&*vfs, dir)?;
+        let vote_file = match VoteFile::open(&*vfs, dir, names.is_empty())? {
+            Some(file) => file,
+            None => {
+                let reason = "segments but no vote file: the term and vote are lost".into();
+                return Err(WalError::Inconsistent { dir: dir.to_path_buf(), reason });
+            }
+        };
+        let snapshot = snapshot::open_latest(&*vfs, dir)?;
+        let Vote { term, vote } = vote_file.current();
         let mut wal = Wal {
+            vfs,
             dir: dir.to_path_buf(),
             options,
             segments: Vec::new(),
-            locations: Vec::new(),
-            first: Index(1),
-            hard_state: HardState::default(),
-            snapshot: SnapshotMeta::default(),
+            compacted: EntryId::default(),
+            vote_file,
+            hard_state: HardState { term, vote, commit: Index(0) },
+            snapshot,
             read_only: false,
+            report: RecoveryReport::default(),
         };
-        let names = segment_names(dir)?;
-        for (i, (first, path)) in names.iter().enumerate() {
-            if i == 0 {
-                wal.first = *first;
-            }
-            wal.load_segment(path, i + 1 == names.len())?;
-        }
-        if wal.segments.is_empty() {
-            wal.roll(Index(1))?;
-        }
-        // A torn batch may have kept its hard state and lost entries up to its commit index;
-        // the commit index is only a hint (the leader tells it again), so it is clamped.
+        wal.load_segments(&names)?;
+        wal.reconcile_with_snapshot()?;
+        wal.check_terms()?;
+        // The commit index is only a hint (the leader tells it again); a torn batch may have
+        // kept the hint and lost entries, so it is clamped.
         wal.hard_state.commit = wal.hard_state.commit.min(wal.last_index());
         Ok(wal)
     }
 
-    /// Reads one segment's records into the index.
-    fn load_segment(&mut self, path: &Path, last: bool) -> Result<(), WalError> {
-        let (segment, bytes, _recovery) = Segment::open(path, last)?;
-        let position = self.segments.len();
-        let (records, _) = record::scan(&bytes);
+    /// Loads every segment, oldest first. With repair, a cut in one removes those after it.
+    fn load_segments(&mut self, names: &[(Index, PathBuf)]) -> Result<(), WalError> {
+        for (position, (first, path)) in names.iter().enumerate() {
+            let last = position + 1 == names.len();
+            if let Some(previous) = self.segments.last() {
+                if previous.end() != *first {
+                    let (path, expected) = (path.clone(), previous.end());
+                    return Err(WalError::Gap { path, expected, found: *first });
+                }
+            }
+            let cut = self.load_segment(*first, path, last)?;
+            if cut {
+                for (first, _) in &names[position + 1..] {
+                    self.remove_segment_files(*first)?;
+                }
+                self.sync_dir()?;
+                break;
+            }
+        }
+        if self.segments.is_empty() {
+            let first = self.snapshot.as_ref().map_or(Index(0), |s| s.meta.index).next();
+            self.roll(first)?;
+        }
+        Ok(())
+    }
+
+    /// Loads one segment, through its index file if it is sealed and the index is usable.
+    /// Returns whether repair cut it.
+    fn load_segment(&mut self, first: Index, path: &Path, last: bool) -> Result<bool, WalError> {
+        if !last && !self.options.verify_sealed {
+            if let Some(indexed) = self.open_indexed(first, path)? {
+                self.segments.push(indexed);
+                self.report.segments_indexed += 1;
+                return Ok(false);
+            }
+        }
+        let mode = OpenMode { last, repair: self.options.repair };
+        let (segment, bytes, recovery) = Segment::open(&*self.vfs, path, mode)?;
+        self.report.segments_scanned += 1;
+        self.report.torn_bytes += recovery.torn_bytes;
+        let cut = recovery.repaired_from.is_some();
+        if let Some(offset) = recovery.repaired_from {
+            self.vfs.remove(&index_path(&self.dir, first)).ok();
+            self.report.repaired_from = Some((path.to_path_buf(), offset));
+        }
+        let locations = self.read_locations(path, first, &bytes)?;
+        let sealed = !last && !cut;
+        if sealed {
+            self.write_index(first, segment.len(), &locations)?;
+        }
+        let index = SegmentIndex::Memory(locations);
+        self.segments.push(SegmentFile { first, segment, index });
+        Ok(cut)
+    }
+
+    /// The sealed segment at `path` through its index file, or `None` if the index is
+    /// missing, damaged or does not describe the segment as it is.
+    fn open_indexed(&mut self, first: Index, path: &Path) -> Result<Option<SegmentFile>, WalError> {
+        let Ok(bytes) = self.vfs.map(&index_path(&self.dir, first)) else { return Ok(None) };
+        let Ok(index) = SegmentIndex::mapped(bytes) else { return Ok(None) };
+        let SegmentIndex::Mapped { header, .. } = &index else { return Ok(None) };
+        if header.first != first || header.count == 0 {
+            return Ok(None);
+        }
+        let hard_state = header.hard_state;
+        let Some(segment) = Segment::open_indexed(&*self.vfs, path, header.segment_len)? else {
+            return Ok(None);
+        };
+        if let Some(hard_state) = hard_state {
+            self.hard_state.commit = hard_state.commit;
+        }
+        Ok(Some(SegmentFile { first, segment, index }))
+    }
+
+    /// The locations of the entries in a scanned segment, which must start at `first` and
+    /// follow each other; its hard-state records update the commit hint.
+    fn read_locations(
+        &mut self,
+        path: &Path,
+        first: Index,
+        bytes: &[u8],
+    ) -> Result<Vec<Location>, WalError> {
+        let (records, _) = record::scan(bytes);
+        let mut locations = Vec::new();
         for scanned in records {
-            let bad = |reason| WalError::Payload {
-                path: path.to_path_buf(),
-                offset: scanned.offset as u64,
-                reason,
-            };
+            let offset = scanned.offset as u64;
+            let bad = |reason| WalError::Payload { path: path.to_path_buf(), offset, reason };
             match scanned.kind {
                 RecordKind::HardState => {
-                    self.hard_state = codec::decode_hard_state(scanned.payload).map_err(bad)?;
+                    let hard_state = codec::decode_hard_state(scanned.payload).map_err(bad)?;
+                    self.hard_state.commit = hard_state.commit;
                 }
                 RecordKind::Entry => {
                     let entry = codec::decode_entry(scanned.payload).map_err(bad)?;
-                    self.index_entry(
-                        path,
-                        &entry,
-                        position,
-                        scanned.offset as u64,
-                        scanned.payload.len(),
-                    )?;
+                    let expected = first.plus(locations.len() as u64);
+                    if entry.index != expected {
+                        let path = path.to_path_buf();
+                        return Err(WalError::Gap { path, expected, found: entry.index });
+                    }
+                    let payload_len = scanned.payload.len() as u32;
+                    locations.push(Location { term: entry.term, offset, payload_len });
                 }
             }
         }
-        let reader = File::open(path).map_err(io_error(path))?;
-        self.segments.push(SegmentFile { segment, reader });
-        Ok(())
+        Ok(locations)
     }
 
-    /// Records where `entry` lives. Entries on disk follow each other without gaps or
-    /// repeats (a truncation cuts the file itself); only the log's very first entry may set
-    /// where the log starts.
-    fn index_entry(
-        &mut self,
-        path: &Path,
-        entry: &Entry,
-        segment: usize,
-        offset: u64,
-        payload_len: usize,
+    /// Writes a sealed segment's index file: whole under a temporary name, then renamed. Not
+    /// synced: a torn index fails its checksum and is rebuilt, and it is never the only copy.
+    fn write_index(
+        &self,
+        first: Index,
+        segment_len: u64,
+        locations: &[Location],
     ) -> Result<(), WalError> {
-        if self.locations.is_empty() && segment == 0 {
-            self.first = entry.index;
+        let hard_state = Some(self.hard_state);
+        let count = locations.len() as u64;
+        let header = IndexHeader { first, segment_len, count, hard_state };
+        let mut bytes = Vec::with_capacity(64 + locations.len() * 20 + 4);
+        index::encode(&header, locations, &mut bytes);
+        let path = index_path(&self.dir, first);
+        let temp = path.with_extension("idx.tmp");
+        self.vfs.remove(&temp).ok();
+        let mut file = self.vfs.create_new(&temp).map_err(io_error(&temp))?;
+        file.write_at(&bytes, 0).map_err(io_error(&temp))?;
+        self.vfs.rename(&temp, &path).map_err(io_error(&path))
+    }
+
+    /// Makes the log agree with the snapshot: the log must reach back to just after it, and
+    /// if it does not hold the snapshot's last entry (a crash interrupted an install), it is
+    /// replaced by an empty log after the snapshot. Sets where the served log starts.
+    fn reconcile_with_snapshot(&mut self) -> Result<(), WalError> {
+        let meta = self.snapshot.as_ref().map(|s| s.meta.clone()).unwrap_or_default();
+        let first = self.segments[0].first;
+        if first > meta.index.next() {
+            let path = segment_path(&self.dir, first);
+            return Err(WalError::Gap { path, expected: meta.index.next(), found: first });
         }
-        let next = self.first.plus(self.locations.len() as u64);
-        if entry.index != next {
-            let path = path.to_path_buf();
-            return Err(WalError::Gap { path, expected: next, found: entry.index });
+        let holds_last = first == meta.index.next()
+            || self.physical_term(meta.index).is_some_and(|term| term == meta.term);
+        if !holds_last {
+            self.replace_log_after(&meta)?;
+            self.report.log_replaced_by_snapshot = true;
         }
-        let payload_len = payload_len as u32;
-        self.locations.push(Location { term: entry.term, segment, offset, payload_len });
+        let first = self.segments[0].first;
+        self.compacted = if first == Index(1) {
+            EntryId::default()
+        } else if first == meta.index.next() {
+            meta.last()
+        } else {
+            let term = self.physical_term(first).unwrap_or_default();
+            EntryId::new(term, first)
+        };
         Ok(())
     }
 
-    /// Starts a new, empty segment for entries from `first`. The next batch, the first in it,
-    /// writes the hard state first (see [`Wal::write`]), and is synced with it.
+    /// No entry may be of a term the vote file has not reached: the term is saved first.
+    fn check_terms(&self) -> Result<(), WalError> {
+        let last_term = self.physical_term(self.last_index()).unwrap_or_default();
+        if last_term > self.hard_state.term {
+            let reason = format!(
+                "the last entry is of term {last_term} but the vote file holds term {}",
+                self.hard_state.term
+            );
+            return Err(WalError::Inconsistent { dir: self.dir.clone(), reason });
+        }
+        Ok(())
+    }
+
+    /// Removes every segment and starts an empty one after the snapshot `meta`. The vote
+    /// file keeps the term and vote; the commit hint goes with the segments.
+    fn replace_log_after(&mut self, meta: &SnapshotMeta) -> Result<(), WalError> {
+        for gone in std::mem::take(&mut self.segments) {
+            self.remove_segment_files(gone.first)?;
+        }
+        self.sync_dir()?;
+        self.roll(meta.index.next())
+    }
+
+    /// Removes a segment's index file, then the segment (the caller syncs the directory).
+    fn remove_segment_files(&self, first: Index) -> Result<(), WalError> {
+        self.vfs.remove(&index_path(&self.dir, first)).ok(); // a cache: may be missing
+        let path = segment_path(&self.dir, first);
+        self.vfs.remove(&path).map_err(io_error(&path))
+    }
+
+    fn sync_dir(&self) -> Result<(), WalError> {
+        self.vfs.sync_dir(&self.dir).map_err(io_error(&self.dir))
+    }
+
+    /// Starts a new, empty segment for entries from `first`, sealing the current one (its
+    /// index file is written) if there is one.
     fn roll(&mut self, first: Index) -> Result<(), WalError> {
-        let path = self.dir.join(segment_name(first));
-        let segment = Segment::create(&path)?;
-        sync_dir(&self.dir)?;
-        let reader = File::open(&path).map_err(io_error(&path))?;
-        self.segments.push(SegmentFile { segment, reader });
+        if let Some(active) = self.segments.last() {
+            let locations = active.index.to_vec();
+            self.write_index(active.first, active.segment.len(), &locations)?;
+        }
+        let path = segment_path(&self.dir, first);
+        let segment = Segment::create(&*self.vfs, &path)?;
+        self.sync_dir()?;
+        let index = SegmentIndex::Memory(Vec::new());
+        self.segments.push(SegmentFile { first, segment, index });
         Ok(())
     }
 
-    /// Makes a Ready's hard state and entries durable with one write and one `fdatasync`.
-    /// If `entries[0]` is at or below the last index, the log is first cut there.
-    pub fn write(
-        &mut self,
-        hard_state: Option<HardState>,
-        entries: &[Entry],
-    ) -> Result<(), WalError> {
-        if self.read_only {
-            return Err(WalError::ReadOnly);
-        }
-        let mut truncated = false;
-        if let Some(first) = entries.first() {
-            let last = self.last_index();
-            if first.index > last.next() || first.index < self.first {
-                return Err(WalError::InvalidWrite(format!(
-                    "entries from {} do not fit a log holding {}..={last}",
-                    first.index, self.first
-                )));
-            }
-            if first.index <= last {
-                self.truncate_from(first.index)?;
-                truncated = true;
-            }
-        }
-        if self.active().segment.len() > self.options.segment_bytes_max {
-            self.roll(self.last_index().next())?;
-        }
-        // The hard state goes first: a crash that tears the batch may lose entries, but never
-        // leaves an entry of a term the durable term has not reached (a node back in an older
-        // term could vote, and lead, in the term whose entries it holds). It is also written
-        // unchanged at the head of a new segment, and after a truncation (which may have cut
-        // away the record that held it); otherwise an unchanged hard state costs nothing.
-        let write_hard_state =
-            hard_state.is_some() || truncated || self.active().segment.is_empty();
-        if !write_hard_state && entries.is_empty() {
-            return Ok(()); // nothing to make durable: no write, no fdatasync
-        }
-        let hard_state = hard_state.unwrap_or(self.hard_state);
-        let mut buf = Vec::new();
-        let mut payload = Vec::new();
-        if write_hard_state {
-            codec::encode_hard_state(&hard_state, &mut payload);
-            record::encode(RecordKind::HardState, &payload, &mut buf);
-        }
-        let base = self.active().segment.len();
-        let segment = self.segments.len() - 1;
-        let mut written = Vec::with_capacity(entries.len());
-        for entry in entries {
-            payload.clear();
-            codec::encode_entry(entry, &mut payload);
-            if payload.len() > record::PAYLOAD_LEN_MAX as usize {
-                return Err(WalError::InvalidWrite(format!(
-                    "entry {} of {} bytes exceeds the record limit of {} bytes",
-                    entry.index,
-                    payload.len(),
-                    record::PAYLOAD_LEN_MAX
-                )));
-            }
-            written.push(Location {
-                term: entry.term,
-                segment,
-                offset: base + buf.len() as u64,
-                payload_len: payload.len() as u32,
-            });
-            record::encode(RecordKind::Entry, &payload, &mut buf);
-        }
-        self.append_synced(&buf)?;
-        self.locations.extend(written);
-        self.hard_state = hard_state;
-        Ok(())
-    }
-
-    fn append_synced(&mut self, buf: &[u8]) -> Result<(), WalError> {
-        let active = &mut self.segments.last_mut().expect("a log always has a segment").segment;
-        active.append(buf)?;
-        if let Err(error) = active.sync() {
-            self.read_only = true;
-            return Err(error.into());
-        }
-        Ok(())
-    }
-
-    /// Cuts the log before `index`: its segment is truncated at the entry, later segments go.
-    fn truncate_from(&mut self, index: Index) -> Result<(), WalError> {
-        let at = self.locations[(index.0 - self.first.0) as usize];
-        if self.segments.len() > at.segment + 1 {
-            for gone in self.segments.drain(at.segment + 1..).rev() {
-                let path = gone.segment.path().to_path_buf();
-                std::fs::remove_file(&path).map_err(io_error(&path))?;
-            }
-            sync_dir(&self.dir)?;
-        }
-        // Synced before anything is appended over the cut: a crash must not leave old records
-        // behind the new ones, which would read as damage in the middle of the segment.
-        self.active_mut().segment.truncate(at.offset)?;
-        self.locations.truncate((index.0 - self.first.0) as usize);
-        Ok(())
-    }
-
-    fn active(&self) -> &SegmentFile {
-        self.segments.last().expect("a log always has a segment")
-    }
-
-    fn active_mut(&mut self) -> &mut SegmentFile {
-        self.segments.last_mut().expect("a log always has a segment")
+    /// What opening the log found and did.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
     }
 
     /// The durable hard state.
     pub fn hard_state(&self) -> HardState {
         self.hard_state
     }
-
-    fn read_entry(&self, index: Index) -> Result<Entry, StoreError> {
-        let at = self.locations[(index.0 - self.first.0) as usize];
-        let file = &self.segments[at.segment].reader;
-        let mut buf = vec![0; record::HEADER_LEN + at.payload_len as usize];
-        file.read_exact_at(&mut buf, at.offset)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        match record::decode(&buf) {
-            Ok(record::Decoded::Record { payload, .. }) => {
-                codec::decode_entry(payload).map_err(|e| StoreError::Unavailable(e.to_string()))
-            }
-            other => Err(StoreError::Unavailable(format!("entry {index} unreadable: {other:?}"))),
-        }
-    }
 }
 
-impl LogStore for Wal {
-    fn first_index(&self) -> Index {
-        self.first
-    }
-
-    fn last_index(&self) -> Index {
-        self.first.plus(self.locations.len() as u64).prev()
-    }
-
-    fn term(&self, index: Index) -> Result<Term, StoreError> {
-        if index == self.first.prev() {
-            return Ok(if index == self.snapshot.index { self.snapshot.term } else { Term(0) });
-        }
-        if index < self.first {
-            return Err(StoreError::Compacted { first: self.first });
-        }
-        self.locations
-            .get((index.0 - self.first.0) as usize)
-            .map(|at| at.term)
-            .ok_or_else(|| StoreError::Unavailable(format!("index {index} is beyond the log")))
-    }
-
-    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StoreError> {
-        if lo < self.first {
-            return Err(StoreError::Compacted { first: self.first });
-        }
-        if hi > self.last_index().next() {
-            return Err(StoreError::Unavailable(format!("range {lo}..{hi} is beyond the log")));
-        }
-        let mut out = Vec::new();
-        let mut used = 0;
-        for index in (lo.0..hi.0).map(Index) {
-            let entry = self.read_entry(index)?;
-            used += entry.size_bytes();
-            if used > max_bytes && !out.is_empty() {
-                break;
-            }
-            out.push(entry);
-        }
-        Ok(out)
-    }
-
-    fn snapshot(&self) -> SnapshotMeta {
-        self.snapshot.clone()
-    }
-}
-
-/// The segment files in `dir`, oldest first.
-fn segment_names(dir: &Path) -> Result<Vec<(Index, PathBuf)>, WalError> {
+/// The segment files in `dir`, oldest first. Leftover temporary index files and index files
+/// without their segment are removed.
+fn segment_names(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(Index, PathBuf)>, WalError> {
+    let files = vfs.list(dir).map_err(io_error(dir))?;
     let mut names = Vec::new();
-    for item in std::fs::read_dir(dir).map_err(io_error(dir))? {
-        let path = item.map_err(io_error(dir))?.path();
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-        if path.extension().is_some_and(|e| e == "seg") {
-            if let Ok(first) = stem.parse::<u64>() {
-                names.push((Index(first), path));
-            }
-        }
+    for path in &files {
+        let Some(first) = numbered(path, "seg") else { continue };
+        names.push((first, path.clone()));
     }
     names.sort();
+    for path in &files {
+        let orphan = numbered(path, "idx")
+            .is_some_and(|first| !names.iter().any(|(segment, _)| *segment == first));
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if orphan || name.ends_with(".idx.tmp") {
+            vfs.remove(path).map_err(io_error(path))?;
+        }
+    }
     Ok(names)
 }
 
-/// Makes the directory's entries (created, renamed, removed files) durable.
-fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+/// The number in a file name `<number>.<extension>`.
+fn numbered(path: &Path, extension: &str) -> Option<Index> {
+    if path.extension()? != extension {
+        return None;
+    }
+    path.file_stem()?.to_str()?.parse().ok().map(Index)
 }
+
+mod access;
+mod writing;

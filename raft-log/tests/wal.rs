@@ -2,7 +2,10 @@
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryKind, HardState, Index, LogStore, MemLogStore, NodeId, Term};
+use raft_log::vfs::FakeVfs;
 use raft_log::wal::{Wal, WalOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 fn entry(term: u64, index: u64) -> Entry {
     let data = Bytes::from(format!("entry {index} of term {term}"));
@@ -13,8 +16,19 @@ fn hard_state(term: u64, commit: u64) -> HardState {
     HardState { term: Term(term), vote: Some(NodeId(1)), commit: Index(commit) }
 }
 
+/// The segment files in `dir`, oldest first.
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
 fn small_segments() -> WalOptions {
-    WalOptions { segment_bytes_max: 300 }
+    WalOptions { segment_bytes_max: 300, ..WalOptions::default() }
 }
 
 /// Every entry of `wal`, read back through `LogStore`.
@@ -36,7 +50,7 @@ fn batches_survive_reopening_across_segments() {
         wal.write(Some(hard_state(1, batch * 3)), &entries).unwrap();
         model.append(&entries);
     }
-    let segments = std::fs::read_dir(dir.path()).unwrap().count();
+    let segments = segment_files(dir.path()).len();
     assert!(segments > 3, "expected several segments, found {segments}");
     drop(wal);
     let wal = Wal::open(dir.path(), small_segments()).unwrap();
@@ -66,7 +80,7 @@ fn a_conflicting_suffix_is_replaced_durably() {
 #[test]
 fn a_crash_at_every_byte_of_the_last_segment_reopens_at_a_prefix() {
     let dir = tempfile::tempdir().unwrap();
-    let options = WalOptions { segment_bytes_max: u64::MAX };
+    let options = WalOptions { segment_bytes_max: u64::MAX, ..WalOptions::default() };
     let mut wal = Wal::open(dir.path(), options.clone()).unwrap();
     // Entry i is of term i, written with hard state term i, commit i: a node never holds an
     // entry of a term beyond its durable term, whatever byte the crash cuts at.
@@ -75,7 +89,7 @@ fn a_crash_at_every_byte_of_the_last_segment_reopens_at_a_prefix() {
         wal.write(Some(hard_state(e.term.0, e.index.0)), std::slice::from_ref(e)).unwrap();
     }
     drop(wal);
-    let segment = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    let segment = segment_files(dir.path()).pop().unwrap();
     let bytes = std::fs::read(&segment).unwrap();
     for cut in 0..=bytes.len() {
         std::fs::write(&segment, &bytes[..cut]).unwrap();
@@ -96,31 +110,36 @@ fn a_crash_at_every_byte_of_the_last_segment_reopens_at_a_prefix() {
 fn a_gap_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
-    assert!(wal.write(None, &[entry(1, 5)]).is_err());
-    wal.write(None, &[entry(1, 1)]).unwrap();
+    assert!(wal.write(Some(hard_state(1, 0)), &[entry(1, 5)]).is_err());
+    assert!(wal.write(None, &[entry(1, 1)]).is_err(), "an entry of a term not yet durable");
+    wal.write(Some(hard_state(1, 0)), &[entry(1, 1)]).unwrap();
+    assert!(wal.write(None, &[entry(1, 3)]).is_err());
+    assert!(wal.write(None, &[entry(1, 2), entry(1, 4)]).is_err());
     assert_eq!(wal.last_index(), Index(1));
 }
 
-/// A truncation can cut away the record holding the latest hard state (written with entries
-/// after the cut); the next batch writes it again, so the vote survives a reopening.
+/// A cut can take away the records written with the entries after it. Here it takes the
+/// batch that carried the vote in term 6, and the process dies right after the cut is synced,
+/// before the new entries are written: the term and the vote must survive (they live in the
+/// vote file; vote.rs tells the timeline that breaks if they only lived in the log).
 #[test]
-fn truncation_keeps_the_latest_hard_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+fn a_cut_never_takes_the_vote_with_it() {
+    let vfs = FakeVfs::new();
+    let dir = Path::new("/node-2");
+    let mut wal = Wal::open_with(Arc::new(vfs.clone()), dir, WalOptions::default()).unwrap();
     wal.write(Some(hard_state(5, 0)), &[entry(5, 1), entry(5, 2), entry(5, 3)]).unwrap();
     wal.write(None, &[entry(5, 4), entry(5, 5)]).unwrap();
-    // The vote in term 6 is written with entry 6, after entry 5 in the file...
     let voted = HardState { term: Term(6), vote: Some(NodeId(3)), commit: Index(2) };
     wal.write(Some(voted), &[entry(5, 6)]).unwrap();
-    // ...and the cut at entry 5 takes that record with it.
-    wal.write(None, &[entry(6, 5)]).unwrap();
-    let reopened = Wal::open(dir.path(), WalOptions::default()).unwrap();
-    assert_eq!(reopened.hard_state(), voted);
-    assert_eq!(reopened.last_index(), Index(5));
-    assert_eq!(reopened.term(Index(5)), Ok(Term(6)));
+    vfs.fail_syncs_after(1); // the cut's sync succeeds, the new batch's fails
+    assert!(wal.write(None, &[entry(6, 5)]).is_err());
+    assert!(wal.write(None, &[entry(6, 5)]).is_err(), "read-only after a failed sync");
+    let reopened = Wal::open_with(Arc::new(vfs.crash()), dir, WalOptions::default()).unwrap();
+    assert_eq!(reopened.last_index(), Index(4), "cut before entry 5, nothing after");
+    let durable = reopened.hard_state();
+    assert_eq!((durable.term, durable.vote), (voted.term, voted.vote));
 }
 
-/// A Ready with nothing to persist costs no write (and no fdatasync).
 #[test]
 fn an_empty_batch_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();

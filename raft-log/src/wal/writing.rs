@@ -1,0 +1,246 @@
+//! Changing the log: batches (group commit), cuts, compaction and snapshots.
+
+use super::{Wal, WalError};
+use crate::codec;
+use crate::index::{Location, SegmentIndex};
+use crate::record::{self, RecordKind};
+use crate::snapshot;
+use crate::vote::Vote;
+use raft_core::{Entry, EntryId, HardState, Index, LogStore, Membership, SnapshotMeta};
+
+impl Wal {
+    /// Makes a Ready's hard state and entries durable with one write and one `fdatasync`
+    /// (plus one of the vote file first if the term or vote changed). If `entries[0]` is at or
+    /// below the last index, the log is first cut there. When this returns `Ok`, the whole
+    /// batch survives any crash.
+    pub fn write(
+        &mut self,
+        hard_state: Option<HardState>,
+        entries: &[Entry],
+    ) -> Result<(), WalError> {
+        if self.read_only {
+            return Err(WalError::ReadOnly);
+        }
+        self.check_batch(hard_state, entries)?;
+        if let Some(hard_state) = hard_state {
+            // Before the entries: a torn batch must never leave an entry of a term the
+            // durable term has not reached (a node back in an older term could vote, and
+            // lead, in the term whose entries it holds).
+            self.save_vote(hard_state)?;
+        }
+        if let Some(first) = entries.first().filter(|e| e.index <= self.last_index()) {
+            self.truncate_from(first.index)?;
+        }
+        let active = self.segments.last().expect("a log always has a segment");
+        if active.segment.len() > self.options.segment_bytes_max && !active.index.is_empty() {
+            self.roll(self.last_index().next())?;
+        }
+        let commit_changed = hard_state.is_some_and(|h| h.commit != self.hard_state.commit);
+        if let Some(hard_state) = hard_state {
+            self.hard_state.commit = hard_state.commit;
+        }
+        if !commit_changed && entries.is_empty() {
+            return Ok(()); // nothing new for the log: no write, no fdatasync
+        }
+        let (buf, written) = self.encode_batch(commit_changed, entries)?;
+        self.append_synced(&buf)?;
+        let active = self.segments.last_mut().expect("a log always has a segment");
+        if let SegmentIndex::Memory(locations) = &mut active.index {
+            locations.extend(written);
+        }
+        Ok(())
+    }
+
+    /// Refuses batches that do not continue the log, or hold entries of a term beyond the
+    /// one made durable with them.
+    fn check_batch(
+        &self,
+        hard_state: Option<HardState>,
+        entries: &[Entry],
+    ) -> Result<(), WalError> {
+        let term = hard_state.map_or(self.hard_state.term, |h| h.term);
+        if term < self.hard_state.term {
+            let durable = self.hard_state.term;
+            return Err(WalError::InvalidWrite(format!("term {term} is older than {durable}")));
+        }
+        let Some(first) = entries.first() else { return Ok(()) };
+        let last = self.last_index();
+        if first.index > last.next() || first.index <= self.compacted.index {
+            return Err(WalError::InvalidWrite(format!(
+                "entries from {} do not fit a log holding {}..={last}",
+                first.index,
+                self.first_index()
+            )));
+        }
+        for (offset, entry) in entries.iter().enumerate() {
+            if entry.index != first.index.plus(offset as u64) || entry.term > term {
+                return Err(WalError::InvalidWrite(format!(
+                    "entry {} of term {} does not follow in a batch of term {term}",
+                    entry.index, entry.term
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves the term and vote if they changed; a failed sync makes the log read-only.
+    fn save_vote(&mut self, hard_state: HardState) -> Result<(), WalError> {
+        let vote = Vote { term: hard_state.term, vote: hard_state.vote };
+        if let Err(error) = self.vote_file.save(vote) {
+            self.read_only = true;
+            return Err(error.into());
+        }
+        (self.hard_state.term, self.hard_state.vote) = (vote.term, vote.vote);
+        Ok(())
+    }
+
+    /// Frames a batch: the hard-state record first if wanted, then every entry. Returns the
+    /// bytes and where each entry will be.
+    fn encode_batch(
+        &self,
+        with_hard_state: bool,
+        entries: &[Entry],
+    ) -> Result<(Vec<u8>, Vec<Location>), WalError> {
+        let mut buf = Vec::with_capacity(entries.iter().map(|e| e.data.len() + 40).sum());
+        let mut payload = Vec::new();
+        if with_hard_state {
+            codec::encode_hard_state(&self.hard_state, &mut payload);
+            record::encode(RecordKind::HardState, &payload, &mut buf);
+        }
+        let base = self.segments.last().expect("a log always has a segment").segment.len();
+        let mut written = Vec::with_capacity(entries.len());
+        for entry in entries {
+            payload.clear();
+            codec::encode_entry(entry, &mut payload);
+            let payload_len = u32::try_from(payload.len())
+                .ok()
+                .filter(|&len| len <= record::PAYLOAD_LEN_MAX)
+                .ok_or_else(|| {
+                    WalError::InvalidWrite(format!(
+                        "entry {} of {} bytes exceeds the record limit of {} bytes",
+                        entry.index,
+                        payload.len(),
+                        record::PAYLOAD_LEN_MAX
+                    ))
+                })?;
+            let offset = base + buf.len() as u64;
+            written.push(Location { term: entry.term, offset, payload_len });
+            record::encode(RecordKind::Entry, &payload, &mut buf);
+        }
+        Ok((buf, written))
+    }
+
+    fn append_synced(&mut self, buf: &[u8]) -> Result<(), WalError> {
+        let active = &mut self.segments.last_mut().expect("a log always has a segment").segment;
+        active.append(buf)?;
+        if let Err(error) = active.sync() {
+            self.read_only = true;
+            return Err(error.into());
+        }
+        Ok(())
+    }
+
+    /// Cuts the log before `index` (held, not compacted): later segments go, the segment
+    /// holding it becomes the newest (its index file goes) and is cut at the entry, durably.
+    fn truncate_from(&mut self, index: Index) -> Result<(), WalError> {
+        let (position, at) = self.locate(index).expect("a cut point is held");
+        if self.segments.len() > position + 1 {
+            for gone in self.segments.split_off(position + 1).into_iter().rev() {
+                self.remove_segment_files(gone.first)?;
+            }
+            let first = self.segments[position].first;
+            self.vfs.remove(&super::index_path(&self.dir, first)).ok();
+            self.sync_dir()?;
+        }
+        // Synced before anything is appended over the cut: a crash must not leave old records
+        // behind the new ones, which would read as damage in the middle of the segment.
+        let active = self.segments.last_mut().expect("a log always has a segment");
+        active.segment.truncate(at.offset)?;
+        let mut locations = active.index.to_vec();
+        locations.truncate((index.0 - active.first.0) as usize);
+        active.index = SegmentIndex::Memory(locations);
+        Ok(())
+    }
+
+    /// Drops the entries up to `index`, which the latest snapshot must cover (paper §7):
+    /// they are no longer served, and every sealed segment holding only such entries is
+    /// deleted.
+    pub fn compact(&mut self, index: Index) -> Result<(), WalError> {
+        let covered = self.snapshot().index;
+        if index > covered || index > self.last_index() {
+            return Err(WalError::InvalidWrite(format!(
+                "cannot compact to {index}: the snapshot covers {covered} and the log ends at {}",
+                self.last_index()
+            )));
+        }
+        if index <= self.compacted.index {
+            return Ok(());
+        }
+        let term = self.physical_term(index).expect("an index above the boundary is held");
+        self.compacted = EntryId::new(term, index);
+        let sealed = self.segments.len() - 1;
+        let removable = self.segments[..sealed].iter().take_while(|s| s.end() <= index.next());
+        let removable = removable.count();
+        if removable == 0 {
+            return Ok(());
+        }
+        for gone in self.segments.drain(..removable).collect::<Vec<_>>() {
+            self.remove_segment_files(gone.first)?;
+        }
+        self.sync_dir()
+    }
+
+    /// Saves a snapshot the host's state machine took at `index` (held or the compaction
+    /// boundary), with the configuration there and its bytes. The log is unchanged;
+    /// [`Wal::compact`] may then drop the prefix it covers. An older snapshot is ignored.
+    pub fn save_snapshot(
+        &mut self,
+        index: Index,
+        membership: Membership,
+        data: &[u8],
+    ) -> Result<(), WalError> {
+        if index <= self.snapshot().index {
+            return Ok(());
+        }
+        let term = self.term(index).map_err(|e| WalError::InvalidWrite(e.to_string()))?;
+        let meta = SnapshotMeta { index, term, membership };
+        self.snapshot = Some(snapshot::write(&*self.vfs, &self.dir, &meta, data)?);
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader (a Ready's `snapshot`), before the
+    /// Ready's write. The snapshot file is made durable first; then entries it covers are
+    /// dropped, and the suffix after it is kept only if the log holds its last entry (the
+    /// suffix then matches the leader's log, paper §7); otherwise the whole log goes.
+    pub fn install_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), WalError> {
+        if self.read_only {
+            return Err(WalError::ReadOnly);
+        }
+        if meta.index <= self.compacted.index {
+            return Ok(());
+        }
+        let holds_last = self.physical_term(meta.index) == Some(meta.term);
+        self.snapshot = Some(snapshot::write(&*self.vfs, &self.dir, meta, data)?);
+        if holds_last {
+            self.compact(meta.index)?;
+        } else {
+            self.replace_log_after(meta)?;
+        }
+        self.compacted = meta.last();
+        Ok(())
+    }
+
+    /// The newest snapshot's bytes, if there is a snapshot.
+    pub fn snapshot_data(&self) -> Result<Option<Vec<u8>>, WalError> {
+        let Some(file) = &self.snapshot else { return Ok(None) };
+        Ok(Some(file.read_data(&*self.vfs)?))
+    }
+
+    /// Reads `buf.len()` bytes of the newest snapshot's data from `offset` (to send it in
+    /// chunks), and the data's total length. `Ok(None)` if there is no snapshot.
+    pub fn read_snapshot_at(&self, offset: u64, buf: &mut [u8]) -> Result<Option<u64>, WalError> {
+        let Some(file) = &self.snapshot else { return Ok(None) };
+        file.read_data_at(&*self.vfs, offset, buf)?;
+        Ok(Some(file.data_len()))
+    }
+}
