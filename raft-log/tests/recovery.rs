@@ -234,3 +234,19 @@ fn a_log_without_its_vote_file_refuses_to_open() {
     let error = open(&vfs, small_segments()).err().unwrap();
     assert!(error.to_string().contains("no vote file"), "{error}");
 }
+
+/// Entries a snapshot covers are committed: a batch replacing them is refused, not
+/// acknowledged and then dropped at the next open (found by the model test).
+#[test]
+fn a_batch_reaching_into_the_snapshot_is_refused() {
+    let (vfs, entries) = written_log(10);
+    let mut wal = open(&vfs, small_segments()).unwrap();
+    wal.save_snapshot(Index(8), Membership::new([NodeId(1)]), b"state at 8").unwrap();
+    let replacing: Vec<Entry> = (6..=12).map(|i| entry(4, i)).collect();
+    let error = wal.write(Some(hard_state(4, 8)), &replacing).unwrap_err();
+    assert!(error.to_string().contains("covered by a snapshot"), "{error}");
+    wal.write(Some(hard_state(4, 8)), &replacing[3..]).unwrap(); // from 9: fine
+    let reopened = open(&vfs.kill(), small_segments()).unwrap();
+    assert_eq!(reopened.entries(Index(1), Index(9), u64::MAX).unwrap(), entries[..8]);
+    assert_eq!(reopened.entries(Index(9), Index(13), u64::MAX).unwrap(), replacing[3..]);
+}

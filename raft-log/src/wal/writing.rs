@@ -65,9 +65,13 @@ impl Wal {
         }
         let Some(first) = entries.first() else { return Ok(()) };
         let last = self.last_index();
-        if first.index > last.next() || first.index <= self.compacted.index {
+        // Entries a snapshot covers are committed: replacing them is a host bug, and the cut
+        // would leave the log without the snapshot's last entry (open would then drop it all).
+        let covered = self.compacted.index.max(self.snapshot().index);
+        if first.index > last.next() || first.index <= covered {
             return Err(WalError::InvalidWrite(format!(
-                "entries from {} do not fit a log holding {}..={last}",
+                "entries from {} do not fit a log holding {}..={last} with entries up to \
+                 {covered} covered by a snapshot",
                 first.index,
                 self.first_index()
             )));
