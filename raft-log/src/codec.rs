@@ -134,7 +134,17 @@ impl<'a> Reader<'a> {
         if count > self.0.len() / 8 {
             return Err(PayloadError::Truncated(what));
         }
-        (0..count).map(|_| self.u64(what).map(NodeId)).collect()
+        // The encoder writes a set in increasing order; anything else was not written by it,
+        // so it is refused rather than silently normalised (found by the payload fuzz target).
+        let mut ids = BTreeSet::new();
+        for _ in 0..count {
+            let id = NodeId(self.u64(what)?);
+            if ids.last().is_some_and(|last| *last >= id) {
+                return Err(PayloadError::Invalid("node ids not in increasing order"));
+            }
+            ids.insert(id);
+        }
+        Ok(ids)
     }
 
     fn rest(&mut self) -> &'a [u8] {
@@ -204,5 +214,23 @@ mod tests {
         assert!(decode_hard_state(&[0; 25]).is_err());
         assert!(decode_hard_state(&[0xff; 24]).is_err(), "a term no engine could reach");
         assert!(decode_entry(&[0xff; 17]).is_err(), "an index no engine could reach");
+    }
+
+    /// Every payload that decodes is exactly what the encoder writes for the result: ids out
+    /// of order or repeated are refused (the fuzz target's round-trip property).
+    #[test]
+    fn configuration_ids_must_be_in_increasing_order() {
+        let config = |ids: &[u64]| {
+            let mut payload = vec![0; 8];
+            payload.extend_from_slice(&1u64.to_le_bytes());
+            payload.push(KIND_CONFIG);
+            payload.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+            ids.iter().for_each(|id| payload.extend_from_slice(&id.to_le_bytes()));
+            payload.extend_from_slice(&[0; 8]); // no outgoing voters, no learners
+            payload
+        };
+        assert!(decode_entry(&config(&[1, 2, 3])).is_ok());
+        assert!(decode_entry(&config(&[2, 1, 3])).is_err());
+        assert!(decode_entry(&config(&[1, 1, 3])).is_err());
     }
 }
