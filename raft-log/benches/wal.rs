@@ -8,10 +8,13 @@
 //!   30 bytes more than its data (13 bytes of record header, 17 of entry header).
 //! - `bare_fdatasync/100_bytes`: a plain file, 100 bytes appended and `sync_data` per
 //!   iteration: the physical limit of `append/1`.
-//! - `open_1gib/<size>`: [`Wal::open`] of a log of 4 KiB entries in 64 MiB segments, built once
-//!   before timing; `RAFT_LOG_BENCH_OPEN_BYTES` sets its size in bytes of entry data (default
-//!   1 GiB) for a quick run. The segments were just written, so they are read from the page
-//!   cache: this is the cost of scanning, checksumming and indexing, not of a cold disk.
+//! - `open_1gib/<mode>/<size>`: [`Wal::open`] of a log of 4 KiB entries in 64 MiB segments,
+//!   built once before timing; `RAFT_LOG_BENCH_OPEN_BYTES` sets its size in bytes of entry data
+//!   (default 1 GiB) for a quick run, and `<size>` is its segments' bytes (throughput: segment
+//!   bytes per second of open). `indexed` is the default open: sealed segments through their
+//!   index files, only the newest segment scanned. `verify_sealed` scans and checksums every
+//!   segment. The files were just written, so they are read from the page cache: this is the
+//!   cost of mapping, scanning, checksumming and indexing, not of a cold disk.
 //! - `read_10k/100_bytes`: `entries(lo, lo + 10_000, u64::MAX)` in the middle of a log of
 //!   20,000 entries of 100 bytes, also from the page cache.
 //!
@@ -195,9 +198,14 @@ fn open_bytes() -> u64 {
     }
 }
 
-/// The bytes of the files in `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).unwrap().map(|item| item.unwrap().metadata().unwrap().len()).sum()
+/// The bytes of the segment files in `dir`.
+fn segment_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|item| item.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "seg"))
+        .map(|path| std::fs::metadata(path).unwrap().len())
+        .sum()
 }
 
 fn open_1gib(c: &mut Criterion) {
@@ -207,17 +215,21 @@ fn open_1gib(c: &mut Criterion) {
     let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("a new log");
     fill(&mut wal, count, OPEN_BATCH_BYTES / OPEN_DATA_BYTES, &data);
     drop(wal);
-    let disk_bytes = dir_bytes(dir.path());
+    let segment_bytes = segment_bytes(dir.path());
     let reopened = Wal::open(dir.path(), WalOptions::default()).expect("reopening");
     assert_eq!(reopened.last_index(), Index(count), "the log holds every entry");
     drop(reopened);
 
     let mut group = c.benchmark_group("open_1gib");
     group.sample_size(10).sampling_mode(SamplingMode::Flat);
-    group.throughput(Throughput::BytesDecimal(disk_bytes));
-    group.bench_function(format!("{}_MiB", disk_bytes >> 20), |b| {
-        b.iter_with_large_drop(|| Wal::open(dir.path(), WalOptions::default()).expect("open"));
-    });
+    group.throughput(Throughput::BytesDecimal(segment_bytes));
+    for (mode, verify_sealed) in [("indexed", false), ("verify_sealed", true)] {
+        let options = WalOptions { verify_sealed, ..WalOptions::default() };
+        let id = BenchmarkId::new(mode, format!("{}_MiB", segment_bytes >> 20));
+        group.bench_function(id, |b| {
+            b.iter_with_large_drop(|| Wal::open(dir.path(), options.clone()).expect("open"));
+        });
+    }
     group.finish();
 }
 
