@@ -264,16 +264,16 @@ mod tests {
         assert!(refused(&[ConfChange::AddVoter(NodeId(0))]), "node 0");
     }
 
+    /// A configuration entry of term 1 at `index` naming `voters`.
+    fn config_entry(index: u64, voters: &[u64]) -> Entry {
+        let kind = EntryKind::Config(Box::new(Membership::new(ids(voters))));
+        Entry { term: crate::types::Term(1), index: Index(index), kind, data: Bytes::new() }
+    }
+
     #[test]
     fn history_follows_appends_truncations_and_commits() {
-        let entry = |index, voters: &[u64]| Entry {
-            term: crate::types::Term(1),
-            index: Index(index),
-            kind: EntryKind::Config(Box::new(Membership::new(ids(voters)))),
-            data: Bytes::new(),
-        };
         let mut history = ConfigHistory::new(Index(0), Membership::new(ids(&[1])));
-        history.appended(&[entry(3, &[1, 2]), entry(5, &[1, 2, 3])]);
+        history.appended(&[config_entry(3, &[1, 2]), config_entry(5, &[1, 2, 3])]);
         assert_eq!(history.latest().voters, ids(&[1, 2, 3]));
         history.truncated_from(Index(4));
         assert_eq!(history.latest().voters, ids(&[1, 2]), "the truncated config is forgotten");
@@ -288,14 +288,8 @@ mod tests {
     /// be the only one holding that entry); once the removal commits, it may not.
     #[test]
     fn a_node_removed_by_an_uncommitted_entry_may_still_campaign() {
-        let config = |index, voters: &[u64]| Entry {
-            term: crate::types::Term(1),
-            index: Index(index),
-            kind: EntryKind::Config(Box::new(Membership::new(ids(voters)))),
-            data: Bytes::new(),
-        };
         let mut history = ConfigHistory::new(Index(0), Membership::new(ids(&[1, 2])));
-        history.appended(&[config(2, &[2])]);
+        history.appended(&[config_entry(2, &[2])]);
         assert!(!history.latest().is_voter(NodeId(1)));
         assert!(history.may_campaign(NodeId(1)), "node 1 may still be needed");
         history.committed_to(Index(2));

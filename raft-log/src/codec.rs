@@ -52,8 +52,22 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
     }
 }
 
-/// Decodes an entry payload.
+/// Decodes an entry payload (a normal entry's data is copied out of it).
 pub fn decode_entry(payload: &[u8]) -> Result<Entry, PayloadError> {
+    decode_entry_with(payload, Bytes::copy_from_slice)
+}
+
+/// Decodes an entry payload; a normal entry's data shares the payload's buffer (no copy).
+pub fn decode_entry_shared(payload: &Bytes) -> Result<Entry, PayloadError> {
+    decode_entry_with(payload, |data| payload.slice_ref(data))
+}
+
+/// Decodes an entry payload, turning a normal entry's data (a slice of `payload`) into
+/// `Bytes` with `data_of`.
+fn decode_entry_with(
+    payload: &[u8],
+    data_of: impl FnOnce(&[u8]) -> Bytes,
+) -> Result<Entry, PayloadError> {
     let mut reader = Reader(payload);
     let term = Term(reader.u64("term")?);
     let index = Index(reader.u64("index")?);
@@ -62,7 +76,7 @@ pub fn decode_entry(payload: &[u8]) -> Result<Entry, PayloadError> {
     }
     let kind = match reader.u8("entry kind")? {
         KIND_NORMAL => {
-            let data = Bytes::copy_from_slice(reader.rest());
+            let data = data_of(reader.rest());
             return Ok(Entry { term, index, kind: EntryKind::Normal, data });
         }
         KIND_NOOP => EntryKind::Noop,

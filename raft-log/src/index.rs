@@ -24,6 +24,7 @@
 use crate::record;
 use crate::vfs::MappedBytes;
 use raft_core::{HardState, Index, NodeId, Term};
+use std::borrow::Cow;
 use thiserror::Error;
 
 const MAGIC: &[u8; 4] = b"RLIX";
@@ -242,11 +243,24 @@ impl SegmentIndex {
         self.len() == 0
     }
 
-    /// Every location, in order.
-    pub fn to_vec(&self) -> Vec<Location> {
+    /// Every location, in order (borrowed when they are in memory).
+    pub fn locations(&self) -> Cow<'_, [Location]> {
         match self {
-            SegmentIndex::Mapped { .. } => (0..self.len()).map_while(|i| self.get(i)).collect(),
-            SegmentIndex::Memory(locations) => locations.clone(),
+            SegmentIndex::Mapped { .. } => {
+                Cow::Owned((0..self.len()).map_while(|i| self.get(i)).collect())
+            }
+            SegmentIndex::Memory(locations) => Cow::Borrowed(locations),
+        }
+    }
+
+    /// Keeps the first `len` locations, in memory (the segment is being cut and becomes the
+    /// newest).
+    pub fn truncate(&mut self, len: usize) {
+        if let SegmentIndex::Mapped { .. } = self {
+            *self = SegmentIndex::Memory(self.locations().into_owned());
+        }
+        if let SegmentIndex::Memory(locations) = self {
+            locations.truncate(len);
         }
     }
 

@@ -71,19 +71,42 @@ pub enum Decoded<'a> {
 }
 
 /// Appends the record for `payload` to `out`.
+///
+/// # Panics
+/// If `payload` is longer than [`PAYLOAD_LEN_MAX`] (a caller bug: use [`encode_with`] for
+/// payloads whose size is not known to fit).
 pub fn encode(kind: RecordKind, payload: &[u8], out: &mut Vec<u8>) {
-    let len = u32::try_from(payload.len()).expect("payload fits a record");
-    assert!(len <= PAYLOAD_LEN_MAX, "record payload of {len} bytes is too large");
+    encode_with(kind, out, |out| out.extend_from_slice(payload))
+        .expect("record payload within PAYLOAD_LEN_MAX");
+}
+
+/// Appends a record whose payload `write_payload` appends to `out` in place (no payload
+/// buffer, no copy), and returns the payload's length. If the payload exceeds
+/// [`PAYLOAD_LEN_MAX`], `out` is left as it was and the length is the error.
+pub fn encode_with(
+    kind: RecordKind,
+    out: &mut Vec<u8>,
+    write_payload: impl FnOnce(&mut Vec<u8>),
+) -> Result<u32, usize> {
     let start = out.len();
-    out.extend_from_slice(&len.to_le_bytes());
-    out.push(kind as u8);
-    let header_crc = crc32fast::hash(&out[start..start + 5]);
-    out.extend_from_slice(&header_crc.to_le_bytes());
+    out.resize(start + HEADER_LEN, 0);
+    write_payload(out);
+    let payload_len = out.len() - start - HEADER_LEN;
+    let Some(len) = u32::try_from(payload_len).ok().filter(|&len| len <= PAYLOAD_LEN_MAX) else {
+        out.truncate(start);
+        return Err(payload_len);
+    };
+    let header = &mut out[start..start + HEADER_LEN];
+    header[..4].copy_from_slice(&len.to_le_bytes());
+    header[4] = kind as u8;
+    let header_crc = crc32fast::hash(&header[..5]);
+    header[5..9].copy_from_slice(&header_crc.to_le_bytes());
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&out[start..start + 5]);
-    hasher.update(payload);
-    out.extend_from_slice(&hasher.finalize().to_le_bytes());
-    out.extend_from_slice(payload);
+    hasher.update(&out[start + HEADER_LEN..]);
+    let crc = hasher.finalize();
+    out[start + 9..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    Ok(len)
 }
 
 /// Decodes the record at the start of `buf`.

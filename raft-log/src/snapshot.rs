@@ -14,7 +14,7 @@
 //! ```
 
 use crate::codec::{self, PayloadError};
-use crate::vfs::Vfs;
+use crate::vfs::{remove_if_present, Vfs};
 use bytes::Bytes;
 use raft_core::{Entry, EntryKind, Index, SnapshotMeta, Term};
 use std::io;
@@ -115,9 +115,7 @@ pub fn write(
 ) -> Result<SnapshotFile, SnapshotError> {
     let path = dir.join(file_name(meta));
     let temp = dir.join(format!("{}.tmp", file_name(meta)));
-    if vfs.list(dir).map_err(io_error(dir))?.contains(&temp) {
-        vfs.remove(&temp).map_err(io_error(&temp))?;
-    }
+    remove_if_present(vfs, &temp).map_err(io_error(&temp))?;
     let mut head = Vec::new();
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&VERSION.to_le_bytes());

@@ -59,6 +59,14 @@ pub trait VfsFile: Send + Sync {
     fn set_len(&mut self, len: u64) -> io::Result<()>;
 }
 
+/// Removes `path` if it exists (durable once the directory is synced).
+pub fn remove_if_present(vfs: &dyn Vfs, path: &Path) -> io::Result<()> {
+    match vfs.remove(path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        result => result,
+    }
+}
+
 /// The real file system.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StdVfs;
@@ -185,25 +193,25 @@ impl FakeVfs {
 
     /// The disk after a power cut now: only synced bytes and names remain.
     pub fn crash(&self) -> FakeVfs {
-        let disk = self.disk();
-        let mut after = FakeDisk::default();
-        for (name, &inode) in &disk.durable_names {
-            let synced = disk.inodes[inode].synced.clone();
-            after.inodes.push(Inode { written: synced.clone(), synced });
-            after.names.insert(name.clone(), after.inodes.len() - 1);
-        }
-        after.durable_names = after.names.clone();
-        FakeVfs { disk: Arc::new(Mutex::new(after)) }
+        self.image(true)
     }
 
     /// The disk after the process was killed now: everything written remains (the kernel
     /// still has it), and a reboot would not lose it either.
     pub fn kill(&self) -> FakeVfs {
+        self.image(false)
+    }
+
+    /// A new disk holding, as written and synced, either only what is durable now
+    /// (`power_cut`) or everything written.
+    fn image(&self, power_cut: bool) -> FakeVfs {
         let disk = self.disk();
+        let names = if power_cut { &disk.durable_names } else { &disk.names };
         let mut after = FakeDisk::default();
-        for (name, &inode) in &disk.names {
-            let written = disk.inodes[inode].written.clone();
-            after.inodes.push(Inode { synced: written.clone(), written });
+        for (name, &inode) in names {
+            let inode = &disk.inodes[inode];
+            let bytes = if power_cut { &inode.synced } else { &inode.written };
+            after.inodes.push(Inode { written: bytes.clone(), synced: bytes.clone() });
             after.names.insert(name.clone(), after.inodes.len() - 1);
         }
         after.durable_names = after.names.clone();

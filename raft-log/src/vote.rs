@@ -110,19 +110,14 @@ impl VoteFile {
     /// `create` and it is missing. `Ok(None)` if it is missing and not to be created.
     pub fn open(vfs: &dyn Vfs, dir: &Path, create: bool) -> Result<Option<VoteFile>, VoteError> {
         let path = dir.join(FILE_NAME);
-        if !vfs.list(dir).map_err(io_error(dir))?.contains(&path) {
-            if !create {
-                return Ok(None);
+        let mut file = match vfs.open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound && create => {
+                return VoteFile::create(vfs, dir, path).map(Some);
             }
-            let mut file = vfs.create_new(&path).map_err(io_error(&path))?;
-            let mut both = encode_slot(0, Vote::default()).to_vec();
-            both.extend_from_slice(&[0; SLOT_BYTES]);
-            file.write_at(&both, 0).map_err(io_error(&path))?;
-            file.sync().map_err(io_error(&path))?;
-            vfs.sync_dir(dir).map_err(io_error(dir))?;
-            return Ok(Some(VoteFile { path, file, sequence: 0, current: Vote::default() }));
-        }
-        let mut file = vfs.open(&path).map_err(io_error(&path))?;
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(io_error(&path)(error)),
+        };
         let bytes = file.read_all().map_err(io_error(&path))?;
         let slots = [0, SLOT_BYTES].map(|at| bytes.get(at..at + SLOT_BYTES).and_then(decode_slot));
         let newest = slots.into_iter().flatten().max_by_key(|(sequence, _)| *sequence);
@@ -130,6 +125,17 @@ impl VoteFile {
             return Err(VoteError::Corrupt { path });
         };
         Ok(Some(VoteFile { path, file, sequence, current }))
+    }
+
+    /// Creates the file at `path` holding term 0 and no vote, durably (file and directory).
+    fn create(vfs: &dyn Vfs, dir: &Path, path: PathBuf) -> Result<VoteFile, VoteError> {
+        let mut file = vfs.create_new(&path).map_err(io_error(&path))?;
+        let mut both = encode_slot(0, Vote::default()).to_vec();
+        both.extend_from_slice(&[0; SLOT_BYTES]);
+        file.write_at(&both, 0).map_err(io_error(&path))?;
+        file.sync().map_err(io_error(&path))?;
+        vfs.sync_dir(dir).map_err(io_error(dir))?;
+        Ok(VoteFile { path, file, sequence: 0, current: Vote::default() })
     }
 
     /// The durable term and vote.

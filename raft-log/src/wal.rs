@@ -29,7 +29,7 @@ use crate::index::{self, IndexHeader, Location, SegmentIndex};
 use crate::record::{self, RecordKind};
 use crate::segment::{OpenMode, Segment, SegmentError};
 use crate::snapshot::{self, SnapshotError, SnapshotFile};
-use crate::vfs::{StdVfs, Vfs};
+use crate::vfs::{remove_if_present, StdVfs, Vfs};
 use crate::vote::{Vote, VoteError, VoteFile};
 use raft_core::{EntryId, HardState, Index, LogStore, SnapshotMeta};
 use std::path::{Path, PathBuf};
@@ -155,9 +155,10 @@ pub struct Wal {
     /// The entry before the first one served (index 0 if none was compacted). Invariant:
     /// `compacted.index <= snapshot index` and it is held or is the snapshot's last entry.
     compacted: EntryId,
+    /// The durable term and vote.
     vote_file: VoteFile,
-    /// The durable hard state: term and vote from the vote file, commit from the log.
-    hard_state: HardState,
+    /// The commit index as the log last recorded it (a hint; see [`Wal::hard_state`]).
+    commit: Index,
     snapshot: Option<SnapshotFile>,
     read_only: bool,
     report: RecoveryReport,
@@ -194,7 +195,6 @@ impl Wal {
             }
         };
         let snapshot = snapshot::open_latest(&*vfs, dir)?;
-        let Vote { term, vote } = vote_file.current();
         let mut wal = Wal {
             vfs,
             dir: dir.to_path_buf(),
@@ -202,7 +202,7 @@ impl Wal {
             segments: Vec::new(),
             compacted: EntryId::default(),
             vote_file,
-            hard_state: HardState { term, vote, commit: Index(0) },
+            commit: Index(0),
             snapshot,
             read_only: false,
             report: RecoveryReport::default(),
@@ -212,7 +212,7 @@ impl Wal {
         wal.check_terms()?;
         // The commit index is only a hint (the leader tells it again); a torn batch may have
         // kept the hint and lost entries, so it is clamped.
-        wal.hard_state.commit = wal.hard_state.commit.min(wal.last_index());
+        wal.commit = wal.commit.min(wal.last_index());
         Ok(wal)
     }
 
@@ -258,7 +258,7 @@ impl Wal {
         self.report.torn_bytes += recovery.torn_bytes;
         let cut = recovery.repaired_from.is_some();
         if let Some(offset) = recovery.repaired_from {
-            self.vfs.remove(&index_path(&self.dir, first)).ok();
+            self.remove_index_file(first)?;
             self.report.repaired_from = Some((path.to_path_buf(), offset));
         }
         let locations = self.read_locations(path, first, &bytes)?;
@@ -285,7 +285,7 @@ impl Wal {
             return Ok(None);
         };
         if let Some(hard_state) = hard_state {
-            self.hard_state.commit = hard_state.commit;
+            self.commit = hard_state.commit;
         }
         Ok(Some(SegmentFile { first, segment, index }))
     }
@@ -306,7 +306,7 @@ impl Wal {
             match scanned.kind {
                 RecordKind::HardState => {
                     let hard_state = codec::decode_hard_state(scanned.payload).map_err(bad)?;
-                    self.hard_state.commit = hard_state.commit;
+                    self.commit = hard_state.commit;
                 }
                 RecordKind::Entry => {
                     let entry = codec::decode_entry(scanned.payload).map_err(bad)?;
@@ -331,14 +331,14 @@ impl Wal {
         segment_len: u64,
         locations: &[Location],
     ) -> Result<(), WalError> {
-        let hard_state = Some(self.hard_state);
+        let hard_state = Some(self.hard_state());
         let count = locations.len() as u64;
         let header = IndexHeader { first, segment_len, count, hard_state };
         let mut bytes = Vec::with_capacity(64 + locations.len() * 20 + 4);
         index::encode(&header, locations, &mut bytes);
         let path = index_path(&self.dir, first);
         let temp = path.with_extension("idx.tmp");
-        self.vfs.remove(&temp).ok();
+        remove_if_present(&*self.vfs, &temp).map_err(io_error(&temp))?;
         let mut file = self.vfs.create_new(&temp).map_err(io_error(&temp))?;
         file.write_at(&bytes, 0).map_err(io_error(&temp))?;
         self.vfs.rename(&temp, &path).map_err(io_error(&path))
@@ -375,10 +375,10 @@ impl Wal {
     /// No entry may be of a term the vote file has not reached: the term is saved first.
     fn check_terms(&self) -> Result<(), WalError> {
         let last_term = self.physical_term(self.last_index()).unwrap_or_default();
-        if last_term > self.hard_state.term {
+        let term = self.vote_file.current().term;
+        if last_term > term {
             let reason = format!(
-                "the last entry is of term {last_term} but the vote file holds term {}",
-                self.hard_state.term
+                "the last entry is of term {last_term} but the vote file holds term {term}"
             );
             return Err(WalError::Inconsistent { dir: self.dir.clone(), reason });
         }
@@ -397,9 +397,16 @@ impl Wal {
 
     /// Removes a segment's index file, then the segment (the caller syncs the directory).
     fn remove_segment_files(&self, first: Index) -> Result<(), WalError> {
-        self.vfs.remove(&index_path(&self.dir, first)).ok(); // a cache: may be missing
+        self.remove_index_file(first)?;
         let path = segment_path(&self.dir, first);
         self.vfs.remove(&path).map_err(io_error(&path))
+    }
+
+    /// Removes a segment's index file, before the segment changes or goes. It is a cache, so
+    /// it may be missing (never written, or lost in a crash).
+    fn remove_index_file(&self, first: Index) -> Result<(), WalError> {
+        let path = index_path(&self.dir, first);
+        remove_if_present(&*self.vfs, &path).map_err(io_error(&path))
     }
 
     fn sync_dir(&self) -> Result<(), WalError> {
@@ -410,8 +417,7 @@ impl Wal {
     /// index file is written) if there is one.
     fn roll(&mut self, first: Index) -> Result<(), WalError> {
         if let Some(active) = self.segments.last() {
-            let locations = active.index.to_vec();
-            self.write_index(active.first, active.segment.len(), &locations)?;
+            self.write_index(active.first, active.segment.len(), &active.index.locations())?;
         }
         let path = segment_path(&self.dir, first);
         let segment = Segment::create(&*self.vfs, &path)?;
@@ -426,9 +432,11 @@ impl Wal {
         &self.report
     }
 
-    /// The durable hard state.
+    /// The durable hard state: the term and vote from the vote file, and the commit index the
+    /// log last recorded (a hint the leader repeats, clamped to the last entry at open).
     pub fn hard_state(&self) -> HardState {
-        self.hard_state
+        let Vote { term, vote } = self.vote_file.current();
+        HardState { term, vote, commit: self.commit }
     }
 }
 

@@ -250,3 +250,28 @@ fn a_batch_reaching_into_the_snapshot_is_refused() {
     assert_eq!(reopened.entries(Index(1), Index(9), u64::MAX).unwrap(), entries[..8]);
     assert_eq!(reopened.entries(Index(9), Index(13), u64::MAX).unwrap(), replacing[3..]);
 }
+
+/// Figure 2: the current term is on stable storage before anything that depends on it. A
+/// batch that raises the term and carries entries of that term, stopped by a power cut after
+/// any of its syncs, never leaves an entry of a term the durable term has not reached (the
+/// open would refuse such a log).
+#[test]
+fn the_term_is_durable_before_its_entries() {
+    for steps in 0.. {
+        let (vfs, entries) = written_log(6);
+        let mut wal = open(&vfs, small_segments()).unwrap();
+        vfs.fail_syncs_after(steps);
+        let written = wal.write(Some(hard_state(4, 6)), &[entry(4, 7), entry(4, 8)]).is_ok();
+        let after = open(&vfs.crash(), small_segments())
+            .unwrap_or_else(|e| panic!("after {steps} syncs: {e}"));
+        let kept = all_entries(&after).unwrap();
+        assert_eq!(kept[..6], entries[..], "after {steps} syncs");
+        if kept.len() > 6 {
+            assert_eq!(after.hard_state().term, Term(4), "after {steps} syncs");
+        }
+        if written {
+            assert_eq!(kept.len(), 8, "after {steps} syncs: an acknowledged batch was lost");
+            break;
+        }
+    }
+}

@@ -16,7 +16,7 @@ use raft_log::index::{self, SegmentIndex};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(header) = index::decode(data) else { return };
-    let locations = SegmentIndex::mapped(Box::new(data.to_vec())).expect("decoded once").to_vec();
+    let locations = SegmentIndex::mapped(Box::new(data.to_vec())).expect("decoded once").locations().into_owned();
     assert_eq!(locations.len() as u64, header.count);
     for pair in locations.windows(2) {
         assert!(pair[0].end() <= pair[1].offset && pair[0].term <= pair[1].term);

@@ -5,6 +5,7 @@ use super::{SegmentFile, Wal};
 use crate::codec;
 use crate::index::Location;
 use crate::record::{self, RecordKind, ScanEnd};
+use bytes::Bytes;
 use raft_core::{Entry, Index, LogStore, SnapshotMeta, StoreError, Term};
 
 /// An upper bound of [`Entry::size_bytes`] from the payload length: a normal entry's payload
@@ -57,6 +58,9 @@ impl Wal {
         let path = segment.segment.path();
         let damaged = |what: String| unavailable(format!("{}: {what}", path.display()));
         segment.segment.read_at(&mut buf, first.offset).map_err(|e| damaged(e.to_string()))?;
+        // The entries' data share this one buffer (no copy per entry); it lives as long as any
+        // of them, and its size is bounded by the caller's budget or one segment.
+        let buf = Bytes::from(buf);
         let (records, scan_end) = record::scan(&buf);
         if scan_end != ScanEnd::Clean {
             return Err(damaged(format!(
@@ -66,7 +70,8 @@ impl Wal {
         }
         let mut entries = Vec::new();
         for scanned in records.into_iter().filter(|r| r.kind == RecordKind::Entry) {
-            let entry = codec::decode_entry(scanned.payload).map_err(|e| damaged(e.to_string()))?;
+            let payload = buf.slice_ref(scanned.payload);
+            let entry = codec::decode_entry_shared(&payload).map_err(|e| damaged(e.to_string()))?;
             if entry.index != lo.plus(entries.len() as u64) {
                 return Err(damaged(format!("entry {} out of place", entry.index)));
             }

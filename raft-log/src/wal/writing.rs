@@ -35,9 +35,9 @@ impl Wal {
         if active.segment.len() > self.options.segment_bytes_max && !active.index.is_empty() {
             self.roll(self.last_index().next())?;
         }
-        let commit_changed = hard_state.is_some_and(|h| h.commit != self.hard_state.commit);
+        let commit_changed = hard_state.is_some_and(|h| h.commit != self.commit);
         if let Some(hard_state) = hard_state {
-            self.hard_state.commit = hard_state.commit;
+            self.commit = hard_state.commit;
         }
         if !commit_changed && entries.is_empty() {
             return Ok(()); // nothing new for the log: no write, no fdatasync
@@ -58,9 +58,9 @@ impl Wal {
         hard_state: Option<HardState>,
         entries: &[Entry],
     ) -> Result<(), WalError> {
-        let term = hard_state.map_or(self.hard_state.term, |h| h.term);
-        if term < self.hard_state.term {
-            let durable = self.hard_state.term;
+        let durable = self.vote_file.current().term;
+        let term = hard_state.map_or(durable, |h| h.term);
+        if term < durable {
             return Err(WalError::InvalidWrite(format!("term {term} is older than {durable}")));
         }
         let Some(first) = entries.first() else { return Ok(()) };
@@ -94,7 +94,6 @@ impl Wal {
             self.read_only = true;
             return Err(error.into());
         }
-        (self.hard_state.term, self.hard_state.vote) = (vote.term, vote.vote);
         Ok(())
     }
 
@@ -106,30 +105,28 @@ impl Wal {
         entries: &[Entry],
     ) -> Result<(Vec<u8>, Vec<Location>), WalError> {
         let mut buf = Vec::with_capacity(entries.iter().map(|e| e.data.len() + 40).sum());
-        let mut payload = Vec::new();
         if with_hard_state {
-            codec::encode_hard_state(&self.hard_state, &mut payload);
-            record::encode(RecordKind::HardState, &payload, &mut buf);
+            let hard_state = self.hard_state();
+            record::encode_with(RecordKind::HardState, &mut buf, |out| {
+                codec::encode_hard_state(&hard_state, out)
+            })
+            .expect("a hard state is 24 bytes");
         }
         let base = self.segments.last().expect("a log always has a segment").segment.len();
         let mut written = Vec::with_capacity(entries.len());
         for entry in entries {
-            payload.clear();
-            codec::encode_entry(entry, &mut payload);
-            let payload_len = u32::try_from(payload.len())
-                .ok()
-                .filter(|&len| len <= record::PAYLOAD_LEN_MAX)
-                .ok_or_else(|| {
-                    WalError::InvalidWrite(format!(
-                        "entry {} of {} bytes exceeds the record limit of {} bytes",
-                        entry.index,
-                        payload.len(),
-                        record::PAYLOAD_LEN_MAX
-                    ))
-                })?;
             let offset = base + buf.len() as u64;
+            let encoded = record::encode_with(RecordKind::Entry, &mut buf, |out| {
+                codec::encode_entry(entry, out)
+            });
+            let payload_len = encoded.map_err(|len| {
+                WalError::InvalidWrite(format!(
+                    "entry {} of {len} bytes exceeds the record limit of {} bytes",
+                    entry.index,
+                    record::PAYLOAD_LEN_MAX
+                ))
+            })?;
             written.push(Location { term: entry.term, offset, payload_len });
-            record::encode(RecordKind::Entry, &payload, &mut buf);
         }
         Ok((buf, written))
     }
@@ -153,16 +150,14 @@ impl Wal {
                 self.remove_segment_files(gone.first)?;
             }
             let first = self.segments[position].first;
-            self.vfs.remove(&super::index_path(&self.dir, first)).ok();
+            self.remove_index_file(first)?;
             self.sync_dir()?;
         }
         // Synced before anything is appended over the cut: a crash must not leave old records
         // behind the new ones, which would read as damage in the middle of the segment.
         let active = self.segments.last_mut().expect("a log always has a segment");
         active.segment.truncate(at.offset)?;
-        let mut locations = active.index.to_vec();
-        locations.truncate((index.0 - active.first.0) as usize);
-        active.index = SegmentIndex::Memory(locations);
+        active.index.truncate((index.0 - active.first.0) as usize);
         Ok(())
     }
 
