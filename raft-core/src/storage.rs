@@ -66,6 +66,17 @@ impl MemLogStore {
         self.entries.extend_from_slice(entries);
     }
 
+    /// Drops every entry after `last`: a cut whose new entries never arrived, as when a
+    /// crash stops a batch after its cut was made durable.
+    ///
+    /// # Panics
+    /// If `last` is below the compacted prefix: compacted entries are committed and are
+    /// never cut (a host bug).
+    pub fn truncate_after(&mut self, last: Index) {
+        assert!(last >= self.compacted.index, "cut at {last} below the compacted prefix");
+        self.entries.truncate((last.0 - self.compacted.index.0) as usize);
+    }
+
     /// Records a snapshot the host's state machine took at `index` (which must be held or
     /// be the last compacted entry), with the configuration at that point. The log is unchanged;
     /// [`MemLogStore::compact`] may then drop the prefix it covers.

@@ -87,9 +87,9 @@ pub enum WalError {
     /// A write asked for something the log cannot do.
     #[error("invalid write: {0}")]
     InvalidWrite(String),
-    /// An earlier `fdatasync` failed: the page cache may have dropped data, so the log
-    /// refuses every write from then on rather than acknowledge anything.
-    #[error("the log is read-only after a failed sync")]
+    /// An earlier write or `fdatasync` failed: the page cache may have dropped data, so the
+    /// log refuses every change from then on rather than acknowledge anything. Reopen it.
+    #[error("the log is read-only after a failed write or sync; reopen it")]
     ReadOnly,
 }
 

@@ -1,7 +1,8 @@
 //! The write-ahead log against raft-core's `MemLogStore`, the in-memory reference model: random
 //! runs of batches (continuing the log or replacing a conflicting suffix, paper §5.3), hard
-//! states, snapshots, compactions (paper §7), snapshot installs from a leader, restarts and
-//! power cuts on a `FakeVfs`, with segments small enough that many are sealed, indexed and
+//! states, snapshots, compactions (paper §7), snapshot installs from a leader, restarts,
+//! power cuts, and power cuts after a batch whose syncs the disk failed part-way, on a
+//! `FakeVfs`, with segments small enough that many are sealed, indexed and
 //! compacted. After every step the log must answer every `LogStore` question as the model
 //! does, and hold the model's hard state and snapshot.
 //!
@@ -70,6 +71,10 @@ enum Op {
     Reopen,
     /// The power goes; only synced bytes and names remain.
     PowerCut,
+    /// An `Append` during which the disk lets `syncs_ok` more syncs succeed and then fails
+    /// every one; then the power goes. A refused batch may have left any of its durable
+    /// steps behind (the vote file, a cut, a roll-over), never part of its entries.
+    AppendThenPowerCut { syncs_ok: u8, count: u8, conflict_back: u8, new_term: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -94,6 +99,14 @@ fn op() -> impl Strategy<Value = Op> {
         2 => install,
         1 => Just(Op::Reopen),
         1 => Just(Op::PowerCut),
+        1 => (0..4u8, 1..=8u8, 0..=6u8, any::<bool>()).prop_map(
+            |(syncs_ok, count, conflict_back, new_term)| Op::AppendThenPowerCut {
+                syncs_ok,
+                count,
+                conflict_back,
+                new_term
+            }
+        ),
     ]
 }
 
@@ -157,6 +170,8 @@ struct Harness {
     /// Numbers every entry and snapshot, so that no two hold the same bytes.
     serial: u64,
     probe: Probe,
+    /// Set while an `AppendThenPowerCut` runs: the syncs that may still succeed.
+    syncs_ok: Option<u8>,
     /// What each step did, resolved, for the failure message: (step, what).
     trace: Vec<(usize, String)>,
     step: usize,
@@ -199,6 +214,7 @@ fn run(segment_bytes_max: u64, seed: u64, ops: &[Op]) -> Result<(), String> {
         snapshot_data: None,
         serial: 0,
         probe: Probe(seed),
+        syncs_ok: None,
         trace: Vec::new(),
         step: 0,
     };
@@ -228,6 +244,13 @@ impl Harness {
             Op::InstallSnapshot { at, kind, new_term } => self.install_snapshot(at, kind, new_term),
             Op::Reopen => self.reopen(false),
             Op::PowerCut => self.reopen(true),
+            Op::AppendThenPowerCut { syncs_ok, count, conflict_back, new_term } => {
+                self.syncs_ok = Some(syncs_ok);
+                let appended = self.append(count, conflict_back, new_term, false, 0);
+                self.syncs_ok = None;
+                appended?;
+                self.reopen(true)
+            }
         }
     }
 
@@ -274,9 +297,23 @@ impl Harness {
     }
 
     fn write(&mut self, hard_state: HardState, entries: &[Entry]) -> Result<(), String> {
-        self.wal
-            .write(Some(hard_state), entries)
-            .map_err(|e| format!("write of {hard_state:?} refused: {e}"))?;
+        if let Some(syncs_ok) = self.syncs_ok {
+            self.note(format!("the disk fails every sync after {syncs_ok} more"));
+            self.vfs.fail_syncs_after(u64::from(syncs_ok));
+            if self.wal.write(Some(hard_state), entries).is_err() {
+                return self.reopen_after_refused_write(hard_state, entries);
+            }
+        } else {
+            self.wal
+                .write(Some(hard_state), entries)
+                .map_err(|e| format!("write of {hard_state:?} refused: {e}"))?;
+        }
+        self.remember(hard_state, entries);
+        Ok(())
+    }
+
+    /// The model after a write the log acknowledged.
+    fn remember(&mut self, hard_state: HardState, entries: &[Entry]) {
         self.model.append(entries);
         if let Some(first) = entries.first() {
             self.known.split_off(&first.index.0);
@@ -284,7 +321,6 @@ impl Harness {
         }
         self.hard_state = hard_state;
         self.commit_max = self.commit_max.max(hard_state.commit);
-        Ok(())
     }
 
     fn append(
@@ -411,6 +447,45 @@ impl Harness {
         let image = if power_cut { self.vfs.crash() } else { self.vfs.kill() };
         self.wal = open(&image, &self.options)?;
         self.vfs = image;
+        self.reconcile(power_cut)
+    }
+
+    /// After a batch the log refused because a sync failed, the power goes. The batch was
+    /// never acknowledged, so the log may come back without it or, if its last sync reached
+    /// the disk before failing was reported, with it (not here: a failed sync keeps
+    /// nothing). What it may not do is keep part of its entries, or lose an acknowledged
+    /// entry the batch did not replace. Its durable steps may survive: the new term and
+    /// vote (saved first) and the cut of a conflicting suffix (a suffix no leader
+    /// acknowledged as committed, or the batch would not replace it).
+    fn reopen_after_refused_write(
+        &mut self,
+        hard_state: HardState,
+        entries: &[Entry],
+    ) -> Result<(), String> {
+        self.note("the batch is refused; power cut".into());
+        let image = self.vfs.crash();
+        self.wal = open(&image, &self.options)?;
+        self.vfs = image;
+        let durable = self.wal.hard_state();
+        if (durable.term, durable.vote) == (hard_state.term, hard_state.vote) {
+            self.hard_state = HardState { commit: self.hard_state.commit, ..hard_state };
+        }
+        let (first, old_last) = (entries[0].index.0, self.model.last_index().0);
+        let last = self.wal.last_index().0;
+        ensure!(
+            (first - 1..=old_last).contains(&last),
+            "the log ends at {last}: neither the old log (to {old_last}) nor cut at {first}"
+        );
+        if last < old_last {
+            self.note(format!("the cut at {first} survived: the log ends at {last}"));
+            self.known.split_off(&(last + 1));
+            self.model.truncate_after(Index(last));
+        }
+        self.reconcile(true)
+    }
+
+    /// Checks what a reopening may change and reconciles the model with it.
+    fn reconcile(&mut self, power_cut: bool) -> Result<(), String> {
         let report = self.wal.recovery_report().clone();
         ensure!(report.torn_bytes == 0, "a torn tail though every write was synced: {report:?}");
         ensure!(report.repaired_from.is_none(), "repaired: {report:?}");

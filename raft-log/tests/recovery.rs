@@ -174,6 +174,22 @@ fn a_failed_vote_sync_makes_the_log_read_only_too() {
     assert_eq!(open(&vfs.crash(), small_segments()).unwrap().hard_state().term, Term(3));
 }
 
+/// A cut syncs the segment it shortens before the new entries go in; when that sync fails
+/// the batch is refused and so is every later change, compaction included.
+#[test]
+fn a_failed_sync_in_a_cut_makes_the_log_read_only() {
+    let (vfs, entries) = written_log(9);
+    let mut wal = open(&vfs, small_segments()).unwrap();
+    vfs.fail_syncs();
+    // No new term (its vote-file sync would fail first): the cut's own syncs fail.
+    let replacing = [entry(3, 5)];
+    assert!(wal.write(None, &replacing).is_err());
+    assert!(matches!(wal.compact(Index(0)), Err(WalError::ReadOnly)));
+    assert!(matches!(wal.write(None, &replacing), Err(WalError::ReadOnly)));
+    let reopened = open(&vfs.crash(), small_segments()).unwrap();
+    assert_eq!(all_entries(&reopened).unwrap(), entries, "nothing of the refused batch");
+}
+
 fn snapshot_meta(index: u64, term: u64) -> SnapshotMeta {
     let membership = Membership::new([NodeId(1), NodeId(2), NodeId(3)]);
     SnapshotMeta { index: Index(index), term: Term(term), membership }

@@ -18,9 +18,33 @@ impl Wal {
         hard_state: Option<HardState>,
         entries: &[Entry],
     ) -> Result<(), WalError> {
+        self.guarded(|wal| wal.write_batch(hard_state, entries))
+    }
+
+    /// Runs a change unless the log is read-only, and makes it read-only if the change fails
+    /// for any reason but an invalid request (which is refused before anything is touched).
+    /// A failed write or sync may have left the files and this log's view of them apart, and
+    /// a failed `fdatasync` may have dropped dirty pages: retrying could acknowledge data
+    /// that is not on disk. Reopening the log reads the truth back.
+    fn guarded<T>(
+        &mut self,
+        change: impl FnOnce(&mut Wal) -> Result<T, WalError>,
+    ) -> Result<T, WalError> {
         if self.read_only {
             return Err(WalError::ReadOnly);
         }
+        let result = change(self);
+        if matches!(result, Err(ref error) if !matches!(error, WalError::InvalidWrite(_))) {
+            self.read_only = true;
+        }
+        result
+    }
+
+    fn write_batch(
+        &mut self,
+        hard_state: Option<HardState>,
+        entries: &[Entry],
+    ) -> Result<(), WalError> {
         self.check_batch(hard_state, entries)?;
         if let Some(hard_state) = hard_state {
             // Before the entries: a torn batch must never leave an entry of a term the
@@ -87,14 +111,10 @@ impl Wal {
         Ok(())
     }
 
-    /// Saves the term and vote if they changed; a failed sync makes the log read-only.
+    /// Saves the term and vote if they changed.
     fn save_vote(&mut self, hard_state: HardState) -> Result<(), WalError> {
         let vote = Vote { term: hard_state.term, vote: hard_state.vote };
-        if let Err(error) = self.vote_file.save(vote) {
-            self.read_only = true;
-            return Err(error.into());
-        }
-        Ok(())
+        Ok(self.vote_file.save(vote)?)
     }
 
     /// Frames a batch: the hard-state record first if wanted, then every entry. Returns the
@@ -134,11 +154,7 @@ impl Wal {
     fn append_synced(&mut self, buf: &[u8]) -> Result<(), WalError> {
         let active = &mut self.segments.last_mut().expect("a log always has a segment").segment;
         active.append(buf)?;
-        if let Err(error) = active.sync() {
-            self.read_only = true;
-            return Err(error.into());
-        }
-        Ok(())
+        Ok(active.sync()?)
     }
 
     /// Cuts the log before `index` (held, not compacted): later segments go, the segment
@@ -165,6 +181,10 @@ impl Wal {
     /// they are no longer served, and every sealed segment holding only such entries is
     /// deleted.
     pub fn compact(&mut self, index: Index) -> Result<(), WalError> {
+        self.guarded(|wal| wal.compact_prefix(index))
+    }
+
+    fn compact_prefix(&mut self, index: Index) -> Result<(), WalError> {
         let covered = self.snapshot().index;
         if index > covered || index > self.last_index() {
             return Err(WalError::InvalidWrite(format!(
@@ -198,6 +218,15 @@ impl Wal {
         membership: Membership,
         data: &[u8],
     ) -> Result<(), WalError> {
+        self.guarded(|wal| wal.save_snapshot_file(index, membership, data))
+    }
+
+    fn save_snapshot_file(
+        &mut self,
+        index: Index,
+        membership: Membership,
+        data: &[u8],
+    ) -> Result<(), WalError> {
         if index <= self.snapshot().index {
             return Ok(());
         }
@@ -212,16 +241,17 @@ impl Wal {
     /// dropped, and the suffix after it is kept only if the log holds its last entry (the
     /// suffix then matches the leader's log, paper §7); otherwise the whole log goes.
     pub fn install_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), WalError> {
-        if self.read_only {
-            return Err(WalError::ReadOnly);
-        }
+        self.guarded(|wal| wal.install(meta, data))
+    }
+
+    fn install(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), WalError> {
         if meta.index <= self.compacted.index {
             return Ok(());
         }
         let holds_last = self.physical_term(meta.index) == Some(meta.term);
         self.snapshot = Some(snapshot::write(&*self.vfs, &self.dir, meta, data)?);
         if holds_last {
-            self.compact(meta.index)?;
+            self.compact_prefix(meta.index)?;
         } else {
             self.replace_log_after(meta)?;
         }
