@@ -1,0 +1,17 @@
+//! The wire types of the project, generated from the `.proto` files beside this crate, and
+//! the conversions between the peer protocol and raft-core's types.
+//!
+//! Converting to the wire cannot fail. Converting from it can, and never panics: every field a
+//! message needs must be present, enums must hold known values and membership ids must be
+//! strictly increasing (one encoding per configuration). What the engine itself checks (a
+//! message addressed to it, numbers in range) is left to `RawNode::step`.
+
+/// The peer protocol (`raft/v1/peer.proto`).
+#[allow(missing_docs, clippy::doc_markdown)]
+pub mod peer {
+    include!(concat!(env!("OUT_DIR"), "/raft.v1.rs"));
+}
+
+mod convert;
+
+pub use convert::WireError;
