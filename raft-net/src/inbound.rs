@@ -1,0 +1,250 @@
+//! The listener: accepts peer connections, authenticates each (TLS, then the hello), and
+//! reads frames from it into the event stream. Each connection is its own task, so a slow,
+//! silent or malicious peer holds up nobody else; anything wrong closes that one connection,
+//! with the reason logged.
+
+use crate::frame::FrameReader;
+use crate::tls::certificate_covers;
+use crate::transport::{bump, lock, Event, ReceivedChunk, Security, Shared};
+use crate::{frame, BoxStream, HELLO_BYTES_MAX, PROTOCOL_VERSION};
+use kv_proto::peer::{peer_frame::Frame, Hello, HelloReply, PeerFrame, SnapshotChunk};
+use raft_core::{Message, MessageBody, NodeId};
+use rustls_pki_types::CertificateDer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// Accepts connections until the transport shuts down.
+pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, remote)) => {
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(serve(shared.clone(), tcp, remote));
+            }
+            Err(e) => {
+                // Out of file descriptors, say: wait a little rather than spin.
+                tracing::warn!(node = %shared.config.node_id, "accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+type Authenticated = (NodeId, FrameReader<ReadHalf<BoxStream>>, WriteHalf<BoxStream>);
+
+async fn serve(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) {
+    let accepted = tokio::select! {
+        () = shared.shutdown.cancelled() => return,
+        accepted = tokio::time::timeout(shared.config.handshake_timeout, accept(&shared, tcp)) => accepted,
+    };
+    let (from, reader, _write) = match accepted {
+        Ok(Ok(authenticated)) => authenticated,
+        Ok(Err(reason)) => return shared.record_refusal(format!("from {remote}: {reason}")),
+        Err(_) => return shared.record_refusal(format!("from {remote}: the handshake timed out")),
+    };
+    bump(&shared.counters.connections_accepted, 1);
+    // A newer connection from the same peer replaces this one (the peer restarted, or its
+    // old connection is half-open).
+    let superseded = Arc::new(Notify::new());
+    if let Some(older) = lock(&shared.inbound).insert(from, superseded.clone()) {
+        older.notify_one();
+    }
+    let ended = tokio::select! {
+        () = shared.shutdown.cancelled() => None,
+        () = superseded.notified() => None,
+        ended = read_frames(&shared, from, reader) => Some(ended),
+    };
+    {
+        let mut inbound = lock(&shared.inbound);
+        if inbound.get(&from).is_some_and(|current| Arc::ptr_eq(current, &superseded)) {
+            inbound.remove(&from);
+        }
+    }
+    if let Some(Err(reason)) = ended {
+        bump(&shared.counters.connections_closed_for_bad_input, 1);
+        tracing::warn!(node = %shared.config.node_id, peer = %from, "closing the connection from {remote}: {reason}");
+    }
+}
+
+/// TLS, then the hello exchange. On refusal the peer is told why (if the hello got that far).
+async fn accept(shared: &Shared, tcp: TcpStream) -> Result<Authenticated, String> {
+    let (stream, certificate) = secure(shared, tcp).await?;
+    let (read, mut write) = tokio::io::split(stream);
+    let mut reader = FrameReader::new(read, HELLO_BYTES_MAX);
+    let hello = match reader.next().await {
+        Ok(Some(PeerFrame { frame: Some(Frame::Hello(hello)) })) => hello,
+        Ok(Some(_)) => return Err("the first frame is not a hello".into()),
+        Ok(None) => return Err("closed before the hello".into()),
+        Err(e) => return Err(format!("no hello: {e}")),
+    };
+    let verdict = check_hello(shared, &hello, certificate.as_ref());
+    let reply = HelloReply {
+        node_id: shared.config.node_id.0,
+        refused: verdict.as_ref().err().cloned().unwrap_or_default(),
+    };
+    let reply = frame::encode_to_bytes(&PeerFrame { frame: Some(Frame::HelloReply(reply)) });
+    write.write_all(&reply).await.map_err(|e| format!("hello reply: {e}"))?;
+    write.flush().await.map_err(|e| format!("hello reply: {e}"))?;
+    let from = verdict?;
+    reader.set_frame_bytes_max(shared.config.frame_bytes_max);
+    Ok((from, reader, write))
+}
+
+async fn secure(
+    shared: &Shared,
+    tcp: TcpStream,
+) -> Result<(BoxStream, Option<CertificateDer<'static>>), String> {
+    match &shared.security {
+        Security::Tls(identity) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(identity.server.clone());
+            let stream = acceptor.accept(tcp).await.map_err(|e| format!("TLS handshake: {e}"))?;
+            let leaf = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
+            let leaf = leaf.ok_or("no client certificate")?;
+            Ok((Box::new(stream), Some(leaf)))
+        }
+        #[cfg(feature = "plain-tcp-for-benchmarks")]
+        Security::PlainTcpForBenchmarks => Ok((Box::new(tcp), None)),
+    }
+}
+
+/// The node the hello speaks for, if every claim holds: same protocol and cluster, meant for
+/// this node, from a configured peer whose configured host the client certificate covers.
+fn check_hello(
+    shared: &Shared,
+    hello: &Hello,
+    certificate: Option<&CertificateDer<'_>>,
+) -> Result<NodeId, String> {
+    let config = &shared.config;
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} (this node speaks {PROTOCOL_VERSION})",
+            hello.protocol_version
+        ));
+    }
+    if hello.cluster_id != config.cluster_id {
+        return Err(format!(
+            "cluster id {:?} is not this cluster's {:?}",
+            hello.cluster_id, config.cluster_id
+        ));
+    }
+    if hello.to_node_id != config.node_id.0 {
+        return Err(format!("meant for node {}, this is node {}", hello.to_node_id, config.node_id));
+    }
+    let from = NodeId(hello.node_id);
+    let address = shared
+        .peer_address(from)
+        .ok_or_else(|| format!("node {from} is not a configured peer of node {}", config.node_id))?;
+    if let Some(certificate) = certificate {
+        if !certificate_covers(certificate, &address.host) {
+            return Err(format!(
+                "claims to be node {from}, but its certificate does not cover {}, the host \
+                 configured for node {from}",
+                address.host
+            ));
+        }
+    }
+    Ok(from)
+}
+
+/// Where a peer's snapshot transfer stands on one connection.
+struct Transfer {
+    id: u64,
+    next_offset: u64,
+    total_len: u64,
+}
+
+/// Reads frames until the peer closes (`Ok`) or sends something wrong (`Err`, why).
+async fn read_frames(
+    shared: &Shared,
+    from: NodeId,
+    mut reader: FrameReader<ReadHalf<BoxStream>>,
+) -> Result<(), String> {
+    let mut transfer: Option<Transfer> = None;
+    loop {
+        let frame = match reader.next().await {
+            Ok(Some(PeerFrame { frame: Some(frame) })) => frame,
+            Ok(Some(PeerFrame { frame: None })) => return Err("an empty frame".into()),
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let event = match frame {
+            Frame::Message(message) => {
+                let message = Message::try_from(message).map_err(|e| e.to_string())?;
+                check_addressing(shared, from, &message)?;
+                Event::Message(message)
+            }
+            Frame::SnapshotChunk(chunk) => Event::SnapshotChunk(check_chunk(shared, from, chunk, &mut transfer)?),
+            Frame::Hello(_) | Frame::HelloReply(_) => return Err("a second hello".into()),
+        };
+        bump(&shared.counters.messages_received, 1);
+        if shared.events.send(event).await.is_err() {
+            return Ok(()); // the node stopped listening for events
+        }
+    }
+}
+
+fn check_addressing(shared: &Shared, from: NodeId, message: &Message) -> Result<(), String> {
+    if message.from != from || message.to != shared.config.node_id {
+        return Err(format!(
+            "a message from {} to {} on the connection of node {from} to node {}",
+            message.from, message.to, shared.config.node_id
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a chunk continues its transfer (or starts a new one at offset 0) and that the
+/// last one carries an `InstallSnapshot` from the peer.
+fn check_chunk(
+    shared: &Shared,
+    from: NodeId,
+    chunk: SnapshotChunk,
+    transfer: &mut Option<Transfer>,
+) -> Result<ReceivedChunk, String> {
+    let continues = transfer.as_ref().filter(|t| t.id == chunk.transfer_id);
+    let (expected_offset, total_len) = match continues {
+        Some(t) => (t.next_offset, t.total_len),
+        None => (0, chunk.total_len),
+    };
+    let len = chunk.data.len() as u64;
+    let end = chunk.offset.checked_add(len).filter(|&end| end <= total_len);
+    if chunk.offset != expected_offset || chunk.total_len != total_len || end.is_none() {
+        return Err(format!(
+            "snapshot chunk {} at {} (+{len} of {}) where {expected_offset} of {total_len} was due",
+            chunk.transfer_id, chunk.offset, chunk.total_len
+        ));
+    }
+    let last = end == Some(total_len);
+    let install = match (last, chunk.install) {
+        (true, Some(message)) => {
+            let message = Message::try_from(message).map_err(|e| e.to_string())?;
+            check_addressing(shared, from, &message)?;
+            if !matches!(message.body, MessageBody::InstallSnapshot { .. }) {
+                return Err("the last snapshot chunk carries no InstallSnapshot".into());
+            }
+            Some(message)
+        }
+        (false, None) => None,
+        _ => return Err("InstallSnapshot must come with the last chunk, and only with it".into()),
+    };
+    *transfer = (!last).then_some(Transfer {
+        id: chunk.transfer_id,
+        next_offset: chunk.offset + len,
+        total_len,
+    });
+    Ok(ReceivedChunk {
+        from,
+        transfer_id: chunk.transfer_id,
+        offset: chunk.offset,
+        total_len,
+        data: chunk.data,
+        install,
+    })
+}
