@@ -135,12 +135,15 @@ fn check_hello(
         ));
     }
     if hello.to_node_id != config.node_id.0 {
-        return Err(format!("meant for node {}, this is node {}", hello.to_node_id, config.node_id));
+        return Err(format!(
+            "meant for node {}, this is node {}",
+            hello.to_node_id, config.node_id
+        ));
     }
     let from = NodeId(hello.node_id);
-    let address = shared
-        .peer_address(from)
-        .ok_or_else(|| format!("node {from} is not a configured peer of node {}", config.node_id))?;
+    let address = shared.peer_address(from).ok_or_else(|| {
+        format!("node {from} is not a configured peer of node {}", config.node_id)
+    })?;
     if let Some(certificate) = certificate {
         if !certificate_covers(certificate, &address.host) {
             return Err(format!(
@@ -180,7 +183,9 @@ async fn read_frames(
                 check_addressing(shared, from, &message)?;
                 Event::Message(message)
             }
-            Frame::SnapshotChunk(chunk) => Event::SnapshotChunk(check_chunk(shared, from, chunk, &mut transfer)?),
+            Frame::SnapshotChunk(chunk) => {
+                Event::SnapshotChunk(check_chunk(shared, from, chunk, &mut transfer)?)
+            }
             Frame::Hello(_) | Frame::HelloReply(_) => return Err("a second hello".into()),
         };
         bump(&shared.counters.messages_received, 1);

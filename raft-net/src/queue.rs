@@ -50,12 +50,7 @@ pub struct PeerQueue {
 impl PeerQueue {
     /// An empty queue holding at most `bytes_max` bytes of messages.
     pub fn new(bytes_max: usize) -> PeerQueue {
-        PeerQueue {
-            lanes: Mutex::default(),
-            bytes_max,
-            queued: Notify::new(),
-            room: Notify::new(),
-        }
+        PeerQueue { lanes: Mutex::default(), bytes_max, queued: Notify::new(), room: Notify::new() }
     }
 
     fn lanes(&self) -> MutexGuard<'_, Lanes> {

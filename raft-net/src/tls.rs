@@ -114,9 +114,8 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn check_validity(path: &Path, cert: &CertificateDer<'_>) -> Result<(), TlsError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| {
-        TlsError::BadCertificate { path: path.into(), reason: e.to_string() }
-    })?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| TlsError::BadCertificate { path: path.into(), reason: e.to_string() })?;
     let validity = parsed.validity();
     if !validity.is_valid() {
         return Err(TlsError::Expired {
@@ -171,6 +170,16 @@ impl TlsIdentity {
             })?;
         }
         TlsIdentity::from_parts(Arc::new(roots), chain, key, paths)
+    }
+
+    /// The listener's rustls configuration (client certificates required).
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.server.clone()
+    }
+
+    /// The dialer's rustls configuration (presents this node's certificate).
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.client.clone()
     }
 
     fn from_parts(

@@ -357,6 +357,11 @@ impl Transport {
         self.shared.counters.read()
     }
 
+    /// Bytes of messages queued for peer `id` now (0 for an unknown peer).
+    pub fn queued_bytes(&self, id: NodeId) -> usize {
+        lock(&self.shared.peers).get(&id).map_or(0, |peer| peer.queue.message_bytes())
+    }
+
     /// Why the last dial of peer `id` failed, if it did and no dial succeeded since.
     pub fn peer_error(&self, id: NodeId) -> Option<String> {
         let peer = lock(&self.shared.peers).get(&id).cloned()?;

@@ -1,0 +1,219 @@
+//! Messages and snapshots between real transports over loopback mutual TLS: delivery both
+//! ways, reconnection after a restart, a peer that stops reading, snapshots between
+//! heartbeats.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use raft_core::{Index, Membership, Message, MessageBody, NodeId, SnapshotMeta, Term};
+use raft_net::{Event, PeerAddress, SendError};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_exchange_messages_in_every_direction() {
+    let pki = Pki::new("cluster");
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(Node::start(config(id), identity(&pki.node(id))).await);
+    }
+    connect_all(&nodes.iter().collect::<Vec<_>>());
+    // Node 3 is also known by IP to node 1: a certificate covering 127.0.0.1 serves both.
+    let by_ip = PeerAddress { host: "127.0.0.1".into(), port: nodes[2].port() };
+    nodes[0].transport.add_peer(NodeId(3), by_ip);
+    for from in 1..=3u64 {
+        for to in (1..=3).filter(|&to| to != from) {
+            for n in 0..10 {
+                send_eventually(&nodes[from as usize - 1].transport, &heartbeat(from, to, n)).await;
+            }
+        }
+    }
+    for node in &mut nodes {
+        let mut got = Vec::new();
+        while got.len() < 20 {
+            let message = node.next_message(WAIT).await.expect("every message arrives");
+            assert_eq!(message.to, node.id);
+            got.push(message);
+        }
+        for from in (1..=3).filter(|&from| NodeId(from) != node.id) {
+            let numbers: Vec<Index> = got
+                .iter()
+                .filter(|m| m.from == NodeId(from))
+                .map(|m| match m.body {
+                    MessageBody::Heartbeat { commit, .. } => commit,
+                    _ => panic!("unexpected {m}"),
+                })
+                .collect();
+            let expected: Vec<Index> = (0..10).map(Index).collect();
+            assert_eq!(numbers, expected, "node {} from {from}: in order, once each", node.id);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_is_redialled_and_gets_each_message_once() {
+    let pki = Pki::new("cluster");
+    let mut a = Node::start(config(1), identity(&pki.node(1))).await;
+    let mut b = Node::start(config(2), identity(&pki.node(2))).await;
+    connect_all(&[&a, &b]);
+    send_eventually(&a.transport, &heartbeat(1, 2, 0)).await;
+    assert!(b.next_message(WAIT).await.is_some());
+    let port = b.port();
+    drop(b);
+    // While node 2 is down, messages to it are lost (and reported), never queued forever.
+    let mut n = 1;
+    let mut reported = false;
+    for _ in 0..300 {
+        let _ = a.transport.send(&heartbeat(1, 2, n));
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        while let Ok(event) = a.events.try_recv() {
+            reported |= event == Event::Unreachable(NodeId(2));
+        }
+    }
+    assert!(reported, "the lost messages were reported");
+    // Node 2 comes back on the same port; node 1 redials and delivery resumes.
+    let mut restarted = config(2);
+    restarted.listen.set_port(port);
+    let mut b = Node::start(restarted, identity(&pki.node(2))).await;
+    b.transport.add_peer(NodeId(1), a.address());
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while received.len() < 20 {
+        assert!(tokio::time::Instant::now() < deadline, "delivery resumed: {received:?}");
+        let _ = a.transport.send(&heartbeat(1, 2, n));
+        n += 1;
+        if let Some(Event::Message(m)) = b.next_event(Duration::from_millis(20)).await {
+            let MessageBody::Heartbeat { commit, .. } = m.body else { panic!("{m}") };
+            received.push(commit.0);
+        }
+    }
+    let distinct: BTreeSet<u64> = received.iter().copied().collect();
+    assert_eq!(distinct.len(), received.len(), "nothing delivered twice: {received:?}");
+    assert!(received.windows(2).all(|w| w[0] < w[1]), "in order: {received:?}");
+}
+
+/// A listener that passes TLS and the hello as node 2, then never reads again.
+async fn stuck_peer(pki: &Pki) -> (u16, tokio::task::JoinHandle<()>) {
+    use kv_proto::peer::{peer_frame::Frame, HelloReply, PeerFrame};
+    let paths = pki.node(2);
+    let identity = raft_net::TlsIdentity::load(&paths).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
+    let listener = tokio::net::TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(mut tls) = acceptor.accept(tcp).await else { continue };
+            let mut prefix = [0; 4];
+            tls.read_exact(&mut prefix).await.unwrap();
+            let mut hello = vec![0; u32::from_be_bytes(prefix) as usize];
+            tls.read_exact(&mut hello).await.unwrap();
+            let reply = HelloReply { node_id: 2, refused: String::new() };
+            let frame = raft_net::frame::encode_to_bytes(&PeerFrame {
+                frame: Some(Frame::HelloReply(reply)),
+            });
+            tls.write_all(&frame).await.unwrap();
+            tls.flush().await.unwrap();
+            held.push(tls); // never read: the sender's socket buffers fill up
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_costs_bounded_memory_and_nobody_else_waits() {
+    let pki = Pki::new("cluster");
+    let mut sender_config = config(1);
+    sender_config.queue_bytes_max = 1 << 20;
+    sender_config.write_timeout = Duration::from_secs(60);
+    let a = Node::start(sender_config, identity(&pki.node(1))).await;
+    let mut c = Node::start(config(3), identity(&pki.node(3))).await;
+    let (stuck_port, stuck) = stuck_peer(&pki).await;
+    a.transport
+        .add_peer(NodeId(2), PeerAddress { host: "node-2.example".into(), port: stuck_port });
+    connect_all(&[&a, &c]);
+    let mut refused = 0;
+    let mut sent_to_c = 0;
+    for round in 0..2000u64 {
+        match a.transport.send(&proposal(1, 2, 64 * 1024)) {
+            Ok(()) => {}
+            Err(SendError::QueueFull(to)) => {
+                assert_eq!(to, NodeId(2));
+                refused += 1;
+            }
+            Err(other) => panic!("{other}"),
+        }
+        assert!(a.transport.queued_bytes(NodeId(2)) <= (1 << 20) + 70_000);
+        if round % 20 == 0 && a.transport.send(&heartbeat(1, 3, round)).is_ok() {
+            sent_to_c += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(refused > 1000, "the stuck peer's queue filled: {refused} refused");
+    assert!(a.transport.stats().messages_dropped >= refused);
+    for _ in 0..sent_to_c {
+        assert!(c.next_message(WAIT).await.is_some(), "node 3 is not held up by node 2");
+    }
+    stuck.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_arrives_whole_in_chunks_with_heartbeats_between_them() {
+    let pki = Pki::new("cluster");
+    let mut sender_config = config(1);
+    sender_config.snapshot_chunk_bytes = 64 * 1024;
+    let mut a = Node::start(sender_config, identity(&pki.node(1))).await;
+    let mut b = Node::start(config(2), identity(&pki.node(2))).await;
+    connect_all(&[&a, &b]);
+    send_eventually(&a.transport, &heartbeat(1, 2, 0)).await;
+    assert!(b.next_message(WAIT).await.is_some());
+    let data: Bytes = (0..4_000_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>().into();
+    let meta = SnapshotMeta {
+        index: Index(900),
+        term: Term(4),
+        membership: Membership::new([NodeId(1), NodeId(2)]),
+    };
+    let install = Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term: Term(4),
+        body: MessageBody::InstallSnapshot { snapshot: meta },
+    };
+    a.transport.send_snapshot(install.clone(), Box::new(data.clone())).unwrap();
+    let mut assembled = Vec::new();
+    let mut heartbeats_during = 0;
+    let mut n = 1;
+    loop {
+        let _ = a.transport.send(&heartbeat(1, 2, n));
+        n += 1;
+        match b.next_event(WAIT).await.expect("the transfer goes on") {
+            Event::Message(_) => heartbeats_during += 1,
+            Event::SnapshotChunk(chunk) => {
+                assert_eq!(chunk.offset, assembled.len() as u64, "in order, no gap");
+                assert_eq!(chunk.total_len, data.len() as u64);
+                assert!(chunk.data.len() <= 64 * 1024);
+                assembled.extend_from_slice(&chunk.data);
+                if let Some(message) = chunk.install {
+                    assert_eq!(message, install);
+                    break;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(assembled, data, "the data arrives whole");
+    assert!(heartbeats_during > 5, "heartbeats passed between chunks: {heartbeats_during}");
+    let sent = loop {
+        match a.next_event(WAIT).await.expect("the sender learns the outcome") {
+            Event::SnapshotSent { to, ok } => break (to, ok),
+            _ => continue,
+        }
+    };
+    assert_eq!(sent, (NodeId(2), true));
+}

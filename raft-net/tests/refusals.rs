@@ -1,0 +1,239 @@
+//! Who may not talk to a node, and what may not stop it: every refusal is logged with its
+//! reason (checked through `recent_refusals` and `peer_error`), and the listener keeps
+//! serving the peers that are in order.
+
+mod common;
+
+use common::*;
+use kv_proto::peer::{peer_frame::Frame, Hello, PeerFrame};
+use raft_core::NodeId;
+use raft_net::{PeerAddress, TlsIdentity};
+use rustls_pki_types::ServerName;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+/// How long a message that must not arrive is waited for.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// Waits until `node` logged a refusal containing `needle`.
+async fn refused_with(node: &Node, needle: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let refusals = node.transport.recent_refusals();
+        if refusals.iter().any(|r| r.contains(needle)) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no refusal with {needle:?}: {refusals:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `node`'s dials of `peer` fail with an error containing `needle`.
+async fn dial_fails_with(node: &Node, peer: u64, needle: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let error = node.transport.peer_error(NodeId(peer));
+        if error.as_deref().is_some_and(|e| e.contains(needle)) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no dial error with {needle:?}: {error:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Node 3, in order, still gets through to `node`.
+async fn still_serves(pki: &Pki, node: &mut Node) {
+    let good = Node::start(config(3), identity(&pki.node(3))).await;
+    node.transport.add_peer(good.id, good.address());
+    good.transport.add_peer(node.id, node.address());
+    send_eventually(&good.transport, &heartbeat(3, node.id.0, 42)).await;
+    let message = node.next_message(WAIT).await.expect("the good peer gets through");
+    assert_eq!(message.from, NodeId(3));
+}
+
+/// A TLS client of `pki`'s CA presenting `client` (or no certificate), for raw tests.
+async fn raw_tls(
+    ca: &TlsIdentity,
+    client: Option<&raft_net::TlsPaths>,
+    port: u16,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let config = match client {
+        Some(paths) => TlsIdentity::load(paths).unwrap().client_config(),
+        None => {
+            let mut config = (*ca.client_config()).clone();
+            config.client_auth_cert_resolver = Arc::new(NoClientCert);
+            Arc::new(config)
+        }
+    };
+    let tcp = TcpStream::connect((LOCALHOST, port)).await?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let mut stream =
+        connector.connect(ServerName::try_from("node-1.example").unwrap(), tcp).await?;
+    // TLS 1.3 reports a refused client certificate only on the first read.
+    stream.write_all(&[]).await?;
+    Ok(stream)
+}
+
+#[derive(Debug)]
+struct NoClientCert;
+
+impl rustls::client::ResolvesClientCert for NoClientCert {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+fn hello(node_id: u64, to: u64, cluster: &str) -> bytes::Bytes {
+    let hello = Hello { protocol_version: 1, cluster_id: cluster.into(), node_id, to_node_id: to };
+    raft_net::frame::encode_to_bytes(&PeerFrame { frame: Some(Frame::Hello(hello)) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_certificate_is_refused() {
+    let pki = Pki::new("cluster");
+    let paths = pki.node(1);
+    let mut node = Node::start(config(1), identity(&paths)).await;
+    let ca = TlsIdentity::load(&paths).unwrap();
+    if let Ok(mut stream) = raw_tls(&ca, None, node.port()).await {
+        let _ = stream.write_all(&hello(2, 1, CLUSTER)).await;
+        let mut buf = [0; 64];
+        assert!(!matches!(stream.read(&mut buf).await, Ok(n) if n > 0), "no answer");
+    }
+    refused_with(&node, "TLS handshake").await;
+    still_serves(&pki, &mut node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_another_ca_is_refused() {
+    let pki = Pki::new("cluster");
+    let other = Pki::new("impostor");
+    let mut node = Node::start(config(1), identity(&pki.node(1))).await;
+    // The impostor trusts the cluster CA, so only node 1's check of its certificate stops it.
+    let mut paths = other.node(2);
+    paths.ca = pki.ca_path();
+    let impostor = Node::start(config(2), identity(&paths)).await;
+    node.transport.add_peer(NodeId(2), impostor.address());
+    impostor.transport.add_peer(NodeId(1), node.address());
+    let _ = impostor.transport.send(&heartbeat(2, 1, 1));
+    refused_with(&node, "TLS handshake").await;
+    dial_fails_with(&impostor, 1, "UnknownCA").await;
+    assert!(node.next_message(QUIET).await.is_none(), "nothing from the impostor");
+    still_serves(&pki, &mut node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_must_cover_the_configured_name() {
+    let pki = Pki::new("cluster");
+    let mut a = Node::start(config(1), identity(&pki.node(1))).await;
+    // Node 2's certificate covers node-2.example and 127.0.0.1, not node-7.example.
+    let mut b = Node::start(config(2), identity(&pki.node(2))).await;
+    let wrong = PeerAddress { host: "node-7.example".into(), port: b.port() };
+    a.transport.add_peer(NodeId(2), wrong);
+    b.transport.add_peer(NodeId(1), a.address());
+    let _ = a.transport.send(&heartbeat(1, 2, 1));
+    dial_fails_with(&a, 2, "certificate").await;
+    assert!(b.next_message(QUIET).await.is_none(), "nothing sent to a peer not proven");
+    // Named right, the same node is reached.
+    a.transport.add_peer(NodeId(2), b.address());
+    send_eventually(&a.transport, &heartbeat(1, 2, 2)).await;
+    assert!(b.next_message(WAIT).await.is_some());
+    let _ = &mut a;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_claiming_an_id_its_certificate_does_not_cover_is_refused() {
+    let pki = Pki::new("cluster");
+    let mut node = Node::start(config(1), identity(&pki.node(1))).await;
+    // Node 2's certificate covers node-2.example; it claims to be node 4 (node-4.example).
+    let liar = Node::start(config(4), identity(&pki.node(2))).await;
+    node.transport.add_peer(NodeId(4), PeerAddress { host: "node-4.example".into(), port: 1 });
+    liar.transport.add_peer(NodeId(1), node.address());
+    let _ = liar.transport.send(&heartbeat(4, 1, 1));
+    refused_with(&node, "does not cover node-4.example").await;
+    dial_fails_with(&liar, 1, "refused us").await;
+    assert!(node.next_message(QUIET).await.is_none());
+    still_serves(&pki, &mut node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_with_another_cluster_id_is_refused() {
+    let pki = Pki::new("cluster");
+    let mut node = Node::start(config(1), identity(&pki.node(1))).await;
+    let mut other_config = config(2);
+    other_config.cluster_id = "another-cluster".into();
+    let other = Node::start(other_config, identity(&pki.node(2))).await;
+    node.transport.add_peer(other.id, other.address());
+    other.transport.add_peer(NodeId(1), node.address());
+    let _ = other.transport.send(&heartbeat(2, 1, 1));
+    refused_with(&node, "cluster id \"another-cluster\"").await;
+    dial_fails_with(&other, 1, "cluster id").await;
+    assert!(node.next_message(QUIET).await.is_none());
+    still_serves(&pki, &mut node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_oversized_frames_and_half_open_connections_leave_the_listener_serving() {
+    let pki = Pki::new("cluster");
+    let mut node_config = config(1);
+    node_config.frame_bytes_max = 1 << 20;
+    node_config.handshake_timeout = Duration::from_millis(300);
+    let mut node = Node::start(node_config, identity(&pki.node(1))).await;
+    node.transport.add_peer(NodeId(2), PeerAddress { host: "node-2.example".into(), port: 1 });
+    let port = node.port();
+    // 1. Garbage instead of TLS.
+    let mut garbage = TcpStream::connect((LOCALHOST, port)).await.unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff\x13\x37").await.unwrap();
+    refused_with(&node, "TLS handshake").await;
+    // 2. Half-open: connects and says nothing. It holds nobody up, and the handshake
+    //    timeout closes it.
+    let _silent = TcpStream::connect((LOCALHOST, port)).await.unwrap();
+    // 3. A good certificate, a good hello, then a frame announcing 3 GiB.
+    let ca = TlsIdentity::load(&pki.node(2)).unwrap();
+    let mut stream = raw_tls(&ca, Some(&pki.node(2)), port).await.unwrap();
+    stream.write_all(&hello(2, 1, CLUSTER)).await.unwrap();
+    stream.write_all(&[0xc0, 0, 0, 0, 1, 2, 3]).await.unwrap();
+    stream.flush().await.unwrap();
+    // 4. The same, then bytes that are no protobuf.
+    let mut stream2 = raw_tls(&ca, Some(&pki.node(2)), port).await.unwrap();
+    stream2.write_all(&hello(2, 1, CLUSTER)).await.unwrap();
+    stream2.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
+    stream2.flush().await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while node.transport.stats().connections_closed_for_bad_input < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", node.transport.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    refused_with(&node, "timed out").await;
+    still_serves(&pki, &mut node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_naming_another_sender_closes_the_connection() {
+    let pki = Pki::new("cluster");
+    let mut node = Node::start(config(1), identity(&pki.node(1))).await;
+    let peer = Node::start(config(2), identity(&pki.node(2))).await;
+    connect_all(&[&node, &peer]);
+    // Node 2, authenticated, sends a message claiming to come from node 3.
+    send_eventually(&peer.transport, &heartbeat(3, 1, 1)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while node.transport.stats().connections_closed_for_bad_input == 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(node.next_message(QUIET).await.is_none(), "the forged message is not delivered");
+    // Node 2 redials and its honest messages go through.
+    send_eventually(&peer.transport, &heartbeat(2, 1, 2)).await;
+    let message = node.next_message(WAIT).await.unwrap();
+    assert_eq!(message.from, NodeId(2));
+}
