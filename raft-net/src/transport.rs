@@ -39,7 +39,7 @@ pub enum Event {
     /// (`RawNode::report_unreachable`) and probe it.
     Unreachable(NodeId),
     /// A snapshot transfer ended: `ok` when every chunk was handed to the connection, false if
-    /// the connection was lost or the data could not be read (`RawNode::report_snapshot`).
+    /// the connection was lost or the data could not be read (`RawNode::report_snapshot_failure` when not `ok`).
     SnapshotSent {
         /// The peer.
         to: NodeId,
