@@ -180,12 +180,15 @@ async fn read_frames(
         let event = match frame {
             Frame::Message(message) => {
                 let message = Message::try_from(message).map_err(|e| e.to_string())?;
-                check_addressing(shared, from, &message)?;
+                check_addressing(shared.config.node_id, from, &message)?;
                 Event::Message(message)
             }
-            Frame::SnapshotChunk(chunk) => {
-                Event::SnapshotChunk(check_chunk(shared, from, chunk, &mut transfer)?)
-            }
+            Frame::SnapshotChunk(chunk) => Event::SnapshotChunk(check_chunk(
+                shared.config.node_id,
+                from,
+                chunk,
+                &mut transfer,
+            )?),
             Frame::Hello(_) | Frame::HelloReply(_) => return Err("a second hello".into()),
         };
         bump(&shared.counters.messages_received, 1);
@@ -195,11 +198,11 @@ async fn read_frames(
     }
 }
 
-fn check_addressing(shared: &Shared, from: NodeId, message: &Message) -> Result<(), String> {
-    if message.from != from || message.to != shared.config.node_id {
+fn check_addressing(me: NodeId, from: NodeId, message: &Message) -> Result<(), String> {
+    if message.from != from || message.to != me {
         return Err(format!(
-            "a message from {} to {} on the connection of node {from} to node {}",
-            message.from, message.to, shared.config.node_id
+            "a message from {} to {} on the connection of node {from} to node {me}",
+            message.from, message.to
         ));
     }
     Ok(())
@@ -208,7 +211,7 @@ fn check_addressing(shared: &Shared, from: NodeId, message: &Message) -> Result<
 /// Checks that a chunk continues its transfer (or starts a new one at offset 0) and that the
 /// last one carries an `InstallSnapshot` from the peer.
 fn check_chunk(
-    shared: &Shared,
+    me: NodeId,
     from: NodeId,
     chunk: SnapshotChunk,
     transfer: &mut Option<Transfer>,
@@ -230,7 +233,7 @@ fn check_chunk(
     let install = match (last, chunk.install) {
         (true, Some(message)) => {
             let message = Message::try_from(message).map_err(|e| e.to_string())?;
-            check_addressing(shared, from, &message)?;
+            check_addressing(me, from, &message)?;
             if !matches!(message.body, MessageBody::InstallSnapshot { .. }) {
                 return Err("the last snapshot chunk carries no InstallSnapshot".into());
             }
@@ -252,4 +255,80 @@ fn check_chunk(
         data: chunk.data,
         install,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_proto::peer;
+    use raft_core::{SnapshotMeta, Term};
+
+    fn install() -> peer::RaftMessage {
+        let snapshot =
+            SnapshotMeta { index: raft_core::Index(5), term: Term(2), ..Default::default() };
+        let message = Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            term: Term(2),
+            body: MessageBody::InstallSnapshot { snapshot },
+        };
+        peer::RaftMessage::from(&message)
+    }
+
+    fn chunk(
+        transfer_id: u64,
+        offset: u64,
+        len: usize,
+        total_len: u64,
+        last: bool,
+    ) -> SnapshotChunk {
+        SnapshotChunk {
+            transfer_id,
+            offset,
+            total_len,
+            data: vec![1; len].into(),
+            install: last.then(install),
+        }
+    }
+
+    /// Feeds `chunks` in order; the index of the first refused one, if any.
+    fn first_refused(chunks: Vec<SnapshotChunk>) -> Option<usize> {
+        let mut transfer = None;
+        chunks
+            .into_iter()
+            .position(|c| check_chunk(NodeId(1), NodeId(2), c, &mut transfer).is_err())
+    }
+
+    #[test]
+    fn chunks_in_order_pass_and_the_last_carries_the_message() {
+        let mut transfer = None;
+        let got = check_chunk(NodeId(1), NodeId(2), chunk(7, 0, 4, 10, false), &mut transfer);
+        assert!(got.unwrap().install.is_none());
+        check_chunk(NodeId(1), NodeId(2), chunk(7, 4, 4, 10, false), &mut transfer).unwrap();
+        let last = check_chunk(NodeId(1), NodeId(2), chunk(7, 8, 2, 10, true), &mut transfer);
+        assert!(last.unwrap().install.is_some());
+        assert_eq!(first_refused(vec![chunk(1, 0, 0, 0, true)]), None, "empty data: one chunk");
+        // A new transfer may start over at 0, abandoning the old one.
+        assert_eq!(first_refused(vec![chunk(1, 0, 4, 10, false), chunk(2, 0, 10, 10, true)]), None);
+    }
+
+    #[test]
+    fn gaps_overlaps_and_misplaced_messages_are_refused() {
+        let cases = [
+            (vec![chunk(1, 4, 4, 10, false)], 0, "a transfer starting past 0"),
+            (vec![chunk(1, 0, 4, 10, false), chunk(1, 5, 4, 10, false)], 1, "a gap"),
+            (vec![chunk(1, 0, 4, 10, false), chunk(1, 2, 4, 10, false)], 1, "an overlap"),
+            (vec![chunk(1, 0, 4, 10, false), chunk(1, 4, 4, 12, false)], 1, "another total"),
+            (vec![chunk(1, 0, 11, 10, true)], 0, "past the total"),
+            (vec![chunk(1, 0, 4, 10, true)], 0, "the message before the end"),
+            (vec![chunk(1, 0, 10, 10, false)], 0, "the end without the message"),
+            (vec![chunk(1, u64::MAX, 4, u64::MAX, false)], 0, "an offset overflowing"),
+        ];
+        for (chunks, refused, case) in cases {
+            assert_eq!(first_refused(chunks), Some(refused), "{case}");
+        }
+        let mut forged = chunk(1, 0, 1, 1, true);
+        forged.install.as_mut().unwrap().from = 3;
+        assert_eq!(first_refused(vec![forged]), Some(0), "an install from another node");
+    }
 }

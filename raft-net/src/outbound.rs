@@ -28,6 +28,9 @@ pub(crate) async fn run(shared: Arc<Shared>, peer: Arc<Peer>) {
             () = shared.shutdown.cancelled() => return,
             dialled = dial(&shared, &peer) => dialled,
         };
+        if !is_current(&shared, &peer) {
+            return; // removed or replaced while dialling: the new writer takes over
+        }
         let reason = match dialled {
             Ok(connection) => {
                 backoff.reset();

@@ -20,8 +20,12 @@ pub const CHUNKS_MAX: usize = 2;
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// The message lane is full.
-    Full,
+    /// The message lane is full. `first`: the first refusal since the writer last took
+    /// from the queue (so the peer is reported unreachable once per episode, not per message).
+    Full {
+        /// Whether this is the first refusal of the episode.
+        first: bool,
+    },
     /// The queue was cleared since the sender began (a snapshot's connection was lost), or
     /// the transport is shutting down.
     Reset,
@@ -32,6 +36,8 @@ struct Lanes {
     messages: VecDeque<Bytes>,
     message_bytes: usize,
     chunks: VecDeque<Bytes>,
+    /// A push was refused since the writer last took.
+    refused_since_take: bool,
     /// Counts the clears: a snapshot started in one epoch must not continue in the next.
     epoch: u64,
     closed: bool,
@@ -67,7 +73,8 @@ impl PeerQueue {
         }
         let over = lanes.message_bytes + frame.len() > self.bytes_max;
         if over && !lanes.messages.is_empty() {
-            return Err(Refused::Full);
+            let first = !std::mem::replace(&mut lanes.refused_since_take, true);
+            return Err(Refused::Full { first });
         }
         lanes.message_bytes += frame.len();
         lanes.messages.push_back(frame);
@@ -125,6 +132,7 @@ impl PeerQueue {
                     false
                 };
                 lanes.message_bytes = 0;
+                lanes.refused_since_take = false;
                 if !out.is_empty() {
                     drop(lanes);
                     if took_chunk {
@@ -177,7 +185,8 @@ mod tests {
     async fn messages_are_bounded_by_bytes() {
         let queue = PeerQueue::new(100);
         queue.push_message(frame(60)).unwrap();
-        assert_eq!(queue.push_message(frame(50)), Err(Refused::Full));
+        assert_eq!(queue.push_message(frame(50)), Err(Refused::Full { first: true }));
+        assert_eq!(queue.push_message(frame(50)), Err(Refused::Full { first: false }));
         queue.push_message(frame(40)).unwrap();
         let mut out = Vec::new();
         assert!(queue.take(&mut out).await);
@@ -185,7 +194,7 @@ mod tests {
         assert_eq!(queue.message_bytes(), 0);
         // A message larger than the bound still goes alone into an empty queue.
         queue.push_message(frame(500)).unwrap();
-        assert_eq!(queue.push_message(frame(1)), Err(Refused::Full));
+        assert_eq!(queue.push_message(frame(1)), Err(Refused::Full { first: true }));
     }
 
     #[tokio::test]

@@ -56,7 +56,7 @@ async fn send_chunks(
         let frame = frame::encode_to_bytes(&PeerFrame { frame: Some(Frame::SnapshotChunk(chunk)) });
         peer.queue.push_chunk(frame, epoch).await.map_err(|refused| match refused {
             Refused::Reset => "the connection was lost or the transport shut down".to_string(),
-            Refused::Full => "the chunk lane is full".to_string(),
+            Refused::Full { .. } => "the chunk lane is full".to_string(),
         })?;
         if last {
             return Ok(());

@@ -121,6 +121,9 @@ pub enum SendError {
 /// Why the transport could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The settings contradict each other.
+    #[error("invalid transport settings: {0}")]
+    Config(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -232,6 +235,27 @@ impl Shared {
     }
 }
 
+/// Room in a frame for a snapshot chunk's fields and its `InstallSnapshot` message beside the
+/// data (a configuration of a few thousand members fits).
+const CHUNK_OVERHEAD_BYTES: usize = 64 * 1024;
+
+fn check(config: &TransportConfig) -> Result<(), StartError> {
+    if config.snapshot_chunk_bytes == 0 {
+        return Err(StartError::Config("snapshot_chunk_bytes must be at least 1".into()));
+    }
+    if config.snapshot_chunk_bytes + CHUNK_OVERHEAD_BYTES > config.frame_bytes_max {
+        return Err(StartError::Config(format!(
+            "snapshot_chunk_bytes {} plus {CHUNK_OVERHEAD_BYTES} bytes of overhead exceeds \
+             frame_bytes_max {}",
+            config.snapshot_chunk_bytes, config.frame_bytes_max
+        )));
+    }
+    if config.peers.contains_key(&config.node_id) {
+        return Err(StartError::Config(format!("node {} lists itself as a peer", config.node_id)));
+    }
+    Ok(())
+}
+
 /// A running transport. Dropping it shuts it down.
 pub struct Transport {
     shared: Arc<Shared>,
@@ -248,6 +272,7 @@ impl Transport {
         config: TransportConfig,
         security: Security,
     ) -> Result<(Transport, mpsc::Receiver<Event>), StartError> {
+        check(&config)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind { address: config.listen, source })?;
@@ -294,10 +319,12 @@ impl Transport {
         peer.queue.push_message(bytes).map_err(|refused| {
             bump(&self.shared.counters.messages_dropped, 1);
             match refused {
-                Refused::Full => {
-                    // The engine learns of it on the event stream too; a full event stream
-                    // means the node is already behind, and this report is not needed then.
-                    let _ = self.shared.events.try_send(Event::Unreachable(to));
+                Refused::Full { first } => {
+                    // Reported once per episode on the event stream too; a full event stream
+                    // means the node is already behind, and the report is not needed then.
+                    if first {
+                        let _ = self.shared.events.try_send(Event::Unreachable(to));
+                    }
                     SendError::QueueFull(to)
                 }
                 Refused::Reset => SendError::ShutDown,
@@ -329,6 +356,9 @@ impl Transport {
     /// Adds peer `id` at `address` (or moves it there): connections are then accepted from
     /// it, and a writer dials it.
     pub fn add_peer(&self, id: NodeId, address: PeerAddress) {
+        if lock(&self.shared.peers).get(&id).is_some_and(|peer| peer.address == address) {
+            return;
+        }
         let peer = Arc::new(Peer {
             id,
             address,

@@ -237,3 +237,17 @@ async fn a_message_naming_another_sender_closes_the_connection() {
     let message = node.next_message(WAIT).await.unwrap();
     assert_eq!(message.from, NodeId(2));
 }
+
+#[tokio::test]
+async fn contradictory_settings_are_refused_at_start() {
+    let pki = Pki::new("cluster");
+    let mut chunk_too_big = config(1);
+    chunk_too_big.snapshot_chunk_bytes = chunk_too_big.frame_bytes_max;
+    let mut lists_itself = config(1);
+    lists_itself.peers.insert(NodeId(1), PeerAddress { host: "node-1.example".into(), port: 1 });
+    for (settings, needle) in [(chunk_too_big, "frame_bytes_max"), (lists_itself, "itself")] {
+        let error = raft_net::Transport::start(settings, identity(&pki.node(1))).await.err();
+        let error = error.expect("refused").to_string();
+        assert!(error.contains(needle), "{error}");
+    }
+}
