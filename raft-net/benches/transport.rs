@@ -1,7 +1,7 @@
 //! Transport throughput over loopback: node 1 sends batches of messages to node 2, both in this
 //! process, once over mutual TLS and once over plain TCP, so that the cost of TLS shows.
 //!
-//! - `heartbeat/<security>`: batches of 10,000 `Heartbeat`s (a 19-byte frame), where the costs
+//! - `heartbeat/<security>`: batches of 10,000 `Heartbeat`s (a 16-byte frame), where the costs
 //!   per message rule: encoding, queueing, decoding, the event channel.
 //! - `append_64KiB/<security>`: batches of 500 `Append`s each carrying one entry of 64 KiB of
 //!   data, where the costs per byte rule: copies and, with TLS, encryption.

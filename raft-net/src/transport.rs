@@ -103,7 +103,7 @@ pub enum SendError {
     /// The peer's queue is full (it is slow, stuck or unreachable).
     #[error("the send queue to node {0} is full")]
     QueueFull(NodeId),
-    /// The encoded message exceeds the frame limit.
+    /// The encoded message (the length prefix excluded) exceeds the frame limit.
     #[error("a message of {len} bytes to node {to} exceeds the frame limit of {max} bytes")]
     TooLarge {
         /// The recipient.
@@ -311,11 +311,11 @@ impl Transport {
         let to = message.to;
         let peer = self.peer(to)?;
         let frame = PeerFrame { frame: Some(Frame::Message(peer::RaftMessage::from(message))) };
-        let bytes = frame::encode_to_bytes(&frame);
-        let max = self.shared.config.frame_bytes_max;
-        if bytes.len() - frame::LENGTH_BYTES > max {
-            return Err(SendError::TooLarge { to, len: bytes.len(), max });
+        let (len, max) = (prost::Message::encoded_len(&frame), self.shared.config.frame_bytes_max);
+        if len > max {
+            return Err(SendError::TooLarge { to, len, max });
         }
+        let bytes = frame::encode_to_bytes(&frame);
         peer.queue.push_message(bytes).map_err(|refused| {
             bump(&self.shared.counters.messages_dropped, 1);
             match refused {
