@@ -187,6 +187,7 @@ async fn garbage_oversized_frames_and_half_open_connections_leave_the_listener_s
     let pki = Pki::new("cluster");
     let mut node_config = config(1);
     node_config.frame_bytes_max = 1 << 20;
+    node_config.snapshot_chunk_bytes = 64 * 1024;
     node_config.handshake_timeout = Duration::from_millis(300);
     let mut node = Node::start(node_config, identity(&pki.node(1))).await;
     node.transport.add_peer(NodeId(2), PeerAddress { host: "node-2.example".into(), port: 1 });
