@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-const PROTOS: &[&str] = &["raft/v1/peer.proto"];
+const PROTOS: &[&str] = &["raft/v1/peer.proto", "kv/v1/command.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

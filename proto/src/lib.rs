@@ -12,6 +12,13 @@ pub mod peer {
     include!(concat!(env!("OUT_DIR"), "/raft.v1.rs"));
 }
 
+/// The key-value protocol (package `kv.v1`): the log's command format
+/// (`kv/v1/command.proto`), applied by kv-fsm.
+#[allow(missing_docs, clippy::doc_markdown)]
+pub mod kv {
+    include!(concat!(env!("OUT_DIR"), "/kv.v1.rs"));
+}
+
 mod convert;
 
 pub use convert::WireError;

@@ -1,0 +1,327 @@
+//! The key-value state: an ordered map from key to value and the revision that last wrote it,
+//! changed only by applying committed log entries, in log order, identically on every node.
+
+use crate::session::{Check, Sessions};
+use bytes::Bytes;
+use imbl::OrdMap;
+use kv_proto::kv::{command::Op, Command};
+use prost::Message as _;
+use std::ops::Bound;
+
+/// A stored value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The value.
+    pub value: Bytes,
+    /// The log index of the write that set it.
+    pub mod_revision: u64,
+}
+
+/// The result of a write, as the client gets it. `revision` is always the log index of the
+/// write's entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteResult {
+    /// The key now holds the value.
+    Put {
+        /// The entry's index.
+        revision: u64,
+    },
+    /// The key is absent now; `deleted` if it was present.
+    Delete {
+        /// Whether there was a value to delete.
+        deleted: bool,
+        /// The entry's index.
+        revision: u64,
+    },
+    /// The value was written if the current one matched.
+    CompareAndSet {
+        /// Whether the value was written.
+        succeeded: bool,
+        /// The value found when the comparison failed (absent if the key was absent).
+        current: Option<Bytes>,
+        /// The entry's index.
+        revision: u64,
+    },
+}
+
+/// Why an entry changed nothing. Deterministic: every replica refuses the same entries.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The entry's data is not a command (a bug or a foreign writer; never from a client).
+    #[error("entry {index} holds no valid command: {reason}")]
+    Undecodable {
+        /// The entry.
+        index: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A retried write whose first result is forgotten (acknowledged by the client, or its
+    /// session expired): it may or may not have been applied, and is not applied again.
+    #[error("session {client_id}: the result of write {sequence} is no longer known")]
+    SessionExpired {
+        /// The client.
+        client_id: u64,
+        /// The write.
+        sequence: u64,
+    },
+}
+
+/// The state machine. Cloning is O(1) (persistent maps share structure), so a snapshot can be
+/// written from a clone while entries keep being applied to the original.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvState {
+    pub(crate) map: OrdMap<Bytes, Stored>,
+    pub(crate) sessions: Sessions,
+    pub(crate) applied: u64,
+}
+
+impl KvState {
+    /// An empty state, nothing applied.
+    pub fn new() -> KvState {
+        KvState::default()
+    }
+
+    /// The index of the last entry applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// How many keys there are.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The client sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// Marks an entry that carries no command (a no-op or a configuration) as applied.
+    ///
+    /// # Panics
+    /// If `index` is not the next index to apply: entries are applied in log order, once.
+    pub fn skip(&mut self, index: u64) {
+        self.advance(index);
+    }
+
+    fn advance(&mut self, index: u64) {
+        assert!(
+            index == self.applied + 1,
+            "entry {index} applied after {}: entries apply in order, once",
+            self.applied
+        );
+        self.applied = index;
+    }
+
+    /// Applies the command in entry `index`'s data. A retried write of a session gets its
+    /// first result and changes nothing.
+    ///
+    /// # Panics
+    /// If `index` is not the next index to apply.
+    pub fn apply(&mut self, index: u64, data: &[u8]) -> Result<WriteResult, ApplyError> {
+        self.advance(index);
+        let command = Command::decode(data)
+            .map_err(|e| ApplyError::Undecodable { index, reason: e.to_string() })?;
+        let op = command
+            .op
+            .ok_or_else(|| ApplyError::Undecodable { index, reason: "no operation".into() })?;
+        let (client_id, sequence) = (command.client_id, command.sequence);
+        if client_id == 0 {
+            return Ok(self.execute(index, op));
+        }
+        match self.sessions.check(client_id, sequence) {
+            Check::Duplicate(result) => Ok(result),
+            Check::Forgotten => Err(ApplyError::SessionExpired { client_id, sequence }),
+            Check::Fresh => {
+                let result = self.execute(index, op);
+                let acked_below = command.acked_below;
+                self.sessions.record(client_id, sequence, acked_below, index, result.clone());
+                Ok(result)
+            }
+        }
+    }
+
+    fn execute(&mut self, index: u64, op: Op) -> WriteResult {
+        match op {
+            Op::Put(put) => {
+                self.map.insert(put.key, Stored { value: put.value, mod_revision: index });
+                WriteResult::Put { revision: index }
+            }
+            Op::Delete(delete) => {
+                let deleted = self.map.remove(&delete.key).is_some();
+                WriteResult::Delete { deleted, revision: index }
+            }
+            Op::CompareAndSet(cas) => {
+                let current = self.map.get(&cas.key).map(|stored| stored.value.clone());
+                if current == cas.expected {
+                    self.map.insert(cas.key, Stored { value: cas.value, mod_revision: index });
+                    WriteResult::CompareAndSet { succeeded: true, current: None, revision: index }
+                } else {
+                    WriteResult::CompareAndSet { succeeded: false, current, revision: index }
+                }
+            }
+        }
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&Stored> {
+        self.map.get(key)
+    }
+
+    /// Keys starting with `prefix` and greater than `start_after` (if not empty), in order,
+    /// at most `limit` of them (0: no limit).
+    pub fn list<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        start_after: &[u8],
+        limit: usize,
+    ) -> impl Iterator<Item = (&'a Bytes, &'a Stored)> + 'a {
+        let start = if start_after.is_empty() || start_after < prefix {
+            Bound::Included(Bytes::copy_from_slice(prefix))
+        } else {
+            Bound::Excluded(Bytes::copy_from_slice(start_after))
+        };
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        self.map
+            .range((start, Bound::Unbounded))
+            .take_while(move |(key, _)| key.starts_with(prefix))
+            .take(limit)
+    }
+}
+
+/// Encodes a command for a log entry.
+pub fn encode_command(command: &Command) -> Vec<u8> {
+    command.encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_proto::kv::{CompareAndSet, Delete, Put};
+
+    fn put(key: &str, value: &str) -> Op {
+        Op::Put(Put {
+            key: key.as_bytes().to_vec().into(),
+            value: value.as_bytes().to_vec().into(),
+        })
+    }
+
+    fn command(client_id: u64, sequence: u64, op: Op) -> Vec<u8> {
+        encode_command(&Command { client_id, sequence, acked_below: 0, op: Some(op) })
+    }
+
+    fn value(state: &KvState, key: &str) -> Option<(String, u64)> {
+        state
+            .get(key.as_bytes())
+            .map(|s| (String::from_utf8_lossy(&s.value).into(), s.mod_revision))
+    }
+
+    #[test]
+    fn writes_apply_in_order_with_their_index_as_revision() {
+        let mut state = KvState::new();
+        assert_eq!(
+            state.apply(1, &command(0, 0, put("a", "1"))),
+            Ok(WriteResult::Put { revision: 1 })
+        );
+        state.skip(2);
+        state.apply(3, &command(0, 0, put("a", "2"))).unwrap();
+        assert_eq!(value(&state, "a"), Some(("2".into(), 3)));
+        let delete = Op::Delete(Delete { key: "a".into() });
+        assert_eq!(
+            state.apply(4, &command(0, 0, delete.clone())),
+            Ok(WriteResult::Delete { deleted: true, revision: 4 })
+        );
+        assert_eq!(
+            state.apply(5, &command(0, 0, delete)),
+            Ok(WriteResult::Delete { deleted: false, revision: 5 })
+        );
+        assert_eq!(state.applied(), 5);
+    }
+
+    #[test]
+    fn compare_and_set_writes_only_on_a_match_and_absent_means_absent() {
+        let mut state = KvState::new();
+        let cas = |expected: Option<&str>, value: &str| {
+            Op::CompareAndSet(CompareAndSet {
+                key: "k".into(),
+                expected: expected.map(|e| e.as_bytes().to_vec().into()),
+                value: value.as_bytes().to_vec().into(),
+            })
+        };
+        let created = state.apply(1, &command(0, 0, cas(None, "v1"))).unwrap();
+        assert_eq!(
+            created,
+            WriteResult::CompareAndSet { succeeded: true, current: None, revision: 1 }
+        );
+        let refused = state.apply(2, &command(0, 0, cas(None, "v2"))).unwrap();
+        let current = Some(Bytes::from_static(b"v1"));
+        assert_eq!(refused, WriteResult::CompareAndSet { succeeded: false, current, revision: 2 });
+        let swapped = state.apply(3, &command(0, 0, cas(Some("v1"), "v3"))).unwrap();
+        assert!(matches!(swapped, WriteResult::CompareAndSet { succeeded: true, .. }));
+        assert_eq!(value(&state, "k"), Some(("v3".into(), 3)));
+    }
+
+    #[test]
+    fn a_retried_write_gets_its_first_result_and_changes_nothing() {
+        let mut state = KvState::new();
+        let first = state.apply(1, &command(42, 1, put("x", "1"))).unwrap();
+        state.apply(2, &command(43, 1, put("x", "2"))).unwrap();
+        // Session 42 retries write 1 after a leader change: same result, no second write.
+        assert_eq!(state.apply(3, &command(42, 1, put("x", "1"))), Ok(first));
+        assert_eq!(value(&state, "x"), Some(("2".into(), 2)));
+        // Once acknowledged, the retry is refused, never applied.
+        let ack = encode_command(&Command {
+            client_id: 42,
+            sequence: 2,
+            acked_below: 2,
+            op: Some(put("y", "1")),
+        });
+        state.apply(4, &ack).unwrap();
+        let stale = state.apply(5, &command(42, 1, put("x", "1")));
+        assert_eq!(stale, Err(ApplyError::SessionExpired { client_id: 42, sequence: 1 }));
+        assert_eq!(value(&state, "x"), Some(("2".into(), 2)));
+    }
+
+    #[test]
+    fn undecodable_entries_change_nothing_but_count_as_applied() {
+        let mut state = KvState::new();
+        assert!(matches!(
+            state.apply(1, &[0xff, 0xff]),
+            Err(ApplyError::Undecodable { index: 1, .. })
+        ));
+        assert!(matches!(state.apply(2, &[]), Err(ApplyError::Undecodable { index: 2, .. })));
+        assert_eq!((state.applied(), state.len()), (2, 0));
+    }
+
+    #[test]
+    #[should_panic(expected = "entries apply in order")]
+    fn applying_out_of_order_is_a_host_bug() {
+        let mut state = KvState::new();
+        state.skip(2);
+    }
+
+    #[test]
+    fn list_walks_a_prefix_in_order_from_a_cursor() {
+        let mut state = KvState::new();
+        for (i, key) in ["a", "b/1", "b/2", "b/3", "c"].iter().enumerate() {
+            state.apply(i as u64 + 1, &command(0, 0, put(key, "v"))).unwrap();
+        }
+        let keys = |prefix: &str, after: &str, limit| -> Vec<String> {
+            state
+                .list(prefix.as_bytes(), after.as_bytes(), limit)
+                .map(|(k, _)| String::from_utf8_lossy(k).into())
+                .collect()
+        };
+        assert_eq!(keys("b/", "", 0), ["b/1", "b/2", "b/3"]);
+        assert_eq!(keys("b/", "b/1", 0), ["b/2", "b/3"]);
+        assert_eq!(keys("b/", "", 2), ["b/1", "b/2"]);
+        assert_eq!(keys("", "b/3", 0), ["c"]);
+        assert_eq!(keys("b/", "a", 0), ["b/1", "b/2", "b/3"], "a cursor before the prefix");
+        assert_eq!(keys("z", "", 0), Vec::<String>::new());
+    }
+}

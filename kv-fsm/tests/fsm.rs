@@ -1,0 +1,195 @@
+//! The state machine against a plain `BTreeMap` model, and its snapshots: random writes
+//! (with sessions, retries and acknowledgements) applied to both must agree; a snapshot taken
+//! at any point restores to an equal state; any cut or flipped bit of a snapshot is refused.
+
+use bytes::Bytes;
+use kv_fsm::{encode_command, KvState, WriteResult};
+use kv_proto::kv::{command::Op, Command, CompareAndSet, Delete, Put};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug)]
+enum Step {
+    Put {
+        key: u8,
+        value: u8,
+    },
+    Delete {
+        key: u8,
+    },
+    Cas {
+        key: u8,
+        expected: Option<u8>,
+        value: u8,
+    },
+    /// Retry the `back`-th latest write of a session.
+    Retry {
+        back: u8,
+    },
+    Noop,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..16u8, any::<u8>()).prop_map(|(key, value)| Step::Put { key, value }),
+        1 => (0..16u8).prop_map(|key| Step::Delete { key }),
+        2 => (0..16u8, prop::option::of(0..4u8), any::<u8>())
+            .prop_map(|(key, expected, value)| Step::Cas { key, expected, value }),
+        2 => (0..4u8).prop_map(|back| Step::Retry { back }),
+        1 => Just(Step::Noop),
+    ]
+}
+
+fn key(k: u8) -> Bytes {
+    Bytes::from(format!("key/{k:02}"))
+}
+
+fn value(v: u8) -> Bytes {
+    Bytes::from(vec![v; 1 + usize::from(v) % 7])
+}
+
+struct Model {
+    map: BTreeMap<Bytes, (Bytes, u64)>,
+}
+
+impl Model {
+    fn execute(&mut self, index: u64, op: &Op) -> WriteResult {
+        match op {
+            Op::Put(p) => {
+                self.map.insert(p.key.clone(), (p.value.clone(), index));
+                WriteResult::Put { revision: index }
+            }
+            Op::Delete(d) => {
+                WriteResult::Delete { deleted: self.map.remove(&d.key).is_some(), revision: index }
+            }
+            Op::CompareAndSet(c) => {
+                let current = self.map.get(&c.key).map(|(v, _)| v.clone());
+                if current == c.expected {
+                    self.map.insert(c.key.clone(), (c.value.clone(), index));
+                    WriteResult::CompareAndSet { succeeded: true, current: None, revision: index }
+                } else {
+                    WriteResult::CompareAndSet { succeeded: false, current, revision: index }
+                }
+            }
+        }
+    }
+}
+
+fn run(steps: &[Step]) -> Result<KvState, TestCaseError> {
+    let mut state = KvState::new();
+    let mut model = Model { map: BTreeMap::new() };
+    // One session (client 7); its writes so far: (sequence, op, first result).
+    let mut written: Vec<(u64, Op, WriteResult)> = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let index = i as u64 + 1;
+        let op = match step {
+            Step::Noop => {
+                state.skip(index);
+                continue;
+            }
+            Step::Put { key: k, value: v } => Op::Put(Put { key: key(*k), value: value(*v) }),
+            Step::Delete { key: k } => Op::Delete(Delete { key: key(*k) }),
+            Step::Cas { key: k, expected, value: v } => Op::CompareAndSet(CompareAndSet {
+                key: key(*k),
+                expected: expected.map(value),
+                value: value(*v),
+            }),
+            Step::Retry { back } => {
+                let Some((sequence, op, first)) =
+                    written.iter().rev().nth(usize::from(*back)).cloned()
+                else {
+                    state.skip(index);
+                    continue;
+                };
+                let command = Command { client_id: 7, sequence, acked_below: 0, op: Some(op) };
+                let result = state.apply(index, &encode_command(&command));
+                prop_assert_eq!(result, Ok(first), "a retry gets its first result");
+                continue;
+            }
+        };
+        let sequence = written.len() as u64 + 1;
+        let command = Command { client_id: 7, sequence, acked_below: 0, op: Some(op.clone()) };
+        let result = state.apply(index, &encode_command(&command));
+        let expected = model.execute(index, &op);
+        prop_assert_eq!(result.as_ref(), Ok(&expected));
+        written.push((sequence, op, expected));
+    }
+    let got: Vec<(Bytes, (Bytes, u64))> = state
+        .list(b"", b"", 0)
+        .map(|(k, s)| (k.clone(), (s.value.clone(), s.mod_revision)))
+        .collect();
+    let want: Vec<(Bytes, (Bytes, u64))> = model.map.into_iter().collect();
+    prop_assert_eq!(got, want);
+    prop_assert_eq!(state.applied(), steps.len() as u64);
+    Ok(state)
+}
+
+fn snapshot(state: &KvState) -> Vec<u8> {
+    let mut out = Vec::new();
+    let written = state.clone().write_snapshot(&mut out).unwrap();
+    assert_eq!(written, out.len() as u64);
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_state_machine_behaves_as_a_map_and_retries_apply_once(
+        steps in prop::collection::vec(step(), 0..120),
+    ) {
+        run(&steps)?;
+    }
+
+    #[test]
+    fn a_snapshot_restores_an_equal_state(steps in prop::collection::vec(step(), 0..120)) {
+        let state = run(&steps)?;
+        let restored = KvState::read_snapshot(snapshot(&state).as_slice()).unwrap();
+        prop_assert_eq!(&restored, &state);
+        // The restored state goes on exactly as the original: a retry still gets its result.
+        prop_assert_eq!(restored.sessions(), state.sessions());
+    }
+}
+
+fn sample_state() -> KvState {
+    let steps: Vec<Step> = (0..12u8)
+        .map(|i| match i % 4 {
+            0 => Step::Put { key: i, value: i },
+            1 => Step::Cas { key: i - 1, expected: Some(i - 1), value: 9 },
+            2 => Step::Cas { key: 3, expected: Some(1), value: 1 },
+            _ => Step::Delete { key: 100 },
+        })
+        .collect();
+    run(&steps).unwrap()
+}
+
+#[test]
+fn a_snapshot_cut_at_any_byte_is_refused() {
+    let bytes = snapshot(&sample_state());
+    for cut in 0..bytes.len() {
+        assert!(KvState::read_snapshot(&bytes[..cut]).is_err(), "cut at {cut} accepted");
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(KvState::read_snapshot(longer.as_slice()).is_err(), "trailing bytes accepted");
+}
+
+#[test]
+fn every_flipped_bit_of_a_snapshot_is_refused() {
+    let bytes = snapshot(&sample_state());
+    for bit in 0..bytes.len() * 8 {
+        let mut damaged = bytes.clone();
+        damaged[bit / 8] ^= 1 << (bit % 8);
+        assert!(KvState::read_snapshot(damaged.as_slice()).is_err(), "flip of bit {bit} accepted");
+    }
+}
+
+#[test]
+fn a_huge_length_is_refused_without_allocating_it() {
+    let mut bytes = b"KVSNAP01".to_vec();
+    bytes.extend(0u64.to_le_bytes());
+    bytes.push(1); // a key record
+    bytes.extend(u32::MAX.to_le_bytes());
+    let error = KvState::read_snapshot(bytes.as_slice()).unwrap_err();
+    assert!(error.to_string().contains("at most 4096"), "{error}");
+}
