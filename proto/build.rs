@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-const PROTOS: &[&str] = &["raft/v1/peer.proto", "kv/v1/command.proto"];
+const PROTOS: &[&str] = &["raft/v1/peer.proto", "kv/v1/command.proto", "kv/v1/kv.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     // Payloads are shared, not copied, from the frame they arrive in.
     config.bytes(["."]);
-    config.compile_fds(descriptors)?;
+    // The gRPC services (client and server stubs) come with the messages.
+    tonic_prost_build::configure().compile_fds_with_config(descriptors, config)?;
     Ok(())
 }
