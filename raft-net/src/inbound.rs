@@ -16,8 +16,14 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+/// Connections in their handshake at most: more are closed at once, so that a flood of
+/// unauthenticated connections cannot use up the node's file descriptors for
+/// `handshake_timeout` each.
+const HANDSHAKES_MAX: usize = 128;
+
 /// Accepts connections until the transport shuts down.
 pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
     loop {
         let accepted = tokio::select! {
             () = shared.shutdown.cancelled() => return,
@@ -25,8 +31,12 @@ pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((tcp, remote)) => {
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    bump(&shared.counters.connections_refused, 1);
+                    continue; // dropped: closed at once
+                };
                 let _ = tcp.set_nodelay(true);
-                tokio::spawn(serve(shared.clone(), tcp, remote));
+                tokio::spawn(serve(shared.clone(), tcp, remote, permit));
             }
             Err(e) => {
                 // Out of file descriptors, say: wait a little rather than spin.
@@ -37,24 +47,36 @@ pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-type Authenticated = (NodeId, FrameReader<ReadHalf<BoxStream>>, WriteHalf<BoxStream>);
+/// The peer, the host its certificate was checked against, and the connection's halves.
+type Authenticated = (NodeId, String, FrameReader<ReadHalf<BoxStream>>, WriteHalf<BoxStream>);
 
-async fn serve(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) {
+async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+) {
     let accepted = tokio::select! {
         () = shared.shutdown.cancelled() => return,
         accepted = tokio::time::timeout(shared.config.handshake_timeout, accept(&shared, tcp)) => accepted,
     };
-    let (from, reader, _write) = match accepted {
+    let (from, checked_host, reader, _write) = match accepted {
         Ok(Ok(authenticated)) => authenticated,
         Ok(Err(reason)) => return shared.record_refusal(format!("from {remote}: {reason}")),
         Err(_) => return shared.record_refusal(format!("from {remote}: the handshake timed out")),
     };
+    drop(handshake);
     bump(&shared.counters.connections_accepted, 1);
     // A newer connection from the same peer replaces this one (the peer restarted, or its
     // old connection is half-open).
     let superseded = Arc::new(Notify::new());
     if let Some(older) = lock(&shared.inbound).insert(from, superseded.clone()) {
         older.notify_one();
+    }
+    // Registered first, checked second: a concurrent `remove_peer` or address change either
+    // finds this connection registered and closes it, or is seen here.
+    if shared.peer_address(from).map(|a| a.host) != Some(checked_host) {
+        superseded.notify_one();
     }
     let ended = tokio::select! {
         () = shared.shutdown.cancelled() => None,
@@ -92,9 +114,9 @@ async fn accept(shared: &Shared, tcp: TcpStream) -> Result<Authenticated, String
     let reply = frame::encode_to_bytes(&PeerFrame { frame: Some(Frame::HelloReply(reply)) });
     write.write_all(&reply).await.map_err(|e| format!("hello reply: {e}"))?;
     write.flush().await.map_err(|e| format!("hello reply: {e}"))?;
-    let from = verdict?;
+    let (from, host) = verdict?;
     reader.set_frame_bytes_max(shared.config.frame_bytes_max);
-    Ok((from, reader, write))
+    Ok((from, host, reader, write))
 }
 
 async fn secure(
@@ -114,13 +136,14 @@ async fn secure(
     }
 }
 
-/// The node the hello speaks for, if every claim holds: same protocol and cluster, meant for
-/// this node, from a configured peer whose configured host the client certificate covers.
+/// The node the hello speaks for and its configured host, if every claim holds: same protocol
+/// and cluster, meant for this node, from a configured peer whose configured host the client
+/// certificate covers. Under TLS a certificate is required here too, whatever `secure` did.
 fn check_hello(
     shared: &Shared,
     hello: &Hello,
     certificate: Option<&CertificateDer<'_>>,
-) -> Result<NodeId, String> {
+) -> Result<(NodeId, String), String> {
     let config = &shared.config;
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(format!(
@@ -144,16 +167,19 @@ fn check_hello(
     let address = shared.peer_address(from).ok_or_else(|| {
         format!("node {from} is not a configured peer of node {}", config.node_id)
     })?;
-    if let Some(certificate) = certificate {
-        if !certificate_covers(certificate, &address.host) {
+    let tls = matches!(shared.security, Security::Tls(_));
+    match certificate {
+        Some(certificate) if !certificate_covers(certificate, &address.host) => {
             return Err(format!(
                 "claims to be node {from}, but its certificate does not cover {}, the host \
                  configured for node {from}",
                 address.host
             ));
         }
+        None if tls => return Err("no client certificate".into()),
+        _ => {}
     }
-    Ok(from)
+    Ok((from, address.host))
 }
 
 /// Where a peer's snapshot transfer stands on one connection.

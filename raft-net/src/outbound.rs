@@ -4,6 +4,7 @@
 
 use crate::config::Backoff;
 use crate::frame::{self, FrameReader};
+use crate::queue::Batch;
 use crate::transport::{bump, lock, Event, Peer, Security, Shared};
 use crate::{BoxStream, HELLO_BYTES_MAX, PROTOCOL_VERSION};
 use kv_proto::peer::{peer_frame::Frame, Hello, PeerFrame};
@@ -139,8 +140,8 @@ async fn hello(shared: &Shared, peer: &Peer, stream: BoxStream) -> Result<Connec
 async fn pump(shared: &Shared, peer: &Peer, connection: Connection) -> String {
     let (mut reader, write) = connection;
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write);
-    let mut batch = Vec::new();
     loop {
+        let mut batch = Batch::default();
         tokio::select! {
             () = shared.shutdown.cancelled() => return "shut down".into(),
             more = peer.queue.take(&mut batch) => if !more {
@@ -152,20 +153,40 @@ async fn pump(shared: &Shared, peer: &Peer, connection: Connection) -> String {
                 Err(e) => format!("the connection failed: {e}"),
             },
         }
-        let frames = batch.len() as u64;
-        let write_all = async {
-            for frame in batch.drain(..) {
-                writer.write_all(&frame).await?;
-            }
-            writer.flush().await
-        };
-        match tokio::time::timeout(shared.config.write_timeout, write_all).await {
-            Ok(Ok(())) => {
-                bump(&shared.counters.messages_sent, frames);
-                bump(&shared.counters.writes, 1);
-            }
-            Ok(Err(e)) => return format!("write failed: {e}"),
-            Err(_) => return "a write made no progress within the write timeout".into(),
+        let written = write_batch(&mut writer, &batch.frames, shared.config.write_timeout).await;
+        peer.queue.release(batch.message_bytes);
+        if let Err(reason) = written {
+            return reason;
+        }
+        bump(&shared.counters.messages_sent, batch.frames.len() as u64);
+        bump(&shared.counters.writes, 1);
+        for written in batch.written {
+            let _ = written.send(());
         }
     }
+}
+
+/// The most bytes handed to one write call: each must finish within the write timeout, so a
+/// slow link that still makes progress is never cut, and a stalled one is.
+const WRITE_SLICE_BYTES: usize = 64 * 1024;
+
+/// Writes `frames` and flushes, each write call bounded by `timeout`.
+async fn write_batch(
+    writer: &mut BufWriter<WriteHalf<BoxStream>>,
+    frames: &[bytes::Bytes],
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let stalled = |_| "a write made no progress within the write timeout".to_string();
+    for frame in frames {
+        for slice in frame.chunks(WRITE_SLICE_BYTES) {
+            tokio::time::timeout(timeout, writer.write_all(slice))
+                .await
+                .map_err(stalled)?
+                .map_err(|e| format!("write failed: {e}"))?;
+        }
+    }
+    tokio::time::timeout(timeout, writer.flush())
+        .await
+        .map_err(stalled)?
+        .map_err(|e| format!("write failed: {e}"))
 }

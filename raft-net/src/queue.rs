@@ -12,7 +12,22 @@
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
+
+/// Told once a chunk was written and flushed to the connection (dropped unsent otherwise).
+pub type Written = oneshot::Sender<()>;
+
+/// What the writer takes in one round.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The frames, in order.
+    pub frames: Vec<Bytes>,
+    /// Message bytes among them: still counted against the bound until
+    /// [`PeerQueue::release`], so that a batch being written counts too.
+    pub message_bytes: usize,
+    /// To tell once the frames are flushed.
+    pub written: Vec<Written>,
+}
 
 /// Snapshot chunks queued per peer at most.
 pub const CHUNKS_MAX: usize = 2;
@@ -34,8 +49,9 @@ pub enum Refused {
 #[derive(Default)]
 struct Lanes {
     messages: VecDeque<Bytes>,
+    /// Queued message bytes, plus those taken by the writer and not yet released.
     message_bytes: usize,
-    chunks: VecDeque<Bytes>,
+    chunks: VecDeque<(Bytes, Option<Written>)>,
     /// A push was refused since the writer last took.
     refused_since_take: bool,
     /// Counts the clears: a snapshot started in one epoch must not continue in the next.
@@ -64,7 +80,7 @@ impl PeerQueue {
     }
 
     /// Queues a message frame, unless that would exceed the byte bound. A frame larger
-    /// than the whole bound is still taken into an empty queue, so that no message is
+    /// than the whole bound is still taken when nothing is queued or being written, so that no message is
     /// refused forever.
     pub fn push_message(&self, frame: Bytes) -> Result<(), Refused> {
         let mut lanes = self.lanes();
@@ -72,7 +88,7 @@ impl PeerQueue {
             return Err(Refused::Reset);
         }
         let over = lanes.message_bytes + frame.len() > self.bytes_max;
-        if over && !lanes.messages.is_empty() {
+        if over && lanes.message_bytes > 0 {
             let first = !std::mem::replace(&mut lanes.refused_since_take, true);
             return Err(Refused::Full { first });
         }
@@ -89,8 +105,15 @@ impl PeerQueue {
     }
 
     /// Queues a snapshot chunk once there is room, unless the queue was cleared since
-    /// `epoch` (the transfer is then lost and must start over).
-    pub async fn push_chunk(&self, frame: Bytes, epoch: u64) -> Result<(), Refused> {
+    /// `epoch` (the transfer is then lost and must start over). `written` is told once the
+    /// chunk is flushed to the connection.
+    pub async fn push_chunk(
+        &self,
+        frame: Bytes,
+        epoch: u64,
+        written: Option<Written>,
+    ) -> Result<(), Refused> {
+        let mut item = Some((frame, written));
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
@@ -101,7 +124,7 @@ impl PeerQueue {
                     return Err(Refused::Reset);
                 }
                 if lanes.chunks.len() < CHUNKS_MAX {
-                    lanes.chunks.push_back(frame);
+                    lanes.chunks.push_back(item.take().expect("pushed once"));
                     drop(lanes);
                     self.queued.notify_one();
                     return Ok(());
@@ -112,8 +135,8 @@ impl PeerQueue {
     }
 
     /// Waits until something is queued, then moves every queued message and at most one
-    /// chunk into `out`, in that order. Returns `false` once the queue is closed.
-    pub async fn take(&self, out: &mut Vec<Bytes>) -> bool {
+    /// chunk into `batch`, in that order. Returns `false` once the queue is closed.
+    pub async fn take(&self, batch: &mut Batch) -> bool {
         loop {
             let queued = self.queued.notified();
             tokio::pin!(queued);
@@ -123,17 +146,18 @@ impl PeerQueue {
                 if lanes.closed {
                     return false;
                 }
-                let took_chunk = if let Some(chunk) = lanes.chunks.pop_front() {
-                    out.extend(lanes.messages.drain(..));
-                    out.push(chunk);
-                    true
-                } else {
-                    out.extend(lanes.messages.drain(..));
-                    false
-                };
-                lanes.message_bytes = 0;
+                for message in lanes.messages.drain(..) {
+                    batch.message_bytes += message.len();
+                    batch.frames.push(message);
+                }
+                let chunk = lanes.chunks.pop_front();
                 lanes.refused_since_take = false;
-                if !out.is_empty() {
+                let took_chunk = chunk.is_some();
+                if let Some((frame, written)) = chunk {
+                    batch.frames.push(frame);
+                    batch.written.extend(written);
+                }
+                if !batch.frames.is_empty() {
                     drop(lanes);
                     if took_chunk {
                         self.room.notify_waiters();
@@ -145,6 +169,13 @@ impl PeerQueue {
         }
     }
 
+    /// The writer is done with `message_bytes` of a batch (written, or lost with the
+    /// connection): they no longer count against the bound.
+    pub fn release(&self, message_bytes: usize) {
+        let mut lanes = self.lanes();
+        lanes.message_bytes = lanes.message_bytes.saturating_sub(message_bytes);
+    }
+
     /// Drops everything queued (the connection it was meant for is gone) and starts a new
     /// epoch. Returns how many messages were dropped.
     pub fn clear(&self) -> usize {
@@ -153,6 +184,7 @@ impl PeerQueue {
         lanes.messages.clear();
         lanes.chunks.clear();
         lanes.message_bytes = 0;
+        lanes.refused_since_take = false;
         lanes.epoch += 1;
         drop(lanes);
         self.room.notify_waiters();
@@ -167,7 +199,7 @@ impl PeerQueue {
         self.room.notify_waiters();
     }
 
-    /// Bytes of messages queued now.
+    /// Bytes of messages queued now, or taken by the writer and not yet released.
     pub fn message_bytes(&self) -> usize {
         self.lanes().message_bytes
     }
@@ -188,29 +220,41 @@ mod tests {
         assert_eq!(queue.push_message(frame(50)), Err(Refused::Full { first: true }));
         assert_eq!(queue.push_message(frame(50)), Err(Refused::Full { first: false }));
         queue.push_message(frame(40)).unwrap();
-        let mut out = Vec::new();
-        assert!(queue.take(&mut out).await);
-        assert_eq!(out.iter().map(Bytes::len).collect::<Vec<_>>(), vec![60, 40]);
+        let mut batch = Batch::default();
+        assert!(queue.take(&mut batch).await);
+        assert_eq!(batch.frames.iter().map(Bytes::len).collect::<Vec<_>>(), vec![60, 40]);
+        // Taken but not yet written: still counted, so a stuck write bounds memory too.
+        assert_eq!(queue.message_bytes(), 100);
+        assert_eq!(queue.push_message(frame(1)), Err(Refused::Full { first: true }));
+        queue.release(batch.message_bytes);
         assert_eq!(queue.message_bytes(), 0);
         // A message larger than the bound still goes alone into an empty queue.
         queue.push_message(frame(500)).unwrap();
-        assert_eq!(queue.push_message(frame(1)), Err(Refused::Full { first: true }));
+        assert_eq!(
+            queue.push_message(frame(1)),
+            Err(Refused::Full { first: false }),
+            "the same episode: no take since"
+        );
     }
 
     #[tokio::test]
     async fn a_round_takes_every_message_and_one_chunk() {
         let queue = PeerQueue::new(1000);
         let epoch = queue.epoch();
-        queue.push_chunk(frame(1), epoch).await.unwrap();
-        queue.push_chunk(frame(2), epoch).await.unwrap();
+        let (told, written) = oneshot::channel();
+        queue.push_chunk(frame(1), epoch, None).await.unwrap();
+        queue.push_chunk(frame(2), epoch, Some(told)).await.unwrap();
         queue.push_message(frame(10)).unwrap();
         queue.push_message(frame(11)).unwrap();
-        let mut out = Vec::new();
-        queue.take(&mut out).await;
-        assert_eq!(out.iter().map(Bytes::len).collect::<Vec<_>>(), vec![10, 11, 1]);
-        out.clear();
-        queue.take(&mut out).await;
-        assert_eq!(out.iter().map(Bytes::len).collect::<Vec<_>>(), vec![2]);
+        let mut batch = Batch::default();
+        queue.take(&mut batch).await;
+        assert_eq!(batch.frames.iter().map(Bytes::len).collect::<Vec<_>>(), vec![10, 11, 1]);
+        assert!(batch.written.is_empty());
+        let mut batch = Batch::default();
+        queue.take(&mut batch).await;
+        assert_eq!(batch.frames.iter().map(Bytes::len).collect::<Vec<_>>(), vec![2]);
+        batch.written.pop().unwrap().send(()).unwrap();
+        written.await.unwrap();
     }
 
     #[tokio::test]
@@ -218,18 +262,18 @@ mod tests {
         let queue = std::sync::Arc::new(PeerQueue::new(1000));
         let epoch = queue.epoch();
         for _ in 0..CHUNKS_MAX {
-            queue.push_chunk(frame(1), epoch).await.unwrap();
+            queue.push_chunk(frame(1), epoch, None).await.unwrap();
         }
         let waiting = {
             let queue = queue.clone();
-            tokio::spawn(async move { queue.push_chunk(frame(1), epoch).await })
+            tokio::spawn(async move { queue.push_chunk(frame(1), epoch, None).await })
         };
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "no room: the chunk waits");
         assert_eq!(queue.clear(), CHUNKS_MAX);
         assert_eq!(waiting.await.unwrap(), Err(Refused::Reset));
         let new_epoch = queue.epoch();
-        queue.push_chunk(frame(1), new_epoch).await.unwrap();
+        queue.push_chunk(frame(1), new_epoch, None).await.unwrap();
     }
 
     #[tokio::test]
@@ -237,7 +281,7 @@ mod tests {
         let queue = std::sync::Arc::new(PeerQueue::new(10));
         let writer = {
             let queue = queue.clone();
-            tokio::spawn(async move { queue.take(&mut Vec::new()).await })
+            tokio::spawn(async move { queue.take(&mut Batch::default()).await })
         };
         tokio::task::yield_now().await;
         queue.close();

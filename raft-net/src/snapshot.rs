@@ -18,10 +18,15 @@ pub(crate) async fn send(
 ) {
     let to = install.to;
     let result = send_chunks(&shared, &peer, transfer_id, &install, data).await;
+    peer.sending_snapshot.store(false, std::sync::atomic::Ordering::Release);
     if let Err(reason) = &result {
         tracing::warn!(node = %shared.config.node_id, peer = %to, "snapshot transfer failed: {reason}");
     }
-    let _ = shared.events.send(Event::SnapshotSent { to, ok: result.is_ok() }).await;
+    let event = Event::SnapshotSent { to, ok: result.is_ok() };
+    tokio::select! {
+        () = shared.shutdown.cancelled() => {}
+        _ = shared.events.send(event) => {}
+    }
 }
 
 async fn send_chunks(
@@ -54,12 +59,20 @@ async fn send_chunks(
             install: last.then(|| peer::RaftMessage::from(install)),
         };
         let frame = frame::encode_to_bytes(&PeerFrame { frame: Some(Frame::SnapshotChunk(chunk)) });
-        peer.queue.push_chunk(frame, epoch).await.map_err(|refused| match refused {
-            Refused::Reset => "the connection was lost or the transport shut down".to_string(),
+        let lost = || "the connection was lost or the transport shut down".to_string();
+        // The transfer succeeded once its last chunk (with the InstallSnapshot) is flushed.
+        let (written, flushed) = if last {
+            let (told, flushed) = tokio::sync::oneshot::channel();
+            (Some(told), Some(flushed))
+        } else {
+            (None, None)
+        };
+        peer.queue.push_chunk(frame, epoch, written).await.map_err(|refused| match refused {
+            Refused::Reset => lost(),
             Refused::Full { .. } => "the chunk lane is full".to_string(),
         })?;
-        if last {
-            return Ok(());
+        if let Some(flushed) = flushed {
+            return flushed.await.map_err(|_| lost());
         }
         offset += len as u64;
     }

@@ -113,6 +113,9 @@ pub enum SendError {
         /// The limit.
         max: usize,
     },
+    /// A snapshot transfer to this peer is already under way.
+    #[error("a snapshot is already being sent to node {0}")]
+    SnapshotInProgress(NodeId),
     /// The transport is shut down.
     #[error("the transport is shut down")]
     ShutDown,
@@ -195,6 +198,8 @@ pub(crate) struct Peer {
     pub(crate) address: PeerAddress,
     pub(crate) queue: PeerQueue,
     pub(crate) last_error: Mutex<Option<String>>,
+    /// A snapshot transfer to this peer is under way (one at a time: two would interleave).
+    pub(crate) sending_snapshot: std::sync::atomic::AtomicBool,
 }
 
 /// The most refusal reasons kept for [`Transport::recent_refusals`].
@@ -249,6 +254,17 @@ fn check(config: &TransportConfig) -> Result<(), StartError> {
              frame_bytes_max {}",
             config.snapshot_chunk_bytes, config.frame_bytes_max
         )));
+    }
+    let zero = [
+        ("handshake_timeout", config.handshake_timeout),
+        ("write_timeout", config.write_timeout),
+        ("backoff_initial", config.backoff_initial),
+    ];
+    if let Some((name, _)) = zero.iter().find(|(_, d)| d.is_zero()) {
+        return Err(StartError::Config(format!("{name} must be above zero")));
+    }
+    if config.backoff_max < config.backoff_initial {
+        return Err(StartError::Config("backoff_max is below backoff_initial".into()));
     }
     if config.peers.contains_key(&config.node_id) {
         return Err(StartError::Config(format!("node {} lists itself as a peer", config.node_id)));
@@ -341,6 +357,9 @@ impl Transport {
         data: Box<dyn SnapshotSource>,
     ) -> Result<(), SendError> {
         let peer = self.peer(install.to)?;
+        if peer.sending_snapshot.swap(true, Ordering::AcqRel) {
+            return Err(SendError::SnapshotInProgress(install.to));
+        }
         let transfer_id = self.shared.next_transfer.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(snapshot::send(self.shared.clone(), peer, transfer_id, install, data));
         Ok(())
@@ -364,10 +383,14 @@ impl Transport {
             address,
             queue: PeerQueue::new(self.shared.config.queue_bytes_max),
             last_error: Mutex::default(),
+            sending_snapshot: std::sync::atomic::AtomicBool::new(false),
         });
         let old = lock(&self.shared.peers).insert(id, peer.clone());
         if let Some(old) = old {
             old.queue.close();
+            // Its inbound connection was authenticated against the old address: it must
+            // authenticate again.
+            self.close_inbound(id);
         }
         tokio::spawn(outbound::run(self.shared.clone(), peer));
     }
@@ -377,6 +400,13 @@ impl Transport {
         if let Some(old) = lock(&self.shared.peers).remove(&id) {
             old.queue.close();
         }
+        self.close_inbound(id);
+    }
+
+    /// Closes the inbound connection of `id`. Called after changing `peers`: a connection
+    /// that registers concurrently checks `peers` after registering (`inbound::serve`), so
+    /// one of the two always sees the other.
+    fn close_inbound(&self, id: NodeId) {
         if let Some(connection) = lock(&self.shared.inbound).remove(&id) {
             connection.notify_one();
         }

@@ -191,6 +191,8 @@ async fn a_snapshot_arrives_whole_in_chunks_with_heartbeats_between_them() {
         body: MessageBody::InstallSnapshot { snapshot: meta },
     };
     a.transport.send_snapshot(install.clone(), Box::new(data.clone())).unwrap();
+    let second = a.transport.send_snapshot(install.clone(), Box::new(data.clone()));
+    assert_eq!(second, Err(SendError::SnapshotInProgress(NodeId(2))), "one transfer at a time");
     let mut assembled = Vec::new();
     let mut heartbeats_during = 0;
     let mut n = 1;

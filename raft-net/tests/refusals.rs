@@ -205,17 +205,26 @@ async fn garbage_oversized_frames_and_half_open_connections_leave_the_listener_s
     stream.write_all(&hello(2, 1, CLUSTER)).await.unwrap();
     stream.write_all(&[0xc0, 0, 0, 0, 1, 2, 3]).await.unwrap();
     stream.flush().await.unwrap();
-    // 4. The same, then bytes that are no protobuf.
+    // 4. The same, then a well-formed message from node 2 addressed to node 3.
+    let mut stream3 = raw_tls(&ca, Some(&pki.node(2)), port).await.unwrap();
+    stream3.write_all(&hello(2, 1, CLUSTER)).await.unwrap();
+    let misaddressed = PeerFrame {
+        frame: Some(Frame::Message(kv_proto::peer::RaftMessage::from(&heartbeat(2, 3, 1)))),
+    };
+    stream3.write_all(&raft_net::frame::encode_to_bytes(&misaddressed)).await.unwrap();
+    stream3.flush().await.unwrap();
+    // 5. The same, then bytes that are no protobuf.
     let mut stream2 = raw_tls(&ca, Some(&pki.node(2)), port).await.unwrap();
     stream2.write_all(&hello(2, 1, CLUSTER)).await.unwrap();
     stream2.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
     stream2.flush().await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while node.transport.stats().connections_closed_for_bad_input < 2 {
+    while node.transport.stats().connections_closed_for_bad_input < 3 {
         assert!(tokio::time::Instant::now() < deadline, "{:?}", node.transport.stats());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     refused_with(&node, "timed out").await;
+    assert!(node.next_message(QUIET).await.is_none(), "the misaddressed message is dropped");
     still_serves(&pki, &mut node).await;
 }
 
@@ -246,9 +255,28 @@ async fn contradictory_settings_are_refused_at_start() {
     chunk_too_big.snapshot_chunk_bytes = chunk_too_big.frame_bytes_max;
     let mut lists_itself = config(1);
     lists_itself.peers.insert(NodeId(1), PeerAddress { host: "node-1.example".into(), port: 1 });
-    for (settings, needle) in [(chunk_too_big, "frame_bytes_max"), (lists_itself, "itself")] {
+    let mut no_backoff = config(1);
+    no_backoff.backoff_initial = Duration::ZERO;
+    let cases =
+        [(chunk_too_big, "frame_bytes_max"), (lists_itself, "itself"), (no_backoff, "backoff")];
+    for (settings, needle) in cases {
         let error = raft_net::Transport::start(settings, identity(&pki.node(1))).await.err();
         let error = error.expect("refused").to_string();
         assert!(error.contains(needle), "{error}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_authenticated_for_an_old_address_is_closed_when_the_address_changes() {
+    let pki = Pki::new("cluster");
+    let mut node = Node::start(config(1), identity(&pki.node(1))).await;
+    let peer = Node::start(config(2), identity(&pki.node(2))).await;
+    connect_all(&[&node, &peer]);
+    send_eventually(&peer.transport, &heartbeat(2, 1, 1)).await;
+    assert!(node.next_message(WAIT).await.is_some());
+    // Node 2 is now configured as node-7.example, which its certificate does not cover.
+    node.transport.add_peer(NodeId(2), PeerAddress { host: "node-7.example".into(), port: 1 });
+    refused_with(&node, "does not cover node-7.example").await;
+    let _ = peer.transport.send(&heartbeat(2, 1, 2));
+    assert!(node.next_message(QUIET).await.is_none(), "the old connection speaks no more");
 }
