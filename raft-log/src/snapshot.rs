@@ -23,7 +23,7 @@ use thiserror::Error;
 
 const MAGIC: &[u8; 4] = b"RLSN";
 const VERSION: u32 = 1;
-/// Snapshot files are checked and copied in chunks of this size.
+/// Snapshot files are checked in chunks of this size.
 const CHUNK_BYTES: usize = 1 << 20;
 const EXTENSION: &str = "snap";
 const TEMP_SUFFIX: &str = ".snap.tmp";
@@ -113,33 +113,64 @@ pub fn write(
     meta: &SnapshotMeta,
     data: &[u8],
 ) -> Result<SnapshotFile, SnapshotError> {
+    write_streamed(vfs, dir, meta, &mut |out| io::Write::write_all(out, data))
+}
+
+/// As [`write`], with the data written by `fill` as a stream, so that it is never held in
+/// memory whole. The data length goes in the header once `fill` returns (the file is written
+/// by position); the checksum of header and data is combined from the two parts.
+pub fn write_streamed(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    meta: &SnapshotMeta,
+    fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+) -> Result<SnapshotFile, SnapshotError> {
     let path = dir.join(file_name(meta));
     let temp = dir.join(format!("{}.tmp", file_name(meta)));
     remove_if_present(vfs, &temp).map_err(io_error(&temp))?;
-    let mut head = Vec::new();
+    let meta_payload = encode_meta(meta);
+    let data_offset = 4 + 4 + 4 + meta_payload.len() as u64 + 8;
+    let file = vfs.create_new(&temp).map_err(io_error(&temp))?;
+    let mut data = DataWriter { file, offset: data_offset, crc: crc32fast::Hasher::new() };
+    fill(&mut data).map_err(io_error(&temp))?;
+    let DataWriter { mut file, offset: end, crc: data_crc } = data;
+    let data_len = end - data_offset;
+    let mut head = Vec::with_capacity(data_offset as usize);
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&VERSION.to_le_bytes());
-    let meta_payload = encode_meta(meta);
     head.extend_from_slice(&(meta_payload.len() as u32).to_le_bytes());
     head.extend_from_slice(&meta_payload);
-    head.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    head.extend_from_slice(&data_len.to_le_bytes());
     let mut crc = crc32fast::Hasher::new();
     crc.update(&head);
-    let mut file = vfs.create_new(&temp).map_err(io_error(&temp))?;
+    crc.combine(&data_crc);
     file.write_at(&head, 0).map_err(io_error(&temp))?;
-    let mut offset = head.len() as u64;
-    for chunk in data.chunks(CHUNK_BYTES) {
-        crc.update(chunk);
-        file.write_at(chunk, offset).map_err(io_error(&temp))?;
-        offset += chunk.len() as u64;
-    }
-    file.write_at(&crc.finalize().to_le_bytes(), offset).map_err(io_error(&temp))?;
+    file.write_at(&crc.finalize().to_le_bytes(), end).map_err(io_error(&temp))?;
     file.sync().map_err(io_error(&temp))?;
     vfs.rename(&temp, &path).map_err(io_error(&path))?;
     vfs.sync_dir(dir).map_err(io_error(dir))?;
     remove_all_but(vfs, dir, &path)?;
-    let data_offset = head.len() as u64;
-    Ok(SnapshotFile { meta: meta.clone(), path, data_offset, data_len: data.len() as u64 })
+    Ok(SnapshotFile { meta: meta.clone(), path, data_offset, data_len })
+}
+
+/// Appends a snapshot's data to its file by position, checksumming it.
+struct DataWriter {
+    file: Box<dyn crate::vfs::VfsFile>,
+    offset: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl io::Write for DataWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write_at(buf, self.offset)?;
+        self.crc.update(buf);
+        self.offset += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn encode_meta(meta: &SnapshotMeta) -> Vec<u8> {
@@ -269,6 +300,22 @@ mod tests {
     fn meta(index: u64, term: u64) -> SnapshotMeta {
         let membership = Membership::new([NodeId(1), NodeId(2), NodeId(3)]);
         SnapshotMeta { index: Index(index), term: Term(term), membership }
+    }
+
+    #[test]
+    fn a_streamed_snapshot_is_the_same_file_as_one_written_whole() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let (whole, streamed) = (FakeVfs::new(), FakeVfs::new());
+        let dir = Path::new("/d");
+        let file = write(&whole, dir, &meta(9, 2), &data).unwrap();
+        let mut pieces = data.chunks(70_001);
+        let mut fill = |out: &mut dyn io::Write| pieces.try_for_each(|p| out.write_all(p));
+        let streamed_file = write_streamed(&streamed, dir, &meta(9, 2), &mut fill).unwrap();
+        assert_eq!(whole.contents(&file.path), streamed.contents(&streamed_file.path));
+        assert_eq!(
+            open_latest(&streamed, dir).unwrap().unwrap().read_data(&streamed).unwrap(),
+            data
+        );
     }
 
     #[test]

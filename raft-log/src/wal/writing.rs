@@ -218,21 +218,32 @@ impl Wal {
         membership: Membership,
         data: &[u8],
     ) -> Result<(), WalError> {
-        self.guarded(|wal| wal.save_snapshot_file(index, membership, data))
+        self.save_snapshot_with(index, membership, &mut |out| out.write_all(data))
+    }
+
+    /// As [`Wal::save_snapshot`], with the bytes written by `fill` as a stream (a large state
+    /// is never held in memory whole).
+    pub fn save_snapshot_with(
+        &mut self,
+        index: Index,
+        membership: Membership,
+        fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), WalError> {
+        self.guarded(|wal| wal.save_snapshot_file(index, membership, fill))
     }
 
     fn save_snapshot_file(
         &mut self,
         index: Index,
         membership: Membership,
-        data: &[u8],
+        fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
     ) -> Result<(), WalError> {
         if index <= self.snapshot().index {
             return Ok(());
         }
         let term = self.term(index).map_err(|e| WalError::InvalidWrite(e.to_string()))?;
         let meta = SnapshotMeta { index, term, membership };
-        self.snapshot = Some(snapshot::write(&*self.vfs, &self.dir, &meta, data)?);
+        self.snapshot = Some(snapshot::write_streamed(&*self.vfs, &self.dir, &meta, fill)?);
         Ok(())
     }
 
@@ -241,15 +252,29 @@ impl Wal {
     /// dropped, and the suffix after it is kept only if the log holds its last entry (the
     /// suffix then matches the leader's log, paper §7); otherwise the whole log goes.
     pub fn install_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), WalError> {
-        self.guarded(|wal| wal.install(meta, data))
+        self.install_snapshot_with(meta, &mut |out| out.write_all(data))
     }
 
-    fn install(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), WalError> {
+    /// As [`Wal::install_snapshot`], with the bytes written by `fill` as a stream (from the
+    /// chunks received, say, without holding them all).
+    pub fn install_snapshot_with(
+        &mut self,
+        meta: &SnapshotMeta,
+        fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), WalError> {
+        self.guarded(|wal| wal.install(meta, fill))
+    }
+
+    fn install(
+        &mut self,
+        meta: &SnapshotMeta,
+        fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), WalError> {
         if meta.index <= self.compacted.index {
             return Ok(());
         }
         let holds_last = self.physical_term(meta.index) == Some(meta.term);
-        self.snapshot = Some(snapshot::write(&*self.vfs, &self.dir, meta, data)?);
+        self.snapshot = Some(snapshot::write_streamed(&*self.vfs, &self.dir, meta, fill)?);
         if holds_last {
             self.compact_prefix(meta.index)?;
         } else {
