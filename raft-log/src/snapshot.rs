@@ -87,6 +87,19 @@ impl SnapshotFile {
         Ok(data)
     }
 
+    /// An open handle on the state machine's bytes, independent of the log: it reads the
+    /// file it was opened on even if a newer snapshot replaces it meanwhile (the name goes,
+    /// the open file stays readable).
+    pub fn open_data(&self, vfs: &dyn Vfs) -> Result<SnapshotData, SnapshotError> {
+        let file = vfs.open(&self.path).map_err(io_error(&self.path))?;
+        Ok(SnapshotData {
+            file,
+            data_offset: self.data_offset,
+            data_len: self.data_len,
+            position: 0,
+        })
+    }
+
     /// Reads `buf.len()` bytes of the state machine's bytes from `offset` (to send a snapshot
     /// in chunks). The file was checked whole when it was opened.
     pub fn read_data_at(
@@ -102,6 +115,46 @@ impl SnapshotFile {
             return Err(io_error(&self.path)(error));
         }
         file.read_exact_at(buf, self.data_offset + offset).map_err(io_error(&self.path))
+    }
+}
+
+/// A snapshot's data on an open file: read by position (to send chunks) or as a stream (to
+/// restore a state machine without holding the bytes whole).
+pub struct SnapshotData {
+    file: Box<dyn crate::vfs::VfsFile>,
+    data_offset: u64,
+    data_len: u64,
+    position: u64,
+}
+
+impl SnapshotData {
+    /// The data's length.
+    pub fn len(&self) -> u64 {
+        self.data_len
+    }
+
+    /// Whether there is no data.
+    pub fn is_empty(&self) -> bool {
+        self.data_len == 0
+    }
+
+    /// Fills `buf` from `offset` of the data; an error past its end.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = offset.checked_add(buf.len() as u64).filter(|&end| end <= self.data_len);
+        if end.is_none() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read beyond the data"));
+        }
+        self.file.read_exact_at(buf, self.data_offset + offset)
+    }
+}
+
+impl io::Read for SnapshotData {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.data_len - self.position;
+        let n = (buf.len() as u64).min(left) as usize;
+        self.read_at(self.position, &mut buf[..n])?;
+        self.position += n as u64;
+        Ok(n)
     }
 }
 
@@ -312,6 +365,9 @@ mod tests {
         let mut fill = |out: &mut dyn io::Write| pieces.try_for_each(|p| out.write_all(p));
         let streamed_file = write_streamed(&streamed, dir, &meta(9, 2), &mut fill).unwrap();
         assert_eq!(whole.contents(&file.path), streamed.contents(&streamed_file.path));
+        let mut read = Vec::new();
+        io::Read::read_to_end(&mut streamed_file.open_data(&streamed).unwrap(), &mut read).unwrap();
+        assert_eq!(read, data, "read back as a stream");
         assert_eq!(
             open_latest(&streamed, dir).unwrap().unwrap().read_data(&streamed).unwrap(),
             data

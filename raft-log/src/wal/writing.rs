@@ -284,6 +284,13 @@ impl Wal {
         Ok(())
     }
 
+    /// An open handle on the newest snapshot's bytes (to stream them to a peer or into a
+    /// state machine), if there is a snapshot.
+    pub fn open_snapshot_data(&self) -> Result<Option<snapshot::SnapshotData>, WalError> {
+        let Some(file) = &self.snapshot else { return Ok(None) };
+        Ok(Some(file.open_data(&*self.vfs)?))
+    }
+
     /// The newest snapshot's bytes, if there is a snapshot.
     pub fn snapshot_data(&self) -> Result<Option<Vec<u8>>, WalError> {
         let Some(file) = &self.snapshot else { return Ok(None) };
