@@ -124,9 +124,26 @@ impl KvState {
     /// # Panics
     /// If `index` is not the next index to apply.
     pub fn apply(&mut self, index: u64, data: &[u8]) -> Result<WriteResult, ApplyError> {
+        match Command::decode(data) {
+            Ok(command) => self.apply_command(index, command),
+            Err(e) => {
+                self.advance(index);
+                Err(ApplyError::Undecodable { index, reason: e.to_string() })
+            }
+        }
+    }
+
+    /// As [`KvState::apply`], for a command the host decoded already (to recognize its own
+    /// writes by their session).
+    ///
+    /// # Panics
+    /// If `index` is not the next index to apply.
+    pub fn apply_command(
+        &mut self,
+        index: u64,
+        command: Command,
+    ) -> Result<WriteResult, ApplyError> {
         self.advance(index);
-        let command = Command::decode(data)
-            .map_err(|e| ApplyError::Undecodable { index, reason: e.to_string() })?;
         let op = command
             .op
             .ok_or_else(|| ApplyError::Undecodable { index, reason: "no operation".into() })?;

@@ -1,0 +1,310 @@
+//! The command line: every flag also settable as an environment variable `KV_<FLAG>`, checked
+//! as a whole before anything starts, with errors naming the flag.
+
+use clap::{Parser, ValueEnum};
+use raft_core::NodeId;
+use raft_net::PeerAddress;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// kv-server: one node of a replicated key-value store.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct Flags {
+    /// This node's name: must appear in --initial-cluster.
+    #[arg(long, env = "KV_NAME")]
+    pub name: String,
+
+    /// Every initial member as name=host:port (its advertised peer address), comma-separated.
+    /// All nodes must be given the same list, in the same order: a member's id is its
+    /// position in it, from 1.
+    #[arg(long, env = "KV_INITIAL_CLUSTER")]
+    pub initial_cluster: String,
+
+    /// `new` bootstraps the cluster of --initial-cluster; `existing` joins a running cluster
+    /// that already added this node (kvctl member-join).
+    #[arg(long, env = "KV_INITIAL_CLUSTER_STATE", value_enum, default_value_t = ClusterState::New)]
+    pub initial_cluster_state: ClusterState,
+
+    /// A name for the cluster: peers with another token are refused.
+    #[arg(long, env = "KV_INITIAL_CLUSTER_TOKEN", default_value = "kv-cluster")]
+    pub initial_cluster_token: String,
+
+    /// Where the log, its snapshots and the vote file live.
+    #[arg(long, env = "KV_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// Where to listen for peers (ip:port).
+    #[arg(long, env = "KV_LISTEN_PEER_ADDRESS")]
+    pub listen_peer_address: SocketAddr,
+
+    /// The peer address others use for this node (host:port); defaults to this node's entry
+    /// in --initial-cluster, and must match it.
+    #[arg(long, env = "KV_ADVERTISE_PEER_ADDRESS")]
+    pub advertise_peer_address: Option<String>,
+
+    /// Where to listen for clients (ip:port).
+    #[arg(long, env = "KV_LISTEN_CLIENT_ADDRESS")]
+    pub listen_client_address: SocketAddr,
+
+    /// The client address to give clients (host:port); defaults to --listen-client-address.
+    #[arg(long, env = "KV_ADVERTISE_CLIENT_ADDRESS")]
+    pub advertise_client_address: Option<String>,
+
+    /// This node's certificate for peers (PEM); must cover its advertised peer host.
+    #[arg(long, env = "KV_PEER_CERT_FILE")]
+    pub peer_cert_file: PathBuf,
+
+    /// The key of --peer-cert-file (PEM).
+    #[arg(long, env = "KV_PEER_KEY_FILE")]
+    pub peer_key_file: PathBuf,
+
+    /// The CA that signs every member's peer certificate (PEM).
+    #[arg(long, env = "KV_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: PathBuf,
+
+    /// The certificate served to clients (PEM). Without it the client API is plain TCP.
+    #[arg(long, env = "KV_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// The key of --cert-file (PEM).
+    #[arg(long, env = "KV_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// When set, clients must present a certificate signed by this CA (PEM).
+    #[arg(long, env = "KV_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Milliseconds per Raft tick.
+    #[arg(long, env = "KV_TICK_MS", default_value_t = 100)]
+    pub tick_ms: u64,
+
+    /// Ticks without a leader before a follower campaigns (randomized up to twice this).
+    #[arg(long, env = "KV_ELECTION_TICKS", default_value_t = 10)]
+    pub election_ticks: u32,
+
+    /// Take a snapshot (and compact the log) after this many applied entries.
+    #[arg(long, env = "KV_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
+    pub snapshot_entries: u64,
+
+    /// The largest value a client may write, in bytes.
+    #[arg(long, env = "KV_VALUE_BYTES_MAX", default_value_t = 1 << 20)]
+    pub value_bytes_max: usize,
+
+    /// How long a client call may wait for its outcome, in milliseconds.
+    #[arg(long, env = "KV_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
+    pub request_timeout_ms: u64,
+}
+
+/// Whether the node bootstraps a cluster or joins one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClusterState {
+    /// Bootstrap the cluster of --initial-cluster.
+    New,
+    /// Join a running cluster.
+    Existing,
+}
+
+/// A member of the initial cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitialMember {
+    /// Its id: its position in --initial-cluster, from 1.
+    pub id: NodeId,
+    /// Its name.
+    pub name: String,
+    /// Its advertised peer address.
+    pub peer_address: PeerAddress,
+}
+
+/// A setting that cannot work, naming the flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct FlagError {
+    /// The flag, without dashes.
+    pub flag: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn flag_error(flag: &'static str, reason: impl Into<String>) -> FlagError {
+    FlagError { flag, reason: reason.into() }
+}
+
+/// The checked settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The flags as given.
+    pub flags: Flags,
+    /// The initial members, in order.
+    pub members: Vec<InitialMember>,
+    /// This node's id.
+    pub id: NodeId,
+    /// The client address advertised.
+    pub advertise_client_address: String,
+}
+
+impl Settings {
+    /// The Raft tick.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.flags.tick_ms)
+    }
+
+    /// How long a client call may wait.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.flags.request_timeout_ms)
+    }
+}
+
+/// Parses `name=host:port,...`.
+pub fn parse_initial_cluster(value: &str) -> Result<Vec<InitialMember>, FlagError> {
+    let error = |reason: String| flag_error("initial-cluster", reason);
+    let mut members: Vec<InitialMember> = Vec::new();
+    for (position, item) in value.split(',').map(str::trim).enumerate() {
+        let (name, address) =
+            item.split_once('=').ok_or_else(|| error(format!("{item:?} is not name=host:port")))?;
+        if name.is_empty() {
+            return Err(error(format!("{item:?} has no name")));
+        }
+        let peer_address: PeerAddress = address.parse().map_err(|e| error(format!("{e}")))?;
+        if members.iter().any(|m| m.name == name) {
+            return Err(error(format!("the name {name:?} appears twice")));
+        }
+        if members.iter().any(|m| m.peer_address == peer_address) {
+            return Err(error(format!("the address {address} appears twice")));
+        }
+        let id = NodeId(position as u64 + 1);
+        members.push(InitialMember { id, name: name.into(), peer_address });
+    }
+    Ok(members)
+}
+
+impl Flags {
+    /// Checks the flags together.
+    pub fn check(self) -> Result<Settings, FlagError> {
+        let members = parse_initial_cluster(&self.initial_cluster)?;
+        let me = members.iter().find(|m| m.name == self.name).ok_or_else(|| {
+            flag_error("name", format!("{:?} is not in --initial-cluster", self.name))
+        })?;
+        if let Some(advertised) = &self.advertise_peer_address {
+            let parsed: PeerAddress = advertised
+                .parse()
+                .map_err(|e| flag_error("advertise-peer-address", format!("{e}")))?;
+            if parsed != me.peer_address {
+                return Err(flag_error(
+                    "advertise-peer-address",
+                    format!(
+                        "{advertised} differs from {}'s entry in --initial-cluster ({})",
+                        self.name, me.peer_address
+                    ),
+                ));
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(flag_error("key-file", "--cert-file and --key-file go together"));
+        }
+        if self.trusted_ca_file.is_some() && self.cert_file.is_none() {
+            return Err(flag_error(
+                "trusted-ca-file",
+                "client certificates need TLS: set --cert-file and --key-file",
+            ));
+        }
+        if self.listen_peer_address == self.listen_client_address {
+            return Err(flag_error("listen-client-address", "the same as --listen-peer-address"));
+        }
+        if self.tick_ms == 0 {
+            return Err(flag_error("tick-ms", "must be at least 1"));
+        }
+        if self.election_ticks < 2 {
+            return Err(flag_error(
+                "election-ticks",
+                "must be at least 2 (heartbeats go every tick)",
+            ));
+        }
+        if self.snapshot_entries == 0 {
+            return Err(flag_error("snapshot-entries", "must be at least 1"));
+        }
+        if self.value_bytes_max == 0 || self.value_bytes_max > kv_fsm::snapshot::VALUE_BYTES_MAX {
+            return Err(flag_error(
+                "value-bytes-max",
+                format!("must be between 1 and {}", kv_fsm::snapshot::VALUE_BYTES_MAX),
+            ));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(flag_error("request-timeout-ms", "must be at least 1"));
+        }
+        let advertise_client_address = self
+            .advertise_client_address
+            .clone()
+            .unwrap_or_else(|| self.listen_client_address.to_string());
+        let id = me.id;
+        Ok(Settings { flags: self, members, id, advertise_client_address })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(extra: &[&str]) -> Result<Settings, String> {
+        let mut args = vec![
+            "kv-server",
+            "--name=n2",
+            "--initial-cluster=n1=node-1.example:7001,n2=127.0.0.1:7002,n3=[::1]:7003",
+            "--data-dir=/tmp/x",
+            "--listen-peer-address=127.0.0.1:7002",
+            "--listen-client-address=127.0.0.1:8002",
+            "--peer-cert-file=c.pem",
+            "--peer-key-file=k.pem",
+            "--peer-trusted-ca-file=ca.pem",
+        ];
+        for arg in extra {
+            let flag = arg.split('=').next().unwrap_or(arg);
+            args.retain(|base| base.split('=').next() != Some(flag));
+            args.push(arg);
+        }
+        let flags = Flags::try_parse_from(args).map_err(|e| e.to_string())?;
+        flags.check().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_good_command_line_gives_ids_by_position() {
+        let settings = flags(&[]).unwrap();
+        assert_eq!(settings.id, NodeId(2));
+        assert_eq!(settings.members.len(), 3);
+        assert_eq!(settings.members[2].peer_address.host, "::1");
+        assert_eq!(settings.advertise_client_address, "127.0.0.1:8002");
+    }
+
+    #[test]
+    fn contradictions_are_refused_naming_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--name=n9"], "--name"),
+            (
+                &["--initial-cluster=n1=a:1,n1=b:2"],
+                "--initial-cluster: the name \"n1\" appears twice",
+            ),
+            (&["--initial-cluster=n1=a:1,n2"], "--initial-cluster"),
+            (&["--initial-cluster=n1=a:1,n2=b"], "--initial-cluster"),
+            (&["--advertise-peer-address=127.0.0.1:9"], "--advertise-peer-address"),
+            (&["--cert-file=x.pem"], "--key-file"),
+            (&["--trusted-ca-file=ca.pem"], "--trusted-ca-file"),
+            (&["--listen-client-address=127.0.0.1:7002"], "--listen-client-address"),
+            (&["--tick-ms=0"], "--tick-ms"),
+            (&["--election-ticks=1"], "--election-ticks"),
+            (&["--value-bytes-max=0"], "--value-bytes-max"),
+        ];
+        for (extra, needle) in cases {
+            let error = flags(extra).unwrap_err();
+            assert!(error.contains(needle), "{extra:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn clap_refuses_unparsable_values_naming_the_flag() {
+        let error = flags(&["--listen-peer-address=nowhere"]).unwrap_err();
+        assert!(error.contains("--listen-peer-address"), "{error}");
+        let error = flags(&["--initial-cluster-state=maybe"]).unwrap_err();
+        assert!(error.contains("--initial-cluster-state"), "{error}");
+    }
+}
