@@ -1,0 +1,32 @@
+//! The kv-server binary: flags, logging, the runtime, then `server::run`.
+
+use clap::Parser;
+use kv_server::flags::Flags;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let settings = match Flags::parse().check() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("kv-server: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kv-server: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(kv_server::server::run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kv-server: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

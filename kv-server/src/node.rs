@@ -1,0 +1,673 @@
+//! The node: raft-core driven on its own thread, with raft-log as its store, raft-net as its
+//! transport and kv-fsm as its state machine (the host loop of docs/engine.md).
+//!
+//! One loop turn: take every queued input (client writes and reads, peer messages, ticks),
+//! then handle every Ready. All the writes that arrived while the previous turn was syncing
+//! go into one Ready, so one `fdatasync` serves them all (group commit); a leader's appends
+//! leave before its own write (step 3 of the Ready contract), so followers write in parallel.
+//!
+//! A client write becomes a `Command` carrying this process's session id and a sequence
+//! number (kv-fsm sessions, thesis §6.3). It is answered when an entry with that session and
+//! sequence is applied, on whichever node proposed or forwarded it; until its deadline it is
+//! proposed again every [`RETRY_INTERVAL`], and the session makes sure it applies once.
+
+use crate::incoming::Incoming;
+use bytes::Bytes;
+use kv_fsm::{ApplyError, KvState, WriteResult};
+use kv_proto::kv::{command::Op, Command};
+use prost::Message as _;
+use raft_core::{
+    Config, Entry, EntryKind, Index, InitialState, Message, MessageBody, NodeId, ProposeError,
+    RawNode, ReadIndexError, ReadState, Ready, Role,
+};
+use raft_log::wal::{Wal, WalError, WalOptions};
+use raft_net::{Event, SnapshotSource, Transport};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// A pending write is proposed again this often until it applies or its deadline passes.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Inputs queued for the loop at most; more are refused (the node is overloaded).
+const INPUTS_MAX: usize = 65_536;
+
+/// Entries kept in the log below a snapshot, so that a follower a little behind catches up
+/// from the log rather than a snapshot.
+const ENTRIES_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
+
+/// Why a write was not done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// No leader was known until the deadline: the write was never proposed.
+    #[error("no leader is known")]
+    NoLeader,
+    /// The outcome is unknown: it may still apply.
+    #[error("the write's outcome is unknown (timed out)")]
+    Timeout,
+    /// The leader holds too many uncommitted writes; retry later.
+    #[error("the cluster is overloaded: {0}")]
+    Busy(String),
+    /// The node is stopping or stopped.
+    #[error("the node is stopping")]
+    Stopped,
+}
+
+/// Why a read was not served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// No leader is known to confirm it.
+    #[error("no leader is known")]
+    NoLeader,
+    /// Not confirmed before the deadline.
+    #[error("the read was not confirmed in time")]
+    Timeout,
+    /// Too many reads wait; retry later.
+    #[error("too many reads are waiting")]
+    Busy,
+    /// The node is stopping or stopped.
+    #[error("the node is stopping")]
+    Stopped,
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The log could not be opened.
+    #[error("opening the log: {0}")]
+    Log(#[from] WalError),
+    /// The snapshot in the log could not be restored.
+    #[error("restoring the state from the snapshot: {0}")]
+    Snapshot(String),
+    /// The engine refused its configuration.
+    #[error("starting the engine: {0}")]
+    Engine(String),
+}
+
+/// What the loop reports about the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This node.
+    pub id: NodeId,
+    /// Its current term.
+    pub term: u64,
+    /// Its role.
+    pub role: Role,
+    /// The leader it knows.
+    pub leader: Option<NodeId>,
+    /// The commit index.
+    pub commit: u64,
+    /// The applied index.
+    pub applied: u64,
+    /// The first index in the log.
+    pub first_index: u64,
+    /// The last index in the log.
+    pub last_index: u64,
+    /// The voters.
+    pub voters: Vec<NodeId>,
+    /// The learners.
+    pub learners: Vec<NodeId>,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+/// What the loop takes.
+pub(crate) enum Input {
+    Write { op: Op, reply: Reply<Result<WriteResult, WriteError>> },
+    Read { linearizable: bool, reply: Reply<Result<KvState, ReadError>> },
+    Status { reply: Reply<NodeStatus> },
+    Transfer { to: Option<NodeId>, reply: Reply<Result<NodeId, String>> },
+    Peer(Event),
+    Stop { reply: Reply<()> },
+}
+
+/// How the node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node.
+    pub id: NodeId,
+    /// The initial voters (used only when the log holds no configuration yet).
+    pub voters: Vec<NodeId>,
+    /// Where the log lives.
+    pub data_dir: PathBuf,
+    /// The Raft tick.
+    pub tick: Duration,
+    /// Ticks before an election.
+    pub election_ticks: u32,
+    /// Take a snapshot after this many applied entries.
+    pub snapshot_entries: u64,
+    /// How long a write or read may wait for its outcome.
+    pub request_timeout: Duration,
+}
+
+/// The handle clients use; cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inputs: SyncSender<Input>,
+    request_timeout: Duration,
+}
+
+impl NodeHandle {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Input) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.try_send(make(reply)).ok()?;
+        // The loop answers by its own deadline; this one only guards against a dead loop.
+        tokio::time::timeout(self.request_timeout + Duration::from_secs(2), answer).await.ok()?.ok()
+    }
+
+    /// Replicates `op` and returns its result once applied.
+    pub async fn write(&self, op: Op) -> Result<WriteResult, WriteError> {
+        self.ask(|reply| Input::Write { op, reply }).await.unwrap_or(Err(WriteError::Stopped))
+    }
+
+    /// The state, at least as new as every write completed anywhere before the call when
+    /// `linearizable` (ReadIndex); this node's current state otherwise.
+    pub async fn read(&self, linearizable: bool) -> Result<KvState, ReadError> {
+        self.ask(|reply| Input::Read { linearizable, reply })
+            .await
+            .unwrap_or(Err(ReadError::Stopped))
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Option<NodeStatus> {
+        self.ask(|reply| Input::Status { reply }).await
+    }
+
+    /// Starts handing leadership to `to` (or the most caught-up voter); returns the target.
+    pub async fn transfer_leadership(&self, to: Option<NodeId>) -> Result<NodeId, String> {
+        self.ask(|reply| Input::Transfer { to, reply })
+            .await
+            .unwrap_or(Err("the node is stopping".into()))
+    }
+
+    /// Stops the loop after its current turn (everything acknowledged is durable).
+    pub async fn stop(&self) {
+        self.ask(|reply| Input::Stop { reply }).await;
+    }
+}
+
+/// A write waiting to be applied.
+struct PendingWrite {
+    data: Bytes,
+    reply: Reply<Result<WriteResult, WriteError>>,
+    deadline: Instant,
+    next_try: Instant,
+    /// Appended or forwarded at least once: its outcome is unknown from then on.
+    sent: bool,
+}
+
+/// A read waiting for confirmation or for the apply to reach its index.
+struct PendingRead {
+    reply: Reply<Result<KvState, ReadError>>,
+    deadline: Instant,
+}
+
+/// Everything the loop owns.
+struct Core {
+    raw: RawNode<Wal>,
+    state: KvState,
+    transport: Arc<Transport>,
+    runtime: tokio::runtime::Handle,
+    config: NodeConfig,
+    /// This process's session id (random, never 0) and its next sequence number.
+    session: u64,
+    next_sequence: u64,
+    writes: BTreeMap<u64, PendingWrite>,
+    next_read: u64,
+    reads_unconfirmed: HashMap<u64, PendingRead>,
+    reads_confirmed: Vec<(Index, PendingRead)>,
+    incoming: Incoming,
+    last_snapshot: u64,
+    leader: Option<NodeId>,
+}
+
+/// Opens the log, restores the state and starts the loop on its own thread.
+pub fn start(
+    config: NodeConfig,
+    transport: Arc<Transport>,
+    events: tokio::sync::mpsc::Receiver<Event>,
+    runtime: tokio::runtime::Handle,
+) -> Result<(NodeHandle, std::thread::JoinHandle<Result<(), String>>), StartError> {
+    let wal = Wal::open(&config.data_dir, WalOptions::default())?;
+    let report = wal.recovery_report().clone();
+    if report.torn_bytes > 0 {
+        tracing::warn!("the log's torn tail was cut: {report:?}");
+    }
+    let state = match wal.open_snapshot_data()? {
+        Some(data) => {
+            KvState::read_snapshot(data).map_err(|e| StartError::Snapshot(e.to_string()))?
+        }
+        None => KvState::new(),
+    };
+    let mut raft_config = Config::new(config.id);
+    raft_config.election_ticks = config.election_ticks;
+    raft_config.heartbeat_ticks = 1;
+    raft_config.seed = fastrand::u64(..);
+    let initial = InitialState {
+        hard_state: wal.hard_state(),
+        voters: config.voters.clone(),
+        applied: Index(state.applied()),
+    };
+    let raw =
+        RawNode::new(raft_config, wal, initial).map_err(|e| StartError::Engine(e.to_string()))?;
+    let (inputs, receiver) = std::sync::mpsc::sync_channel(INPUTS_MAX);
+    forward_events(events, inputs.clone());
+    let handle = NodeHandle { inputs, request_timeout: config.request_timeout };
+    let core = Core {
+        raw,
+        last_snapshot: state.applied(),
+        state,
+        transport,
+        runtime,
+        incoming: Incoming::new(config.data_dir.clone()),
+        session: fastrand::u64(1..),
+        next_sequence: 1,
+        writes: BTreeMap::new(),
+        next_read: 1,
+        reads_unconfirmed: HashMap::new(),
+        reads_confirmed: Vec::new(),
+        leader: None,
+        config,
+    };
+    let thread = std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || core.run(receiver))
+        .map_err(|e| StartError::Engine(e.to_string()))?;
+    Ok((handle, thread))
+}
+
+/// Moves the transport's events into the loop's queue, on a thread of its own (the queue
+/// blocks when full, which slows the peers down rather than dropping snapshot chunks).
+fn forward_events(mut events: tokio::sync::mpsc::Receiver<Event>, inputs: SyncSender<Input>) {
+    std::thread::spawn(move || {
+        while let Some(event) = events.blocking_recv() {
+            if inputs.send(Input::Peer(event)).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+impl Core {
+    fn run(mut self, inputs: Receiver<Input>) -> Result<(), String> {
+        let tick = self.config.tick;
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut stop = None;
+            match inputs.recv_timeout(wait) {
+                Ok(input) => stop = stop.or(self.handle(input)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            for input in inputs.try_iter().take(INPUTS_MAX) {
+                stop = stop.or(self.handle(input));
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                next_tick = (next_tick + tick).max(now);
+            }
+            self.retry_and_expire(now);
+            if let Err(error) = self.process_readies() {
+                tracing::error!("stopping: {error}");
+                self.fail_everything();
+                return Err(error);
+            }
+            if let Some(reply) = stop {
+                self.fail_everything();
+                let _ = reply.send(());
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handles one input; returns the reply of a stop request.
+    fn handle(&mut self, input: Input) -> Option<Reply<()>> {
+        match input {
+            Input::Write { op, reply } => self.start_write(op, reply),
+            Input::Read { linearizable, reply } => self.start_read(linearizable, reply),
+            Input::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Input::Transfer { to, reply } => {
+                let _ = reply.send(self.transfer(to));
+            }
+            Input::Peer(event) => self.on_peer_event(event),
+            Input::Stop { reply } => return Some(reply),
+        }
+        None
+    }
+
+    fn start_write(&mut self, op: Op, reply: Reply<Result<WriteResult, WriteError>>) {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let acked_below = self.writes.keys().next().copied().unwrap_or(sequence);
+        let command = Command { client_id: self.session, sequence, acked_below, op: Some(op) };
+        let now = Instant::now();
+        let pending = PendingWrite {
+            data: command.encode_to_vec().into(),
+            reply,
+            deadline: now + self.config.request_timeout,
+            next_try: now,
+            sent: false,
+        };
+        self.writes.insert(sequence, pending);
+        self.propose(sequence, now);
+    }
+
+    /// Proposes pending write `sequence` (again).
+    fn propose(&mut self, sequence: u64, now: Instant) {
+        let Some(pending) = self.writes.get_mut(&sequence) else { return };
+        pending.next_try = now + RETRY_INTERVAL;
+        match self.raw.propose(pending.data.clone()) {
+            Ok(_) => pending.sent = true,
+            Err(ProposeError::NotLeader { .. } | ProposeError::TransferInProgress { .. }) => {}
+            Err(error @ ProposeError::UncommittedFull { .. }) => {
+                if !pending.sent {
+                    let pending = self.writes.remove(&sequence).expect("just found");
+                    let _ = pending.reply.send(Err(WriteError::Busy(error.to_string())));
+                }
+            }
+        }
+    }
+
+    fn start_read(&mut self, linearizable: bool, reply: Reply<Result<KvState, ReadError>>) {
+        if !linearizable {
+            let _ = reply.send(Ok(self.state.clone()));
+            return;
+        }
+        let request = self.next_read;
+        self.next_read += 1;
+        match self.raw.read_index(request) {
+            Ok(()) => {
+                let deadline = Instant::now() + self.config.request_timeout;
+                self.reads_unconfirmed.insert(request, PendingRead { reply, deadline });
+            }
+            Err(ReadIndexError::NoLeader) => {
+                let _ = reply.send(Err(ReadError::NoLeader));
+            }
+            Err(ReadIndexError::TooManyPending { .. }) => {
+                let _ = reply.send(Err(ReadError::Busy));
+            }
+        }
+    }
+
+    fn on_peer_event(&mut self, event: Event) {
+        match event {
+            Event::Message(message) => self.step(message),
+            Event::SnapshotChunk(chunk) => {
+                if let Some(install) = self.incoming.receive(chunk) {
+                    self.step(install);
+                }
+            }
+            Event::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Event::SnapshotSent { to, ok } => {
+                if !ok {
+                    self.raw.report_snapshot_failure(to);
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, message: Message) {
+        if let Err(error) = self.raw.step(message) {
+            tracing::debug!("message refused by the engine: {error}");
+        }
+    }
+
+    /// Proposes again the writes due for it; answers those past their deadline.
+    fn retry_and_expire(&mut self, now: Instant) {
+        let due: Vec<u64> =
+            self.writes.iter().filter(|(_, p)| p.next_try <= now).map(|(&s, _)| s).collect();
+        for sequence in due {
+            let pending = &self.writes[&sequence];
+            if pending.deadline <= now {
+                let pending = self.writes.remove(&sequence).expect("just found");
+                let error = if pending.sent { WriteError::Timeout } else { WriteError::NoLeader };
+                let _ = pending.reply.send(Err(error));
+            } else {
+                self.propose(sequence, now);
+            }
+        }
+        let expired: Vec<u64> = self
+            .reads_unconfirmed
+            .iter()
+            .filter(|(_, read)| read.deadline <= now)
+            .map(|(&request, _)| request)
+            .collect();
+        for request in expired {
+            let read = self.reads_unconfirmed.remove(&request).expect("just found");
+            let _ = read.reply.send(Err(ReadError::Timeout));
+        }
+    }
+
+    fn process_readies(&mut self) -> Result<(), String> {
+        while self.raw.has_ready() {
+            let ready = self.raw.ready();
+            self.handle_ready(ready)?;
+        }
+        Ok(())
+    }
+
+    /// The Ready contract of docs/engine.md, in order.
+    fn handle_ready(&mut self, ready: Ready) -> Result<(), String> {
+        if let Some(soft) = ready.soft_state {
+            if soft.leader != self.leader {
+                tracing::info!(node = %self.config.id, term = %self.raw.term(), "leader is now {:?} (this node: {:?})", soft.leader, soft.role);
+                self.leader = soft.leader;
+            }
+        }
+        self.send(ready.messages);
+        if let Some(meta) = &ready.snapshot {
+            self.install_snapshot(meta)?;
+        }
+        if ready.hard_state.is_some() || !ready.entries.is_empty() {
+            self.raw
+                .store_mut()
+                .write(ready.hard_state, &ready.entries)
+                .map_err(|e| format!("writing the log: {e}"))?;
+        }
+        self.send(ready.messages_after_persist);
+        self.raw.on_persisted(ready.number);
+        self.apply(ready.committed_entries)?;
+        self.confirm_reads(ready.read_states);
+        Ok(())
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            let to = message.to;
+            if matches!(message.body, MessageBody::InstallSnapshot { .. }) {
+                if let Err(error) = self.send_snapshot(message) {
+                    tracing::warn!("snapshot to node {to} not sent: {error}");
+                    self.raw.report_snapshot_failure(to);
+                }
+            } else if self.transport.send(&message).is_err() {
+                self.raw.report_unreachable(to);
+            }
+        }
+    }
+
+    fn send_snapshot(&mut self, message: Message) -> Result<(), String> {
+        let data = self.raw.store().open_snapshot_data().map_err(|e| e.to_string())?;
+        let data = data.ok_or("no snapshot to send")?;
+        let _runtime = self.runtime.enter();
+        self.transport
+            .send_snapshot(message, Box::new(SnapshotReader(data)))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Installs the snapshot a leader sent (its bytes arrived through the transport): the
+    /// state is restored from them, and the log replaced or compacted (docs/snapshots.md).
+    fn install_snapshot(&mut self, meta: &raft_core::SnapshotMeta) -> Result<(), String> {
+        let path = self.incoming.take(meta).ok_or_else(|| {
+            format!(
+                "the engine installs snapshot {}/{} but its bytes never arrived",
+                meta.index, meta.term
+            )
+        })?;
+        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let state = KvState::read_snapshot(file).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut file =
+            std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.raw
+            .store_mut()
+            .install_snapshot_with(meta, &mut |out| std::io::copy(&mut file, out).map(|_| ()))
+            .map_err(|e| format!("installing the snapshot: {e}"))?;
+        let _ = std::fs::remove_file(&path);
+        tracing::info!(node = %self.config.id, "installed the leader's snapshot at {}/{}", meta.index, meta.term);
+        self.last_snapshot = state.applied();
+        self.state = state;
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
+        for entry in entries {
+            let index = entry.index.0;
+            if index <= self.state.applied() {
+                continue; // restored from a snapshot that covers it
+            }
+            match entry.kind {
+                EntryKind::Normal if !entry.data.is_empty() => {
+                    self.apply_command(index, &entry.data)
+                }
+                _ => self.state.skip(index),
+            }
+        }
+        self.raw.on_applied(last);
+        let applied = Index(self.state.applied());
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_confirmed)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.reads_confirmed = waiting;
+        for (_, read) in ready {
+            let _ = read.reply.send(Ok(self.state.clone()));
+        }
+        self.maybe_snapshot()
+    }
+
+    fn apply_command(&mut self, index: u64, data: &[u8]) {
+        let Ok(command) = Command::decode(data) else {
+            let _ = self.state.apply(index, data); // counted as applied, changes nothing
+            return;
+        };
+        let (client_id, sequence) = (command.client_id, command.sequence);
+        let result = self.state.apply_command(index, command);
+        if client_id != self.session {
+            return;
+        }
+        if let Some(pending) = self.writes.remove(&sequence) {
+            let answer = match result {
+                Ok(result) => Ok(result),
+                // Our own retry whose first result we already dropped: cannot happen while
+                // the write is pending (acked_below stays at or below it); report unknown.
+                Err(ApplyError::SessionExpired { .. } | ApplyError::Undecodable { .. }) => {
+                    Err(WriteError::Timeout)
+                }
+            };
+            let _ = pending.reply.send(answer);
+        }
+    }
+
+    fn confirm_reads(&mut self, read_states: Vec<ReadState>) {
+        let applied = Index(self.state.applied());
+        for read_state in read_states {
+            let Some(read) = self.reads_unconfirmed.remove(&read_state.request) else { continue };
+            if read_state.index <= applied {
+                let _ = read.reply.send(Ok(self.state.clone()));
+            } else {
+                self.reads_confirmed.push((read_state.index, read));
+            }
+        }
+    }
+
+    /// Takes a snapshot once enough entries were applied since the last, and compacts the
+    /// log below it, keeping a margin for followers a little behind.
+    fn maybe_snapshot(&mut self) -> Result<(), String> {
+        let applied = self.state.applied();
+        if applied < self.last_snapshot + self.config.snapshot_entries {
+            return Ok(());
+        }
+        let membership = self.raw.membership_at(Index(applied));
+        let state = self.state.clone();
+        let wal = self.raw.store_mut();
+        wal.save_snapshot_with(Index(applied), membership, &mut |out| {
+            state.write_snapshot(out).map(|_| ())
+        })
+        .map_err(|e| format!("saving a snapshot: {e}"))?;
+        let keep_from = applied.saturating_sub(ENTRIES_KEPT_AFTER_SNAPSHOT);
+        let compact_to = Index(keep_from).min(self.raw.compactable_index());
+        self.raw.store_mut().compact(compact_to).map_err(|e| format!("compacting: {e}"))?;
+        tracing::info!(node = %self.config.id, "snapshot at {applied}, log compacted to {compact_to}");
+        self.last_snapshot = applied;
+        Ok(())
+    }
+
+    fn status(&self) -> NodeStatus {
+        let membership = self.raw.membership();
+        NodeStatus {
+            id: self.config.id,
+            term: self.raw.term().0,
+            role: self.raw.role(),
+            leader: self.raw.leader(),
+            commit: self.raw.commit().0,
+            applied: self.state.applied(),
+            first_index: self.raw.first_index().0,
+            last_index: self.raw.last_index().0,
+            voters: membership.voters.iter().copied().collect(),
+            learners: membership.learners.iter().copied().collect(),
+        }
+    }
+
+    fn transfer(&mut self, to: Option<NodeId>) -> Result<NodeId, String> {
+        if self.raw.role() != Role::Leader {
+            return Err("this node is not the leader".into());
+        }
+        let me = self.config.id;
+        let target = match to {
+            Some(to) => to,
+            None => self
+                .raw
+                .voters()
+                .iter()
+                .copied()
+                .filter(|&id| id != me)
+                .max_by_key(|&id| self.raw.progress(id).map_or(0, |p| p.match_index.0))
+                .ok_or("no other voter to hand leadership to")?,
+        };
+        self.raw.transfer_leadership(target).map_err(|e| e.to_string())?;
+        Ok(target)
+    }
+
+    /// Answers every waiting client: the node is stopping.
+    fn fail_everything(&mut self) {
+        for (_, write) in std::mem::take(&mut self.writes) {
+            let error = if write.sent { WriteError::Timeout } else { WriteError::Stopped };
+            let _ = write.reply.send(Err(error));
+        }
+        for (_, read) in self.reads_unconfirmed.drain() {
+            let _ = read.reply.send(Err(ReadError::Stopped));
+        }
+        for (_, read) in self.reads_confirmed.drain(..) {
+            let _ = read.reply.send(Err(ReadError::Stopped));
+        }
+    }
+}
+
+/// A snapshot's bytes, read for the transport.
+struct SnapshotReader(raft_log::snapshot::SnapshotData);
+
+impl SnapshotSource for SnapshotReader {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+}

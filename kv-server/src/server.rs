@@ -1,0 +1,155 @@
+//! Starting and stopping a node: TLS material, the transport, the node loop, the gRPC
+//! server, and a clean stop on SIGTERM or SIGINT (leadership handed over first).
+
+use crate::flags::Settings;
+use crate::node::{self, NodeConfig, NodeHandle};
+use crate::service::{MemberInfo, Service};
+use kv_proto::kv::cluster_server::ClusterServer;
+use kv_proto::kv::kv_server::KvServer;
+use raft_net::{Security, TlsIdentity, TlsPaths, Transport, TransportConfig};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The peer TLS files.
+    #[error("peer TLS: {0}")]
+    PeerTls(#[from] raft_net::TlsError),
+    /// The client TLS files.
+    #[error("client TLS: {0}")]
+    ClientTls(String),
+    /// The transport.
+    #[error("peer transport: {0}")]
+    Transport(#[from] raft_net::StartError),
+    /// The node.
+    #[error("{0}")]
+    Node(#[from] node::StartError),
+    /// The gRPC server.
+    #[error("client API on {address}: {reason}")]
+    Serve {
+        /// The listen address.
+        address: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The node loop failed (a disk error).
+    #[error("the node stopped: {0}")]
+    Failed(String),
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
+    std::fs::read(path).map_err(|e| ServerError::ClientTls(format!("{}: {e}", path.display())))
+}
+
+fn client_tls(settings: &Settings) -> Result<Option<ServerTlsConfig>, ServerError> {
+    let flags = &settings.flags;
+    let (Some(cert), Some(key)) = (&flags.cert_file, &flags.key_file) else { return Ok(None) };
+    let mut tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(read_file(cert)?, read_file(key)?));
+    if let Some(ca) = &flags.trusted_ca_file {
+        tls = tls.client_ca_root(Certificate::from_pem(read_file(ca)?));
+    }
+    Ok(Some(tls))
+}
+
+/// Runs the node until a signal stops it.
+pub async fn run(settings: Settings) -> Result<(), ServerError> {
+    let flags = &settings.flags;
+    let identity = TlsIdentity::load(&TlsPaths {
+        ca: flags.peer_trusted_ca_file.clone(),
+        cert: flags.peer_cert_file.clone(),
+        key: flags.peer_key_file.clone(),
+    })?;
+    let client_tls = client_tls(&settings)?;
+    let mut transport_config = TransportConfig::new(
+        settings.id,
+        flags.initial_cluster_token.clone(),
+        flags.listen_peer_address,
+    );
+    for member in settings.members.iter().filter(|m| m.id != settings.id) {
+        transport_config.peers.insert(member.id, member.peer_address.clone());
+    }
+    let (transport, events) = Transport::start(transport_config, Security::Tls(identity)).await?;
+    let node_config = NodeConfig {
+        id: settings.id,
+        voters: settings.members.iter().map(|m| m.id).collect(),
+        data_dir: flags.data_dir.clone(),
+        tick: settings.tick(),
+        election_ticks: flags.election_ticks,
+        snapshot_entries: flags.snapshot_entries,
+        request_timeout: settings.request_timeout(),
+    };
+    let transport = Arc::new(transport);
+    let (node, thread) =
+        node::start(node_config, transport.clone(), events, tokio::runtime::Handle::current())?;
+    let members = settings
+        .members
+        .iter()
+        .map(|m| MemberInfo {
+            id: m.id,
+            name: m.name.clone(),
+            peer_address: m.peer_address.to_string(),
+            client_address: if m.id == settings.id {
+                settings.advertise_client_address.clone()
+            } else {
+                String::new()
+            },
+        })
+        .collect();
+    let service = Service::new(node.clone(), members, flags.value_bytes_max);
+    let mut server = Server::builder();
+    if let Some(tls) = client_tls {
+        server = server.tls_config(tls).map_err(|e| ServerError::ClientTls(e.to_string()))?;
+    }
+    let address = flags.listen_client_address;
+    tracing::info!(name = %flags.name, id = %settings.id, "serving clients on {address}, peers on {}", flags.listen_peer_address);
+    let serving = server
+        .add_service(KvServer::new(service.clone()))
+        .add_service(ClusterServer::new(service))
+        .serve_with_shutdown(address, shutdown_signal());
+    serving.await.map_err(|e| ServerError::Serve { address, reason: e.to_string() })?;
+    stop(&node).await;
+    transport.shutdown();
+    match thread.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(ServerError::Failed(error)),
+        Err(_) => Err(ServerError::Failed("the node loop panicked".into())),
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match terminate.as_mut() {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("stopping: no new requests");
+}
+
+/// Hands leadership to another voter if this node leads (waiting up to 3 s for it to take
+/// over), then stops the loop.
+async fn stop(node: &NodeHandle) {
+    if let Ok(target) = node.transfer_leadership(None).await {
+        tracing::info!("handing leadership to node {target}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while tokio::time::Instant::now() < deadline {
+            if node.status().await.is_some_and(|s| s.leader == Some(target)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    node.stop().await;
+}

@@ -1,0 +1,308 @@
+//! The gRPC services of `proto/kv/v1/kv.proto`: requests are checked here, then handed to
+//! the node; its answers become responses or status codes (docs/api.md).
+
+use crate::node::{NodeHandle, NodeStatus, ReadError, WriteError};
+use bytes::Bytes;
+use kv_fsm::WriteResult;
+use kv_proto::kv::cluster_server::Cluster;
+use kv_proto::kv::command::Op;
+use kv_proto::kv::kv_server::Kv;
+use kv_proto::kv::{self as api, ReadConsistency};
+use raft_core::{NodeId, Role};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// The largest key, in bytes.
+pub const KEY_BYTES_MAX: usize = kv_fsm::snapshot::KEY_BYTES_MAX;
+
+/// A member as configured.
+#[derive(Clone, Debug)]
+pub struct MemberInfo {
+    /// Its id.
+    pub id: NodeId,
+    /// Its name.
+    pub name: String,
+    /// Its advertised peer address.
+    pub peer_address: String,
+    /// Its advertised client address, if known here.
+    pub client_address: String,
+}
+
+/// What both services share.
+#[derive(Clone)]
+pub struct Service {
+    node: NodeHandle,
+    members: Arc<Vec<MemberInfo>>,
+    value_bytes_max: usize,
+}
+
+impl Service {
+    /// Serves `node`, whose members are `members`.
+    pub fn new(node: NodeHandle, members: Vec<MemberInfo>, value_bytes_max: usize) -> Service {
+        Service { node, members: Arc::new(members), value_bytes_max }
+    }
+
+    fn check_key(key: &[u8]) -> Result<(), Status> {
+        if key.is_empty() {
+            return Err(Status::invalid_argument("the key is empty"));
+        }
+        if key.len() > KEY_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "the key has {} bytes; at most {KEY_BYTES_MAX} are allowed",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), Status> {
+        if value.len() > self.value_bytes_max {
+            return Err(Status::invalid_argument(format!(
+                "the value has {} bytes; at most {} are allowed (--value-bytes-max)",
+                value.len(),
+                self.value_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    async fn write(&self, op: Op) -> Result<WriteResult, Status> {
+        self.node.write(op).await.map_err(|error| match error {
+            WriteError::NoLeader | WriteError::Stopped | WriteError::Busy(_) => {
+                Status::unavailable(error.to_string())
+            }
+            WriteError::Timeout => Status::deadline_exceeded(error.to_string()),
+        })
+    }
+
+    async fn read(&self, consistency: i32) -> Result<kv_fsm::KvState, Status> {
+        let linearizable = consistency != ReadConsistency::Serializable as i32;
+        self.node.read(linearizable).await.map_err(|error| match error {
+            ReadError::Timeout => Status::deadline_exceeded(error.to_string()),
+            ReadError::NoLeader | ReadError::Busy | ReadError::Stopped => {
+                Status::unavailable(error.to_string())
+            }
+        })
+    }
+
+    async fn status(&self) -> Result<NodeStatus, Status> {
+        self.node.status().await.ok_or_else(|| Status::unavailable("the node is stopping"))
+    }
+
+    fn member(&self, id: NodeId) -> Option<&MemberInfo> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    fn members_of(&self, status: &NodeStatus) -> Vec<api::Member> {
+        let ids = status.voters.iter().map(|&id| (id, false));
+        let ids = ids.chain(status.learners.iter().map(|&id| (id, true)));
+        ids.map(|(id, is_learner)| {
+            let known = self.member(id);
+            api::Member {
+                id: id.0,
+                name: known.map(|m| m.name.clone()).unwrap_or_default(),
+                peer_address: known.map(|m| m.peer_address.clone()).unwrap_or_default(),
+                client_address: known.map(|m| m.client_address.clone()).unwrap_or_default(),
+                is_learner,
+                is_leader: status.leader == Some(id),
+            }
+        })
+        .collect()
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Follower => "follower",
+        Role::PreCandidate => "pre-candidate",
+        Role::Candidate => "candidate",
+        Role::Leader => "leader",
+    }
+}
+
+type ListStream = Pin<Box<dyn Stream<Item = Result<api::KeyValue, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Kv for Service {
+    async fn get(
+        &self,
+        request: Request<api::GetRequest>,
+    ) -> Result<Response<api::GetResponse>, Status> {
+        let request = request.into_inner();
+        Service::check_key(&request.key)?;
+        let state = self.read(request.consistency).await?;
+        let response = match state.get(&request.key) {
+            Some(stored) => api::GetResponse {
+                found: true,
+                value: stored.value.clone(),
+                mod_revision: stored.mod_revision,
+            },
+            None => api::GetResponse::default(),
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn set(
+        &self,
+        request: Request<api::SetRequest>,
+    ) -> Result<Response<api::SetResponse>, Status> {
+        let request = request.into_inner();
+        Service::check_key(&request.key)?;
+        self.check_value(&request.value)?;
+        let op = Op::Put(api::Put { key: request.key, value: request.value });
+        match self.write(op).await? {
+            WriteResult::Put { revision } => Ok(Response::new(api::SetResponse { revision })),
+            other => Err(Status::internal(format!("a put answered {other:?}"))),
+        }
+    }
+
+    async fn delete(
+        &self,
+        request: Request<api::DeleteRequest>,
+    ) -> Result<Response<api::DeleteResponse>, Status> {
+        let request = request.into_inner();
+        Service::check_key(&request.key)?;
+        match self.write(Op::Delete(api::Delete { key: request.key })).await? {
+            WriteResult::Delete { deleted, revision } => {
+                Ok(Response::new(api::DeleteResponse { deleted, revision }))
+            }
+            other => Err(Status::internal(format!("a delete answered {other:?}"))),
+        }
+    }
+
+    async fn compare_and_set(
+        &self,
+        request: Request<api::CompareAndSetRequest>,
+    ) -> Result<Response<api::CompareAndSetResponse>, Status> {
+        let request = request.into_inner();
+        Service::check_key(&request.key)?;
+        self.check_value(&request.value)?;
+        let op = Op::CompareAndSet(api::CompareAndSet {
+            key: request.key,
+            expected: request.expected,
+            value: request.value,
+        });
+        match self.write(op).await? {
+            WriteResult::CompareAndSet { succeeded, current, revision } => {
+                Ok(Response::new(api::CompareAndSetResponse { succeeded, current, revision }))
+            }
+            other => Err(Status::internal(format!("a compare-and-set answered {other:?}"))),
+        }
+    }
+
+    type ListStream = ListStream;
+
+    async fn list(
+        &self,
+        request: Request<api::ListRequest>,
+    ) -> Result<Response<ListStream>, Status> {
+        let request = request.into_inner();
+        if request.prefix.len() > KEY_BYTES_MAX || request.start_after.len() > KEY_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "prefix and start_after are keys: at most {KEY_BYTES_MAX} bytes"
+            )));
+        }
+        let state = self.read(request.consistency).await?;
+        // Streamed from the state's clone by a task, so a long list never sits in memory whole.
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let (prefix, start_after): (Bytes, Bytes) = (request.prefix, request.start_after);
+            let items = state.list(&prefix, &start_after, request.limit as usize);
+            for (key, stored) in items {
+                let item = api::KeyValue {
+                    key: key.clone(),
+                    value: stored.value.clone(),
+                    mod_revision: stored.mod_revision,
+                };
+                if sender.send(Ok(item)).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+
+    async fn get_servers(
+        &self,
+        _: Request<api::GetServersRequest>,
+    ) -> Result<Response<api::GetServersResponse>, Status> {
+        let status = self.status().await?;
+        let servers = self
+            .members_of(&status)
+            .into_iter()
+            .map(|m| api::Server {
+                id: m.id,
+                name: m.name,
+                peer_address: m.peer_address,
+                client_address: m.client_address,
+                is_leader: m.is_leader,
+                is_voter: !m.is_learner,
+            })
+            .collect();
+        Ok(Response::new(api::GetServersResponse { servers }))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for Service {
+    async fn member_list(
+        &self,
+        _: Request<api::MemberListRequest>,
+    ) -> Result<Response<api::MemberListResponse>, Status> {
+        let status = self.status().await?;
+        Ok(Response::new(api::MemberListResponse { members: self.members_of(&status) }))
+    }
+
+    async fn member_join(
+        &self,
+        _: Request<api::MemberJoinRequest>,
+    ) -> Result<Response<api::MemberJoinResponse>, Status> {
+        Err(Status::unimplemented("member-join is not available yet in this version"))
+    }
+
+    async fn member_leave(
+        &self,
+        _: Request<api::MemberLeaveRequest>,
+    ) -> Result<Response<api::MemberLeaveResponse>, Status> {
+        Err(Status::unimplemented("member-leave is not available yet in this version"))
+    }
+
+    async fn status(
+        &self,
+        _: Request<api::StatusRequest>,
+    ) -> Result<Response<api::StatusResponse>, Status> {
+        let status = Service::status(self).await?;
+        let name = |id: NodeId| self.member(id).map(|m| m.name.clone()).unwrap_or_default();
+        Ok(Response::new(api::StatusResponse {
+            name: name(status.id),
+            id: status.id.0,
+            term: status.term,
+            leader_id: status.leader.map_or(0, |l| l.0),
+            leader_name: status.leader.map(name).unwrap_or_default(),
+            commit_index: status.commit,
+            applied_index: status.applied,
+            log_first_index: status.first_index,
+            log_last_index: status.last_index,
+            role: role_name(status.role).into(),
+        }))
+    }
+
+    async fn transfer_leadership(
+        &self,
+        request: Request<api::TransferLeadershipRequest>,
+    ) -> Result<Response<api::TransferLeadershipResponse>, Status> {
+        let name = request.into_inner().name;
+        let to = if name.is_empty() {
+            None
+        } else {
+            let member = self.members.iter().find(|m| m.name == name);
+            Some(member.ok_or_else(|| Status::not_found(format!("no member named {name:?}")))?.id)
+        };
+        let target =
+            self.node.transfer_leadership(to).await.map_err(Status::failed_precondition)?;
+        let leader_name = self.member(target).map(|m| m.name.clone()).unwrap_or_default();
+        Ok(Response::new(api::TransferLeadershipResponse { leader_name }))
+    }
+}
