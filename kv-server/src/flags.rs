@@ -88,6 +88,11 @@ pub struct Flags {
     #[arg(long, env = "KV_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
     pub snapshot_entries: u64,
 
+    /// Entries kept in the log below a snapshot, so that a follower a little behind catches
+    /// up from the log instead of a whole snapshot.
+    #[arg(long, env = "KV_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5_000)]
+    pub snapshot_catchup_entries: u64,
+
     /// The largest value a client may write, in bytes.
     #[arg(long, env = "KV_VALUE_BYTES_MAX", default_value_t = 1 << 20)]
     pub value_bytes_max: usize,

@@ -35,10 +35,6 @@ pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// Inputs queued for the loop at most; more are refused (the node is overloaded).
 const INPUTS_MAX: usize = 65_536;
 
-/// Entries kept in the log below a snapshot, so that a follower a little behind catches up
-/// from the log rather than a snapshot.
-const ENTRIES_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
-
 /// Why a write was not done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
@@ -139,6 +135,8 @@ pub struct NodeConfig {
     pub election_ticks: u32,
     /// Take a snapshot after this many applied entries.
     pub snapshot_entries: u64,
+    /// Entries kept in the log below a snapshot, for followers a little behind.
+    pub snapshot_catchup_entries: u64,
     /// How long a write or read may wait for its outcome.
     pub request_timeout: Duration,
 }
@@ -600,7 +598,7 @@ impl Core {
             state.write_snapshot(out).map(|_| ())
         })
         .map_err(|e| format!("saving a snapshot: {e}"))?;
-        let keep_from = applied.saturating_sub(ENTRIES_KEPT_AFTER_SNAPSHOT);
+        let keep_from = applied.saturating_sub(self.config.snapshot_catchup_entries);
         let compact_to = Index(keep_from).min(self.raw.compactable_index());
         self.raw.store_mut().compact(compact_to).map_err(|e| format!("compacting: {e}"))?;
         tracing::info!(node = %self.config.id, "snapshot at {applied}, log compacted to {compact_to}");

@@ -79,6 +79,7 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         tick: settings.tick(),
         election_ticks: flags.election_ticks,
         snapshot_entries: flags.snapshot_entries,
+        snapshot_catchup_entries: flags.snapshot_catchup_entries,
         request_timeout: settings.request_timeout(),
     };
     let transport = Arc::new(transport);
