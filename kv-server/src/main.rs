@@ -5,9 +5,7 @@ use kv_server::flags::Flags;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    kv_server::init_logging();
     let settings = match Flags::parse().check() {
         Ok(settings) => settings,
         Err(error) => {

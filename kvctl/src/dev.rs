@@ -1,0 +1,124 @@
+//! `kvctl dev`: a three-node cluster on loopback, as three separate processes (this same
+//! binary, running `kvctl node`), with certificates made on the spot: mutual TLS between
+//! peers and for clients. Ctrl-C stops every node with SIGTERM (each hands over leadership
+//! if it leads, and exits once its log is flushed).
+
+use crate::certs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// The ports of node `i` (from 1): client `base + i`, peer `base + 10 + i`.
+fn ports(base: u16, i: u16) -> (u16, u16) {
+    (base + i, base + 10 + i)
+}
+
+/// Runs the cluster until Ctrl-C.
+pub async fn run(dir: &Path, nodes: u16, base_port: u16) -> Result<(), String> {
+    let certs_dir = dir.join("certs");
+    let ca = certs::ca(&certs_dir).map_err(|e| e.to_string())?;
+    let names: Vec<String> = (1..=nodes).map(|i| format!("n{i}")).collect();
+    for name in &names {
+        certs::node(&certs_dir, &ca, name, &[]).map_err(|e| e.to_string())?;
+    }
+    certs::client(&certs_dir, &ca, "root").map_err(|e| e.to_string())?;
+    let initial_cluster: Vec<String> =
+        (1..=nodes).map(|i| format!("n{i}=127.0.0.1:{}", ports(base_port, i).1)).collect();
+    let initial_cluster = initial_cluster.join(",");
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let mut children = Vec::new();
+    for i in 1..=nodes {
+        children.push(spawn(&exe, dir, &certs_dir, i, base_port, &initial_cluster)?);
+    }
+    print_help(dir, &certs_dir, nodes, base_port);
+    let stopped = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        exited = first_exit(&mut children) => Some(exited),
+    };
+    if let Some((i, status)) = stopped {
+        eprintln!("node n{} exited ({status}); stopping the others", i + 1);
+    }
+    eprintln!("stopping the cluster");
+    for child in &mut children {
+        stop(child).await;
+    }
+    Ok(())
+}
+
+fn spawn(
+    exe: &Path,
+    dir: &Path,
+    certs_dir: &Path,
+    i: u16,
+    base_port: u16,
+    initial_cluster: &str,
+) -> Result<Child, String> {
+    let (client, peer) = ports(base_port, i);
+    let name = format!("n{i}");
+    let cert = |file: &str| certs_dir.join(file).display().to_string();
+    let log_path = dir.join(format!("{name}.log"));
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    Command::new(exe)
+        .arg("node")
+        .arg(format!("--name={name}"))
+        .arg(format!("--initial-cluster={initial_cluster}"))
+        .arg(format!("--data-dir={}", dir.join(&name).display()))
+        .arg(format!("--listen-peer-address=127.0.0.1:{peer}"))
+        .arg(format!("--listen-client-address=127.0.0.1:{client}"))
+        .arg(format!("--peer-cert-file={}", cert(&format!("{name}.pem"))))
+        .arg(format!("--peer-key-file={}", cert(&format!("{name}-key.pem"))))
+        .arg(format!("--peer-trusted-ca-file={}", cert("ca.pem")))
+        .arg(format!("--cert-file={}", cert(&format!("{name}.pem"))))
+        .arg(format!("--key-file={}", cert(&format!("{name}-key.pem"))))
+        .arg(format!("--trusted-ca-file={}", cert("ca.pem")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting {name}: {e}"))
+}
+
+fn print_help(dir: &Path, certs_dir: &Path, nodes: u16, base_port: u16) {
+    let endpoints: Vec<String> =
+        (1..=nodes).map(|i| format!("127.0.0.1:{}", ports(base_port, i).0)).collect();
+    let file = |f: &str| -> PathBuf { certs_dir.join(f) };
+    println!(
+        "A {nodes}-node cluster is running (logs in {}/n*.log). In another shell:",
+        dir.display()
+    );
+    println!();
+    println!("  export KVCTL_ENDPOINTS={}", endpoints.join(","));
+    println!("  export KVCTL_CACERT={}", file("ca.pem").display());
+    println!("  export KVCTL_CERT={}", file("client-root.pem").display());
+    println!("  export KVCTL_KEY={}", file("client-root-key.pem").display());
+    println!("  cargo run --release -p kvctl -- set greeting hello");
+    println!("  cargo run --release -p kvctl -- get greeting");
+    println!("  cargo run --release -p kvctl -- member-list");
+    println!();
+    println!("Ctrl-C stops every node.");
+}
+
+/// Waits until one child exits; returns its position and status.
+async fn first_exit(children: &mut [Child]) -> (usize, String) {
+    loop {
+        for (i, child) in children.iter_mut().enumerate() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (i, status.to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// SIGTERM, then SIGKILL if the node has not exited within 10 s.
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
