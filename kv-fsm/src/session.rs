@@ -7,8 +7,9 @@
 //! answered, and its result is forgotten. Sessions are bounded by [`SESSIONS_MAX`]: past it,
 //! the session idle longest (the smallest last index, deterministic on every replica) is
 //! expired. A write from an unknown session is taken as a new session only if it is the
-//! client's first write (`sequence == 1`); any later one may belong to an expired session,
-//! whose earlier results are gone, and is refused with `SessionExpired`.
+//! client's first write (`sequence == 1`) or says it opens the session (`open_session`: the
+//! client has seen none of its writes applied yet); any other may belong to an expired
+//! session, whose earlier results are gone, and is refused with `SessionExpired`.
 
 use crate::state::WriteResult;
 use imbl::OrdMap;
@@ -51,10 +52,11 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// What to do with `sequence` of `client_id`.
-    pub fn check(&self, client_id: u64, sequence: u64) -> Check {
+    /// What to do with `sequence` of `client_id`; `open` if the client has seen none of its
+    /// writes applied yet (so an unknown session is new, not expired).
+    pub fn check(&self, client_id: u64, sequence: u64, open: bool) -> Check {
         match self.by_client.get(&client_id) {
-            None if sequence == 1 => Check::Fresh,
+            None if sequence == 1 || open => Check::Fresh,
             None => Check::Forgotten,
             Some(session) if sequence < session.acked_below => Check::Forgotten,
             Some(session) => match session.results.get(&sequence) {
@@ -133,20 +135,21 @@ mod tests {
     #[test]
     fn a_retry_gets_the_first_result_until_acknowledged() {
         let mut sessions = Sessions::default();
-        assert_eq!(sessions.check(7, 1), Check::Fresh);
+        assert_eq!(sessions.check(7, 1, false), Check::Fresh);
         sessions.record(7, 1, 0, 10, put(10));
-        assert_eq!(sessions.check(7, 1), Check::Duplicate(put(10)));
-        assert_eq!(sessions.check(7, 2), Check::Fresh);
+        assert_eq!(sessions.check(7, 1, false), Check::Duplicate(put(10)));
+        assert_eq!(sessions.check(7, 2, false), Check::Fresh);
         sessions.record(7, 2, 2, 11, put(11)); // the client holds result 1
-        assert_eq!(sessions.check(7, 1), Check::Forgotten);
-        assert_eq!(sessions.check(7, 2), Check::Duplicate(put(11)));
+        assert_eq!(sessions.check(7, 1, false), Check::Forgotten);
+        assert_eq!(sessions.check(7, 2, false), Check::Duplicate(put(11)));
     }
 
     #[test]
     fn an_unknown_session_starts_only_at_its_first_write() {
         let sessions = Sessions::default();
-        assert_eq!(sessions.check(9, 1), Check::Fresh);
-        assert_eq!(sessions.check(9, 2), Check::Forgotten, "maybe an expired session");
+        assert_eq!(sessions.check(9, 1, false), Check::Fresh);
+        assert_eq!(sessions.check(9, 2, false), Check::Forgotten, "maybe an expired session");
+        assert_eq!(sessions.check(9, 2, true), Check::Fresh, "opened by a later write");
     }
 
     #[test]
@@ -158,8 +161,8 @@ mod tests {
         sessions.record(1, 2, 0, 1_000_000, put(1_000_000)); // client 1 is busy again
         sessions.record(u64::MAX, 1, 0, 1_000_001, put(1_000_001));
         assert_eq!(sessions.len(), SESSIONS_MAX);
-        assert_eq!(sessions.check(2, 2), Check::Forgotten, "client 2 was idlest");
-        assert_eq!(sessions.check(1, 2), Check::Duplicate(put(1_000_000)));
+        assert_eq!(sessions.check(2, 2, false), Check::Forgotten, "client 2 was idlest");
+        assert_eq!(sessions.check(1, 2, false), Check::Duplicate(put(1_000_000)));
     }
 
     #[test]
@@ -169,7 +172,7 @@ mod tests {
         for sequence in 1..=n {
             sessions.record(3, sequence, 0, sequence, put(sequence));
         }
-        assert_eq!(sessions.check(3, 5), Check::Forgotten);
-        assert_eq!(sessions.check(3, n), Check::Duplicate(put(n)));
+        assert_eq!(sessions.check(3, 5, false), Check::Forgotten);
+        assert_eq!(sessions.check(3, n, false), Check::Duplicate(put(n)));
     }
 }

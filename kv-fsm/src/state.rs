@@ -151,7 +151,7 @@ impl KvState {
         if client_id == 0 {
             return Ok(self.execute(index, op));
         }
-        match self.sessions.check(client_id, sequence) {
+        match self.sessions.check(client_id, sequence, command.open_session) {
             Check::Duplicate(result) => Ok(result),
             Check::Forgotten => Err(ApplyError::SessionExpired { client_id, sequence }),
             Check::Fresh => {
@@ -229,7 +229,13 @@ mod tests {
     }
 
     fn command(client_id: u64, sequence: u64, op: Op) -> Vec<u8> {
-        encode_command(&Command { client_id, sequence, acked_below: 0, op: Some(op) })
+        encode_command(&Command {
+            client_id,
+            sequence,
+            acked_below: 0,
+            op: Some(op),
+            open_session: false,
+        })
     }
 
     fn value(state: &KvState, key: &str) -> Option<(String, u64)> {
@@ -297,11 +303,30 @@ mod tests {
             sequence: 2,
             acked_below: 2,
             op: Some(put("y", "1")),
+            open_session: false,
         });
         state.apply(4, &ack).unwrap();
         let stale = state.apply(5, &command(42, 1, put("x", "1")));
         assert_eq!(stale, Err(ApplyError::SessionExpired { client_id: 42, sequence: 1 }));
         assert_eq!(value(&state, "x"), Some(("2".into(), 2)));
+    }
+
+    #[test]
+    fn a_session_is_opened_by_its_first_applied_write_whatever_its_sequence() {
+        let mut state = KvState::new();
+        // Write 1 of session 5 was lost; write 2 arrives first and opens the session.
+        let opening = |sequence| Command {
+            client_id: 5,
+            sequence,
+            acked_below: 1,
+            op: Some(put("k", "v")),
+            open_session: true,
+        };
+        assert!(state.apply(1, &encode_command(&opening(2))).is_ok());
+        assert!(state.apply(2, &encode_command(&opening(1))).is_ok(), "write 1 is still fresh");
+        // Without the flag, an unknown session's later write may be an expired one: refused.
+        let unknown = command(6, 3, put("k", "w"));
+        assert!(matches!(state.apply(3, &unknown), Err(ApplyError::SessionExpired { .. })));
     }
 
     #[test]

@@ -101,14 +101,26 @@ fn run(steps: &[Step]) -> Result<KvState, TestCaseError> {
                     state.skip(index);
                     continue;
                 };
-                let command = Command { client_id: 7, sequence, acked_below: 0, op: Some(op) };
+                let command = Command {
+                    client_id: 7,
+                    sequence,
+                    acked_below: 0,
+                    op: Some(op),
+                    open_session: false,
+                };
                 let result = state.apply(index, &encode_command(&command));
                 prop_assert_eq!(result, Ok(first), "a retry gets its first result");
                 continue;
             }
         };
         let sequence = written.len() as u64 + 1;
-        let command = Command { client_id: 7, sequence, acked_below: 0, op: Some(op.clone()) };
+        let command = Command {
+            client_id: 7,
+            sequence,
+            acked_below: 0,
+            op: Some(op.clone()),
+            open_session: false,
+        };
         let result = state.apply(index, &encode_command(&command));
         let expected = model.execute(index, &op);
         prop_assert_eq!(result.as_ref(), Ok(&expected));

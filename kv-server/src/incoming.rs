@@ -1,8 +1,11 @@
 //! Snapshot bytes arriving from a leader, chunk by chunk, written to a file in the data
-//! directory (never held in memory whole). The `InstallSnapshot` message in the last chunk is
-//! stepped into the engine only once the file is complete; the engine's Ready then asks for
-//! the snapshot to be installed, and [`Incoming::take`] hands the file over.
+//! directory (never held in memory whole). Once the file is complete it is read back into a
+//! state and checked (its checksum, and that it covers exactly the index the message names);
+//! only then is the `InstallSnapshot` message stepped into the engine. The engine's Ready
+//! then asks for the snapshot to be installed, and [`Incoming::take`] hands over the file and
+//! the state.
 
+use kv_fsm::KvState;
 use raft_core::{Message, MessageBody, NodeId, SnapshotMeta};
 use raft_net::ReceivedChunk;
 use std::fs::File;
@@ -21,7 +24,7 @@ struct Transfer {
 pub(crate) struct Incoming {
     dir: PathBuf,
     current: Option<Transfer>,
-    complete: Option<(SnapshotMeta, PathBuf)>,
+    complete: Option<(SnapshotMeta, PathBuf, KvState)>,
 }
 
 fn complete_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
@@ -71,23 +74,32 @@ impl Incoming {
         self.current = None;
         let MessageBody::InstallSnapshot { snapshot } = &install.body else { return None };
         let path = complete_path(&self.dir, snapshot);
+        if let Some((_, older, _)) = self.complete.take() {
+            let _ = std::fs::remove_file(older);
+        }
         if let Err(error) = std::fs::rename(self.dir.join(PART), &path) {
             tracing::warn!("receiving a snapshot: {error}");
             return None;
         }
-        if let Some((_, older)) = self.complete.replace((snapshot.clone(), path)) {
-            let _ = std::fs::remove_file(older);
-        }
+        let state = match check(&path, snapshot) {
+            Ok(state) => state,
+            Err(reason) => {
+                tracing::warn!("snapshot from node {} refused: {reason}", install.from);
+                let _ = std::fs::remove_file(&path);
+                return None;
+            }
+        };
+        self.complete = Some((snapshot.clone(), path, state));
         Some(install)
     }
 
-    /// The file of the complete snapshot `meta`, if it is the one received last.
-    pub(crate) fn take(&mut self, meta: &SnapshotMeta) -> Option<PathBuf> {
+    /// The file and state of the complete snapshot `meta`, if it is the one received last.
+    pub(crate) fn take(&mut self, meta: &SnapshotMeta) -> Option<(PathBuf, KvState)> {
         match self.complete.take() {
-            Some((received, path))
+            Some((received, path, state))
                 if received.index == meta.index && received.term == meta.term =>
             {
-                Some(path)
+                Some((path, state))
             }
             other => {
                 self.complete = other;
@@ -95,4 +107,14 @@ impl Incoming {
             }
         }
     }
+}
+
+/// Reads a received snapshot back: it must be a whole, undamaged state at `meta.index`.
+fn check(path: &Path, meta: &SnapshotMeta) -> Result<KvState, String> {
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let state = KvState::read_snapshot(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
+    if state.applied() != meta.index.0 {
+        return Err(format!("it holds the state at {}, not at {}", state.applied(), meta.index));
+    }
+    Ok(state)
 }

@@ -181,9 +181,15 @@ impl NodeHandle {
             .unwrap_or(Err("the node is stopping".into()))
     }
 
-    /// Stops the loop after its current turn (everything acknowledged is durable).
+    /// Stops the loop after its current turn (everything acknowledged is durable). Waits for
+    /// room in a full queue rather than dropping the request.
     pub async fn stop(&self) {
-        self.ask(|reply| Input::Stop { reply }).await;
+        let (reply, answer) = oneshot::channel();
+        let inputs = self.inputs.clone();
+        let sent = tokio::task::spawn_blocking(move || inputs.send(Input::Stop { reply }).is_ok());
+        if sent.await.unwrap_or(false) {
+            let _ = answer.await;
+        }
     }
 }
 
@@ -195,6 +201,9 @@ struct PendingWrite {
     next_try: Instant,
     /// Appended or forwarded at least once: its outcome is unknown from then on.
     sent: bool,
+    /// The term and leader when it was last appended or forwarded: proposing again makes
+    /// sense only once they changed (the proposal may have been lost with the old leader).
+    sent_under: (u64, Option<NodeId>),
 }
 
 /// A read waiting for confirmation or for the apply to reach its index.
@@ -213,6 +222,8 @@ struct Core {
     /// This process's session id (random, never 0) and its next sequence number.
     session: u64,
     next_sequence: u64,
+    /// A write of the session was seen applied: the session exists in the state machine.
+    session_open: bool,
     writes: BTreeMap<u64, PendingWrite>,
     next_read: u64,
     reads_unconfirmed: HashMap<u64, PendingRead>,
@@ -263,8 +274,11 @@ pub fn start(
         incoming: Incoming::new(config.data_dir.clone()),
         session: fastrand::u64(1..),
         next_sequence: 1,
+        session_open: false,
         writes: BTreeMap::new(),
-        next_read: 1,
+        // Random, so that a leader's answer to a read of an earlier run of this node (same
+        // term, reconnected) never matches a read of this one.
+        next_read: fastrand::u64(1..u64::MAX / 2),
         reads_unconfirmed: HashMap::new(),
         reads_confirmed: Vec::new(),
         leader: None,
@@ -344,7 +358,13 @@ impl Core {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         let acked_below = self.writes.keys().next().copied().unwrap_or(sequence);
-        let command = Command { client_id: self.session, sequence, acked_below, op: Some(op) };
+        let command = Command {
+            client_id: self.session,
+            sequence,
+            acked_below,
+            op: Some(op),
+            open_session: !self.session_open,
+        };
         let now = Instant::now();
         let pending = PendingWrite {
             data: command.encode_to_vec().into(),
@@ -352,6 +372,7 @@ impl Core {
             deadline: now + self.config.request_timeout,
             next_try: now,
             sent: false,
+            sent_under: (0, None),
         };
         self.writes.insert(sequence, pending);
         self.propose(sequence, now);
@@ -361,8 +382,15 @@ impl Core {
     fn propose(&mut self, sequence: u64, now: Instant) {
         let Some(pending) = self.writes.get_mut(&sequence) else { return };
         pending.next_try = now + RETRY_INTERVAL;
+        let under = (self.raw.term().0, self.raw.leader());
+        if pending.sent && pending.sent_under == under {
+            return; // still in flight with the same leader: a copy would only add load
+        }
         match self.raw.propose(pending.data.clone()) {
-            Ok(_) => pending.sent = true,
+            Ok(_) => {
+                pending.sent = true;
+                pending.sent_under = under;
+            }
             Err(ProposeError::NotLeader { .. } | ProposeError::TransferInProgress { .. }) => {}
             Err(error @ ProposeError::UncommittedFull { .. }) => {
                 if !pending.sent {
@@ -396,6 +424,15 @@ impl Core {
 
     fn on_peer_event(&mut self, event: Event) {
         match event {
+            // An InstallSnapshot counts only with its bytes, in the last chunk of a transfer.
+            Event::Message(message)
+                if matches!(message.body, MessageBody::InstallSnapshot { .. }) =>
+            {
+                tracing::warn!(
+                    "dropped an InstallSnapshot from node {} without its data",
+                    message.from
+                );
+            }
             Event::Message(message) => self.step(message),
             Event::SnapshotChunk(chunk) => {
                 if let Some(install) = self.incoming.receive(chunk) {
@@ -441,6 +478,13 @@ impl Core {
             let read = self.reads_unconfirmed.remove(&request).expect("just found");
             let _ = read.reply.send(Err(ReadError::Timeout));
         }
+        let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_confirmed)
+            .into_iter()
+            .partition(|(_, read)| read.deadline <= now);
+        self.reads_confirmed = waiting;
+        for (_, read) in expired {
+            let _ = read.reply.send(Err(ReadError::Timeout));
+        }
     }
 
     fn process_readies(&mut self) -> Result<(), String> {
@@ -473,6 +517,7 @@ impl Core {
         self.raw.on_persisted(ready.number);
         self.apply(ready.committed_entries)?;
         self.confirm_reads(ready.read_states);
+        self.release_reads();
         Ok(())
     }
 
@@ -480,9 +525,14 @@ impl Core {
         for message in messages {
             let to = message.to;
             if matches!(message.body, MessageBody::InstallSnapshot { .. }) {
-                if let Err(error) = self.send_snapshot(message) {
-                    tracing::warn!("snapshot to node {to} not sent: {error}");
-                    self.raw.report_snapshot_failure(to);
+                match self.send_snapshot(message) {
+                    Ok(()) => {}
+                    // One transfer at a time: the one under way reports its own outcome.
+                    Err(SnapshotNotSent::InProgress) => {}
+                    Err(SnapshotNotSent::Failed(error)) => {
+                        tracing::warn!("snapshot to node {to} not sent: {error}");
+                        self.raw.report_snapshot_failure(to);
+                    }
                 }
             } else if self.transport.send(&message).is_err() {
                 self.raw.report_unreachable(to);
@@ -490,26 +540,38 @@ impl Core {
         }
     }
 
-    fn send_snapshot(&mut self, message: Message) -> Result<(), String> {
-        let data = self.raw.store().open_snapshot_data().map_err(|e| e.to_string())?;
-        let data = data.ok_or("no snapshot to send")?;
+    /// Sends the log's snapshot with `message`, if it is the snapshot the message describes
+    /// (a newer one may have been saved since the engine built the message; the engine then
+    /// resends with the right description after the failure is reported).
+    fn send_snapshot(&mut self, message: Message) -> Result<(), SnapshotNotSent> {
+        let failed = SnapshotNotSent::Failed;
+        let MessageBody::InstallSnapshot { snapshot } = &message.body else {
+            return Err(failed("not an InstallSnapshot".into()));
+        };
+        let held = raft_core::LogStore::snapshot(self.raw.store());
+        if held.last() != snapshot.last() {
+            let reason = format!("the log holds snapshot {}, not {}", held.last(), snapshot.last());
+            return Err(failed(reason));
+        }
+        let data = self.raw.store().open_snapshot_data().map_err(|e| failed(e.to_string()))?;
+        let data = data.ok_or_else(|| failed("no snapshot to send".into()))?;
         let _runtime = self.runtime.enter();
-        self.transport
-            .send_snapshot(message, Box::new(SnapshotReader(data)))
-            .map_err(|e| e.to_string())
+        match self.transport.send_snapshot(message, Box::new(SnapshotReader(data))) {
+            Ok(()) => Ok(()),
+            Err(raft_net::SendError::SnapshotInProgress(_)) => Err(SnapshotNotSent::InProgress),
+            Err(error) => Err(failed(error.to_string())),
+        }
     }
 
     /// Installs the snapshot a leader sent (its bytes arrived through the transport): the
     /// state is restored from them, and the log replaced or compacted (docs/snapshots.md).
     fn install_snapshot(&mut self, meta: &raft_core::SnapshotMeta) -> Result<(), String> {
-        let path = self.incoming.take(meta).ok_or_else(|| {
+        let (path, state) = self.incoming.take(meta).ok_or_else(|| {
             format!(
                 "the engine installs snapshot {}/{} but its bytes never arrived",
                 meta.index, meta.term
             )
         })?;
-        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let state = KvState::read_snapshot(file).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut file =
             std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         self.raw
@@ -538,14 +600,6 @@ impl Core {
             }
         }
         self.raw.on_applied(last);
-        let applied = Index(self.state.applied());
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_confirmed)
-            .into_iter()
-            .partition(|(index, _)| *index <= applied);
-        self.reads_confirmed = waiting;
-        for (_, read) in ready {
-            let _ = read.reply.send(Ok(self.state.clone()));
-        }
         self.maybe_snapshot()
     }
 
@@ -559,16 +613,36 @@ impl Core {
         if client_id != self.session {
             return;
         }
+        if result.is_ok() {
+            self.session_open = true;
+        }
         if let Some(pending) = self.writes.remove(&sequence) {
             let answer = match result {
                 Ok(result) => Ok(result),
-                // Our own retry whose first result we already dropped: cannot happen while
-                // the write is pending (acked_below stays at or below it); report unknown.
                 Err(ApplyError::SessionExpired { .. } | ApplyError::Undecodable { .. }) => {
+                    // The session expired (100,000 others wrote since ours did): whether an
+                    // earlier copy applied is unknown. Later writes go in a new session.
+                    tracing::warn!("session {} expired; opening a new one", self.session);
+                    self.session = fastrand::u64(1..);
+                    self.next_sequence = 1;
+                    self.session_open = false;
                     Err(WriteError::Timeout)
                 }
             };
             let _ = pending.reply.send(answer);
+        }
+    }
+
+    /// Serves the confirmed reads the state has caught up with (by applying entries or by
+    /// installing a snapshot).
+    fn release_reads(&mut self) {
+        let applied = Index(self.state.applied());
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_confirmed)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.reads_confirmed = waiting;
+        for (_, read) in ready {
+            let _ = read.reply.send(Ok(self.state.clone()));
         }
     }
 
@@ -588,7 +662,7 @@ impl Core {
     /// log below it, keeping a margin for followers a little behind.
     fn maybe_snapshot(&mut self) -> Result<(), String> {
         let applied = self.state.applied();
-        if applied < self.last_snapshot + self.config.snapshot_entries {
+        if applied < self.last_snapshot.saturating_add(self.config.snapshot_entries) {
             return Ok(());
         }
         let membership = self.raw.membership_at(Index(applied));
@@ -655,6 +729,14 @@ impl Core {
             let _ = read.reply.send(Err(ReadError::Stopped));
         }
     }
+}
+
+/// Why a snapshot did not go out.
+enum SnapshotNotSent {
+    /// A transfer to the peer is under way already.
+    InProgress,
+    /// It failed; the engine should retry later.
+    Failed(String),
 }
 
 /// A snapshot's bytes, read for the transport.

@@ -54,6 +54,8 @@ fn client_tls(settings: &Settings) -> Result<Option<ServerTlsConfig>, ServerErro
     Ok(Some(tls))
 }
 
+type LoopResult = Result<Result<(), String>, tokio::sync::oneshot::error::RecvError>;
+
 /// Runs the node until a signal stops it.
 pub async fn run(settings: Settings) -> Result<(), ServerError> {
     let flags = &settings.flags;
@@ -106,17 +108,55 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
     }
     let address = flags.listen_client_address;
     tracing::info!(name = %flags.name, id = %settings.id, "serving clients on {address}, peers on {}", flags.listen_peer_address);
+    // The loop thread is watched too: if it stops on its own (a disk error), the server
+    // stops serving and the process exits with the error, instead of answering UNAVAILABLE
+    // forever.
+    let (loop_ended, loop_result) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let result = match thread.join() {
+            Ok(result) => result,
+            Err(_) => Err("the node loop panicked".to_string()),
+        };
+        let _ = loop_ended.send(result);
+    });
+    let early: Arc<std::sync::Mutex<Option<LoopResult>>> = Arc::default();
+    let early_slot = early.clone();
+    let mut loop_result = loop_result;
+    // Resolves to the loop's receiver if a signal came first (awaited after the drain),
+    // or stores the loop's early result and resolves to None.
+    let stop_serving = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            ended = &mut loop_result => {
+                *early_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(ended);
+                return None;
+            }
+        }
+        Some(loop_result)
+    };
+    let (stopped, pending) = tokio::sync::oneshot::channel();
     let serving = server
         .add_service(KvServer::new(service.clone()))
         .add_service(ClusterServer::new(service))
-        .serve_with_shutdown(address, shutdown_signal());
-    serving.await.map_err(|e| ServerError::Serve { address, reason: e.to_string() })?;
+        .serve_with_shutdown(address, async move {
+            let _ = stopped.send(stop_serving.await);
+        });
+    let served = serving.await.map_err(|e| ServerError::Serve { address, reason: e.to_string() });
     stop(&node).await;
     transport.shutdown();
-    match thread.join() {
+    served?;
+    let ended = early.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let ended = match ended {
+        Some(ended) => ended,
+        None => match pending.await {
+            Ok(Some(receiver)) => receiver.await,
+            _ => Ok(Ok(())),
+        },
+    };
+    match ended {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(ServerError::Failed(error)),
-        Err(_) => Err(ServerError::Failed("the node loop panicked".into())),
+        Err(_) => Err(ServerError::Failed("the node loop vanished".into())),
     }
 }
 

@@ -45,18 +45,23 @@ struct Cluster {
 
 impl Cluster {
     fn start(size: usize) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        certificates(dir.path());
-        let mut cluster = Cluster {
-            dir,
-            peer_ports: (0..size).map(|_| free_port()).collect(),
-            client_ports: (0..size).map(|_| free_port()).collect(),
-            children: (0..size).map(|_| None).collect(),
-        };
+        let mut cluster = Cluster::new(size);
         for node in 0..size {
             cluster.spawn(node);
         }
         cluster
+    }
+
+    /// A cluster with nothing running yet.
+    fn new(size: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        certificates(dir.path());
+        Cluster {
+            dir,
+            peer_ports: (0..size).map(|_| free_port()).collect(),
+            client_ports: (0..size).map(|_| free_port()).collect(),
+            children: (0..size).map(|_| None).collect(),
+        }
     }
 
     fn initial_cluster(&self) -> String {
@@ -88,6 +93,7 @@ impl Cluster {
             .arg("--tick-ms=50")
             .arg("--snapshot-entries=200")
             .arg("--snapshot-catchup-entries=20")
+            .arg("--request-timeout-ms=1000")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -301,6 +307,30 @@ async fn three_nodes_serve_writes_and_linearizable_reads_everywhere_and_survive_
     // 7. SIGTERM stops a node cleanly (exit 0).
     let status = cluster.terminate(cluster.leader().await);
     assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
+/// Writes refused before any leader exists do not poison the node's session: once a quorum
+/// is up, the same node's writes go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_before_a_quorum_exists_fail_cleanly_and_later_ones_succeed() {
+    let mut cluster = Cluster::new(3);
+    cluster.spawn(0);
+    let mut client = cluster.kv(0).await;
+    for attempt in 0..3 {
+        let request = SetRequest { key: "early".into(), value: format!("{attempt}").into() };
+        let status = client.set(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "no leader: {status}");
+    }
+    cluster.spawn(1);
+    cluster.spawn(2);
+    cluster.leader().await;
+    // The first write after that succeeds at once: no "outcome unknown" from a session the
+    // state machine never saw opened.
+    let request = SetRequest { key: "late".into(), value: "ok".into() };
+    let written = cluster.kv(0).await.set(request).await;
+    assert!(written.is_ok(), "{written:?}");
+    assert_eq!(get(&cluster, 0, "late").await.as_deref(), Some("ok"));
+    assert_eq!(get(&cluster, 0, "early").await, None, "no refused write was applied");
 }
 
 #[test]

@@ -1,0 +1,190 @@
+//! `kvctl dev` and the client commands against it, as a user runs them: real processes, TLS
+//! with client certificates, exit codes, JSON output, endpoint failover, Ctrl-C.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const KVCTL: &str = env!("CARGO_BIN_EXE_kvctl");
+
+/// A base port whose six ports (clients base+1..3, peers base+11..13) are free now.
+fn free_base_port() -> u16 {
+    loop {
+        let base = 20_000 + fastrand_port();
+        let ports = [1, 2, 3, 11, 12, 13].map(|offset| base + offset);
+        if ports.iter().all(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+/// A pseudo-random offset from the clock and the process id (no extra dependency).
+fn fastrand_port() -> u16 {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    ((nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % 40_000) as u16
+}
+
+struct Dev {
+    child: Child,
+    base: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Dev {
+    fn start() -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let base = free_base_port();
+        let child = Command::new(KVCTL)
+            .args(["dev", "--base-port", &base.to_string(), "--dir"])
+            .arg(dir.path().join("cluster"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Dev { child, base, dir }
+    }
+
+    fn certs(&self) -> std::path::PathBuf {
+        self.dir.path().join("cluster").join("certs")
+    }
+
+    fn endpoints(&self) -> String {
+        (1..=3).map(|i| format!("127.0.0.1:{}", self.base + i)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Runs kvctl with the cluster's endpoints and the root client certificate.
+    fn kvctl(&self, args: &[&str]) -> Output {
+        self.kvctl_with(&self.endpoints(), true, args)
+    }
+
+    fn kvctl_with(&self, endpoints: &str, client_cert: bool, args: &[&str]) -> Output {
+        let certs = self.certs();
+        let mut command = Command::new(KVCTL);
+        command.env("KVCTL_ENDPOINTS", endpoints).env("KVCTL_CACERT", certs.join("ca.pem"));
+        if client_cert {
+            command
+                .env("KVCTL_CERT", certs.join("client-root.pem"))
+                .env("KVCTL_KEY", certs.join("client-root-key.pem"));
+        }
+        command.args(args).output().unwrap()
+    }
+
+    /// Sets a key, retrying until the cluster has a leader.
+    fn set_eventually(&self, key: &str, value: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let output = self.kvctl(&["set", key, value]);
+            if output.status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "set never succeeded: {}", stderr(&output));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The nodes are this process's grandchildren: stop any left behind.
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", &self.dir.path().display().to_string()])
+            .status();
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_dev_cluster_serves_every_command_and_stops_on_ctrl_c() {
+    let mut dev = Dev::start();
+    wait_for(&dev.certs().join("client-root-key.pem"));
+    dev.set_eventually("greeting", "hello");
+    // get, with its exit code for a missing key.
+    let got = dev.kvctl(&["get", "greeting"]);
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(stdout(&got), "hello\n");
+    let missing = dev.kvctl(&["get", "nothing"]);
+    assert_eq!(missing.status.code(), Some(3), "{}", stderr(&missing));
+    assert!(stderr(&missing).contains("not found"));
+    // JSON output.
+    let json = dev.kvctl(&["--output", "json", "get", "greeting"]);
+    assert!(stdout(&json).contains("\"value\":\"hello\""), "{}", stdout(&json));
+    // cas: refused (exit 3, the current value named), then done.
+    let refused = dev.kvctl(&["cas", "greeting", "wrong", "--value", "x"]);
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(stderr(&refused).contains("\"hello\""), "{}", stderr(&refused));
+    assert!(dev.kvctl(&["cas", "greeting", "hello", "--value", "world"]).status.success());
+    assert!(dev.kvctl(&["cas", "fresh", "--absent", "--value", "1"]).status.success());
+    // list, delete.
+    let listed = dev.kvctl(&["list"]);
+    assert_eq!(stdout(&listed), "fresh\t1\ngreeting\tworld\n");
+    assert!(stdout(&dev.kvctl(&["delete", "fresh"])).starts_with("deleted"));
+    // member-list and status.
+    let members = stdout(&dev.kvctl(&["member-list"]));
+    assert_eq!(members.lines().count(), 4, "{members}");
+    assert!(members.contains("leader"), "{members}");
+    let status = dev.kvctl(&["status"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    // Failover: the first endpoint is down; the next one answers.
+    let endpoints = format!("127.0.0.1:1,{}", dev.endpoints());
+    let failover = dev.kvctl_with(&endpoints, true, &["get", "greeting"]);
+    assert_eq!(stdout(&failover), "world\n", "{}", stderr(&failover));
+    // Nothing reachable: exit 4.
+    let down = dev.kvctl_with("127.0.0.1:1", true, &["get", "greeting"]);
+    assert_eq!(down.status.code(), Some(4), "{}", stderr(&down));
+    // A client without a certificate is refused.
+    let anonymous = dev.kvctl_with(&dev.endpoints(), false, &["get", "greeting"]);
+    assert!(!anonymous.status.success());
+    assert!(stderr(&anonymous).contains("client certificate"), "{}", stderr(&anonymous));
+    // Ctrl-C (SIGINT to kvctl dev): every node stops, and dev exits.
+    Command::new("kill").args(["-INT", &dev.child.id().to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dev.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "kvctl dev did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let down_after = dev.kvctl(&["get", "greeting"]);
+    assert_eq!(down_after.status.code(), Some(4), "every node is down");
+}
+
+#[test]
+fn certs_makes_a_ca_nodes_and_clients_and_reuses_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let run = |extra: &[&str]| {
+        Command::new(KVCTL).arg("certs").arg("--dir").arg(&certs).args(extra).output().unwrap()
+    };
+    let first = run(&["--nodes", "a,b", "--clients", "alice", "--hosts", "db.example"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    for file in ["ca.pem", "ca-key.pem", "a.pem", "a-key.pem", "b.pem", "client-alice.pem"] {
+        assert!(certs.join(file).exists(), "{file}");
+    }
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    assert!(run(&["--nodes", "c"]).status.success());
+    assert_eq!(std::fs::read(certs.join("ca.pem")).unwrap(), ca, "the CA is kept");
+    // The node certificates load as raft-net identities (key matches, CA chains).
+    let paths = raft_net::TlsPaths {
+        ca: certs.join("ca.pem"),
+        cert: certs.join("c.pem"),
+        key: certs.join("c-key.pem"),
+    };
+    raft_net::TlsIdentity::load(&paths).unwrap();
+}
