@@ -67,7 +67,8 @@ impl Connection {
         Ok(Some(tls))
     }
 
-    async fn channel(&self, endpoint: &str) -> Result<Channel, String> {
+    /// A connection to `endpoint`.
+    pub async fn channel(&self, endpoint: &str) -> Result<Channel, String> {
         let tls = self.tls().map_err(|e| e.to_string())?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut builder = Endpoint::from_shared(format!("{scheme}://{endpoint}"))
@@ -107,7 +108,7 @@ impl Connection {
                     last = CallError::Status(status)
                 }
                 Err(status)
-                    if status.code() == Code::Cancelled
+                    if matches!(status.code(), Code::Cancelled | Code::Unknown)
                         && self.cert.is_none()
                         && self.cacert.is_some() =>
                 {

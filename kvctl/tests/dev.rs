@@ -154,6 +154,26 @@ fn the_dev_cluster_serves_every_command_and_stops_on_ctrl_c() {
     let anonymous = dev.kvctl_with(&dev.endpoints(), false, &["get", "greeting"]);
     assert!(!anonymous.status.success());
     assert!(stderr(&anonymous).contains("client certificate"), "{}", stderr(&anonymous));
+    // bench: a fixed count of mixed requests, reported as JSON.
+    let bench = dev.kvctl(&[
+        "--output",
+        "json",
+        "bench",
+        "--workload",
+        "mixed",
+        "--clients",
+        "4",
+        "--count",
+        "200",
+    ]);
+    assert!(bench.status.success(), "{}", stderr(&bench));
+    let report: serde_json::Value = serde_json::from_str(stdout(&bench).trim()).unwrap();
+    assert_eq!(
+        (report["ops"].as_u64(), report["errors"].as_u64()),
+        (Some(200), Some(0)),
+        "{report}"
+    );
+    assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     // Ctrl-C (SIGINT to kvctl dev): every node stops, and dev exits.
     Command::new("kill").args(["-INT", &dev.child.id().to_string()]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
