@@ -19,4 +19,4 @@ pub mod snapshot;
 mod state;
 
 pub use snapshot::SnapshotError;
-pub use state::{encode_command, ApplyError, KvState, Stored, WriteResult};
+pub use state::{encode_command, ApplyError, KvState, Member, Stored, WriteResult};

@@ -11,8 +11,9 @@
 //!   1 key:     key_len u32, key, value_len u32, value, mod_revision u64   (keys ascending)
 //!   2 session: client_id u64, acked_below u64, last_index u64, count u32,
 //!              count x (sequence u64, result)                            (client ids ascending)
-//!   0 end:     keys u64, sessions u64, crc32 u32 of every byte before the crc
-//! result: kind u8 (1 put, 2 delete, 3 compare-and-set), revision u64, then for delete a
+//!   3 member:  id u64, name, peer_address, client_address (each len u32 + UTF-8) (ids ascending)
+//!   0 end:     keys u64, sessions u64, members u64, crc32 u32 of every byte before the crc
+//! result: kind u8 (1 put, 2 delete, 3 compare-and-set, 4 member), revision u64, then for delete a
 //!         flag u8, for compare-and-set succeeded u8, has_current u8, [len u32, current]
 //! ```
 //!
@@ -28,6 +29,7 @@ const MAGIC: &[u8; 8] = b"KVSNAP01";
 const TAG_END: u8 = 0;
 const TAG_KEY: u8 = 1;
 const TAG_SESSION: u8 = 2;
+const TAG_MEMBER: u8 = 3;
 
 /// The largest key a snapshot may hold (the API's limit).
 pub const KEY_BYTES_MAX: usize = 4096;
@@ -92,6 +94,10 @@ fn put_result(out: &mut impl Write, result: &WriteResult) -> io::Result<()> {
             out.write_all(&revision.to_le_bytes())?;
             out.write_all(&[u8::from(*deleted)])
         }
+        WriteResult::Member { revision } => {
+            out.write_all(&[4])?;
+            out.write_all(&revision.to_le_bytes())
+        }
         WriteResult::CompareAndSet { succeeded, current, revision } => {
             out.write_all(&[3])?;
             out.write_all(&revision.to_le_bytes())?;
@@ -132,9 +138,17 @@ impl KvState {
                 put_result(&mut out, result)?;
             }
         }
+        for (id, member) in &self.members {
+            out.write_all(&[TAG_MEMBER])?;
+            out.write_all(&id.to_le_bytes())?;
+            for text in [&member.name, &member.peer_address, &member.client_address] {
+                put_bytes(&mut out, text.as_bytes())?;
+            }
+        }
         out.write_all(&[TAG_END])?;
         out.write_all(&(self.map.len() as u64).to_le_bytes())?;
         out.write_all(&(self.sessions.len() as u64).to_le_bytes())?;
+        out.write_all(&(self.members.len() as u64).to_le_bytes())?;
         let crc = out.crc.clone().finalize();
         let mut inner = out.inner;
         inner.write_all(&crc.to_le_bytes())?;
@@ -157,6 +171,7 @@ impl KvState {
         let mut state = KvState { applied: reader.u64()?, ..KvState::default() };
         let mut last_key: Option<Bytes> = None;
         let mut last_client: Option<u64> = None;
+        let mut last_member: Option<u64> = None;
         loop {
             match reader.u8()? {
                 TAG_KEY => {
@@ -178,12 +193,28 @@ impl KvState {
                     state.sessions.restore(client_id, session);
                     last_client = Some(client_id);
                 }
+                TAG_MEMBER => {
+                    let id = reader.u64()?;
+                    if last_member.is_some_and(|last| last >= id) {
+                        return Err(reader.damaged("members out of order"));
+                    }
+                    let member = crate::state::Member {
+                        name: reader.text()?,
+                        peer_address: reader.text()?,
+                        client_address: reader.text()?,
+                    };
+                    state.members.insert(id, member);
+                    last_member = Some(id);
+                }
                 TAG_END => break,
                 tag => return Err(reader.damaged(&format!("unknown record tag {tag}"))),
             }
         }
-        let (keys, sessions) = (reader.u64()?, reader.u64()?);
-        if keys != state.map.len() as u64 || sessions != state.sessions.len() as u64 {
+        let (keys, sessions, members) = (reader.u64()?, reader.u64()?, reader.u64()?);
+        if keys != state.map.len() as u64
+            || sessions != state.sessions.len() as u64
+            || members != state.members.len() as u64
+        {
             return Err(reader.damaged("the record counts do not match"));
         }
         let computed = reader.crc.clone().finalize();
@@ -255,12 +286,19 @@ impl<R: Read> Reader<R> {
         Ok(buf.into())
     }
 
+    /// A length-prefixed UTF-8 string of at most 4 KiB (a name or an address).
+    fn text(&mut self) -> Result<String, SnapshotError> {
+        let bytes = self.bytes(KEY_BYTES_MAX, "member field")?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.damaged("a member field is not UTF-8"))
+    }
+
     fn result(&mut self) -> Result<WriteResult, SnapshotError> {
         let kind = self.u8()?;
         let revision = self.u64()?;
         Ok(match kind {
             1 => WriteResult::Put { revision },
             2 => WriteResult::Delete { deleted: self.flag()?, revision },
+            4 => WriteResult::Member { revision },
             3 => {
                 let succeeded = self.flag()?;
                 let current =

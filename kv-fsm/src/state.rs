@@ -17,6 +17,17 @@ pub struct Stored {
     pub mod_revision: u64,
 }
 
+/// How to reach a member: the member table's row for one node id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its name.
+    pub name: String,
+    /// Its advertised peer address (host:port).
+    pub peer_address: String,
+    /// Its advertised client address (host:port).
+    pub client_address: String,
+}
+
 /// The result of a write, as the client gets it. `revision` is always the log index of the
 /// write's entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +41,11 @@ pub enum WriteResult {
     Delete {
         /// Whether there was a value to delete.
         deleted: bool,
+        /// The entry's index.
+        revision: u64,
+    },
+    /// The member table changed.
+    Member {
         /// The entry's index.
         revision: u64,
     },
@@ -72,6 +88,7 @@ pub enum ApplyError {
 pub struct KvState {
     pub(crate) map: OrdMap<Bytes, Stored>,
     pub(crate) sessions: Sessions,
+    pub(crate) members: OrdMap<u64, Member>,
     pub(crate) applied: u64,
 }
 
@@ -94,6 +111,11 @@ impl KvState {
     /// Whether there is no key.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    /// The member table: how to reach each node id.
+    pub fn members(&self) -> &OrdMap<u64, Member> {
+        &self.members
     }
 
     /// The client sessions.
@@ -172,6 +194,19 @@ impl KvState {
             Op::Delete(delete) => {
                 let deleted = self.map.remove(&delete.key).is_some();
                 WriteResult::Delete { deleted, revision: index }
+            }
+            Op::SetMember(member) => {
+                let row = Member {
+                    name: member.name,
+                    peer_address: member.peer_address,
+                    client_address: member.client_address,
+                };
+                self.members.insert(member.id, row);
+                WriteResult::Member { revision: index }
+            }
+            Op::RemoveMember(member) => {
+                self.members.remove(&member.id);
+                WriteResult::Member { revision: index }
             }
             Op::CompareAndSet(cas) => {
                 let current = self.map.get(&cas.key).map(|stored| stored.value.clone());

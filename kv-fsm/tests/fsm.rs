@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use kv_fsm::{encode_command, KvState, WriteResult};
-use kv_proto::kv::{command::Op, Command, CompareAndSet, Delete, Put};
+use kv_proto::kv::{command::Op, Command, CompareAndSet, Delete, Put, RemoveMember, SetMember};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -22,6 +22,11 @@ enum Step {
         expected: Option<u8>,
         value: u8,
     },
+    /// Record member `id` in the member table, or remove it.
+    Member {
+        id: u8,
+        remove: bool,
+    },
     /// Retry the `back`-th latest write of a session.
     Retry {
         back: u8,
@@ -36,6 +41,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..16u8, prop::option::of(0..4u8), any::<u8>())
             .prop_map(|(key, expected, value)| Step::Cas { key, expected, value }),
         2 => (0..4u8).prop_map(|back| Step::Retry { back }),
+        1 => (1..6u8, any::<bool>()).prop_map(|(id, remove)| Step::Member { id, remove }),
         1 => Just(Step::Noop),
     ]
 }
@@ -50,6 +56,7 @@ fn value(v: u8) -> Bytes {
 
 struct Model {
     map: BTreeMap<Bytes, (Bytes, u64)>,
+    members: BTreeMap<u64, String>,
 }
 
 impl Model {
@@ -61,6 +68,14 @@ impl Model {
             }
             Op::Delete(d) => {
                 WriteResult::Delete { deleted: self.map.remove(&d.key).is_some(), revision: index }
+            }
+            Op::SetMember(m) => {
+                self.members.insert(m.id, m.name.clone());
+                WriteResult::Member { revision: index }
+            }
+            Op::RemoveMember(m) => {
+                self.members.remove(&m.id);
+                WriteResult::Member { revision: index }
             }
             Op::CompareAndSet(c) => {
                 let current = self.map.get(&c.key).map(|(v, _)| v.clone());
@@ -77,7 +92,7 @@ impl Model {
 
 fn run(steps: &[Step]) -> Result<KvState, TestCaseError> {
     let mut state = KvState::new();
-    let mut model = Model { map: BTreeMap::new() };
+    let mut model = Model { map: BTreeMap::new(), members: BTreeMap::new() };
     // One session (client 7); its writes so far: (sequence, op, first result).
     let mut written: Vec<(u64, Op, WriteResult)> = Vec::new();
     for (i, step) in steps.iter().enumerate() {
@@ -89,6 +104,15 @@ fn run(steps: &[Step]) -> Result<KvState, TestCaseError> {
             }
             Step::Put { key: k, value: v } => Op::Put(Put { key: key(*k), value: value(*v) }),
             Step::Delete { key: k } => Op::Delete(Delete { key: key(*k) }),
+            Step::Member { id, remove: true } => {
+                Op::RemoveMember(RemoveMember { id: u64::from(*id) })
+            }
+            Step::Member { id, remove: false } => Op::SetMember(SetMember {
+                id: u64::from(*id),
+                name: format!("n{id}-{index}"),
+                peer_address: format!("node-{id}.example:2380"),
+                client_address: format!("node-{id}.example:2379"),
+            }),
             Step::Cas { key: k, expected, value: v } => Op::CompareAndSet(CompareAndSet {
                 key: key(*k),
                 expected: expected.map(value),
@@ -132,6 +156,9 @@ fn run(steps: &[Step]) -> Result<KvState, TestCaseError> {
         .collect();
     let want: Vec<(Bytes, (Bytes, u64))> = model.map.into_iter().collect();
     prop_assert_eq!(got, want);
+    let members: BTreeMap<u64, String> =
+        state.members().iter().map(|(id, m)| (*id, m.name.clone())).collect();
+    prop_assert_eq!(members, model.members);
     prop_assert_eq!(state.applied(), steps.len() as u64);
     Ok(state)
 }
@@ -166,6 +193,7 @@ proptest! {
 fn sample_state() -> KvState {
     let steps: Vec<Step> = (0..12u8)
         .map(|i| match i % 4 {
+            _ if i == 5 => Step::Member { id: 2, remove: false },
             0 => Step::Put { key: i, value: i },
             1 => Step::Cas { key: i - 1, expected: Some(i - 1), value: 9 },
             2 => Step::Cas { key: 3, expected: Some(1), value: 1 },
