@@ -106,6 +106,8 @@ pub struct NodeStatus {
     pub voters: Vec<NodeId>,
     /// The learners.
     pub learners: Vec<NodeId>,
+    /// The member table: how to reach each id.
+    pub members: imbl::OrdMap<u64, kv_fsm::Member>,
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -139,6 +141,9 @@ pub struct NodeConfig {
     pub snapshot_catchup_entries: u64,
     /// How long a write or read may wait for its outcome.
     pub request_timeout: Duration,
+    /// This node's row in the member table: the node writes it once a leader is known, and
+    /// again whenever it differs (an address changed).
+    pub me: kv_fsm::Member,
 }
 
 /// The handle clients use; cheap to clone.
@@ -231,6 +236,8 @@ struct Core {
     incoming: Incoming,
     last_snapshot: u64,
     leader: Option<NodeId>,
+    /// The sequence of this node's own member-table write while it is pending.
+    registering: Option<u64>,
 }
 
 /// Opens the log, restores the state and starts the loop on its own thread.
@@ -265,7 +272,7 @@ pub fn start(
     let (inputs, receiver) = std::sync::mpsc::sync_channel(INPUTS_MAX);
     forward_events(events, inputs.clone());
     let handle = NodeHandle { inputs, request_timeout: config.request_timeout };
-    let core = Core {
+    let mut core = Core {
         raw,
         last_snapshot: state.applied(),
         state,
@@ -282,8 +289,10 @@ pub fn start(
         reads_unconfirmed: HashMap::new(),
         reads_confirmed: Vec::new(),
         leader: None,
+        registering: None,
         config,
     };
+    core.connect_members();
     let thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || core.run(receiver))
@@ -324,6 +333,7 @@ impl Core {
                 next_tick = (next_tick + tick).max(now);
             }
             self.retry_and_expire(now);
+            self.register();
             if let Err(error) = self.process_readies() {
                 tracing::error!("stopping: {error}");
                 self.fail_everything();
@@ -609,7 +619,11 @@ impl Core {
             return;
         };
         let (client_id, sequence) = (command.client_id, command.sequence);
+        let changes_members = matches!(command.op, Some(Op::SetMember(_) | Op::RemoveMember(_)));
         let result = self.state.apply_command(index, command);
+        if changes_members {
+            self.connect_members();
+        }
         if client_id != self.session {
             return;
         }
@@ -658,6 +672,54 @@ impl Core {
         }
     }
 
+    /// Writes this node's row of the member table once a leader is known and the row differs
+    /// from the one applied (one such write at a time).
+    fn register(&mut self) {
+        if self.registering.is_some_and(|sequence| self.writes.contains_key(&sequence)) {
+            return;
+        }
+        self.registering = None;
+        let me = &self.config.me;
+        let id = self.config.id.0;
+        if self.leader.is_none() || self.state.members().get(&id) == Some(me) {
+            return;
+        }
+        let op = Op::SetMember(kv_proto::kv::SetMember {
+            id,
+            name: me.name.clone(),
+            peer_address: me.peer_address.clone(),
+            client_address: me.client_address.clone(),
+        });
+        let (reply, _) = oneshot::channel();
+        self.registering = Some(self.next_sequence);
+        self.start_write(op, reply);
+    }
+
+    /// Makes the transport's peers those of the member table (besides the initial ones):
+    /// an added or moved member is dialled at its address, a removed one forgotten.
+    fn connect_members(&mut self) {
+        let _runtime = self.runtime.enter();
+        for (&id, member) in self.state.members() {
+            if id == self.config.id.0 {
+                continue;
+            }
+            match member.peer_address.parse::<raft_net::PeerAddress>() {
+                Ok(address) => self.transport.add_peer(NodeId(id), address),
+                Err(error) => tracing::warn!("member {id}: {error}"),
+            }
+        }
+        let known: Vec<NodeId> = self.transport.peers();
+        for id in known {
+            let in_config = self.raw.membership().members().contains(&id);
+            if !in_config
+                && !self.state.members().contains_key(&id.0)
+                && !self.config.voters.contains(&id)
+            {
+                self.transport.remove_peer(id);
+            }
+        }
+    }
+
     /// Takes a snapshot once enough entries were applied since the last, and compacts the
     /// log below it, keeping a margin for followers a little behind.
     fn maybe_snapshot(&mut self) -> Result<(), String> {
@@ -693,6 +755,7 @@ impl Core {
             last_index: self.raw.last_index().0,
             voters: membership.voters.iter().copied().collect(),
             learners: membership.learners.iter().copied().collect(),
+            members: self.state.members().clone(),
         }
     }
 

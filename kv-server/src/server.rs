@@ -83,6 +83,16 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         snapshot_entries: flags.snapshot_entries,
         snapshot_catchup_entries: flags.snapshot_catchup_entries,
         request_timeout: settings.request_timeout(),
+        me: kv_fsm::Member {
+            name: flags.name.clone(),
+            peer_address: settings
+                .members
+                .iter()
+                .find(|m| m.id == settings.id)
+                .map(|m| m.peer_address.to_string())
+                .unwrap_or_default(),
+            client_address: settings.advertise_client_address.clone(),
+        },
     };
     let transport = Arc::new(transport);
     let (node, thread) =

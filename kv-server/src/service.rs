@@ -95,16 +95,34 @@ impl Service {
         self.members.iter().find(|m| m.id == id)
     }
 
+    /// Name and addresses of `id`: the replicated member table first, the flags second.
+    fn describe(&self, status: &NodeStatus, id: NodeId) -> MemberInfo {
+        if let Some(row) = status.members.get(&id.0) {
+            return MemberInfo {
+                id,
+                name: row.name.clone(),
+                peer_address: row.peer_address.clone(),
+                client_address: row.client_address.clone(),
+            };
+        }
+        self.member(id).cloned().unwrap_or(MemberInfo {
+            id,
+            name: String::new(),
+            peer_address: String::new(),
+            client_address: String::new(),
+        })
+    }
+
     fn members_of(&self, status: &NodeStatus) -> Vec<api::Member> {
         let ids = status.voters.iter().map(|&id| (id, false));
         let ids = ids.chain(status.learners.iter().map(|&id| (id, true)));
         ids.map(|(id, is_learner)| {
-            let known = self.member(id);
+            let known = self.describe(status, id);
             api::Member {
                 id: id.0,
-                name: known.map(|m| m.name.clone()).unwrap_or_default(),
-                peer_address: known.map(|m| m.peer_address.clone()).unwrap_or_default(),
-                client_address: known.map(|m| m.client_address.clone()).unwrap_or_default(),
+                name: known.name,
+                peer_address: known.peer_address,
+                client_address: known.client_address,
                 is_learner,
                 is_leader: status.leader == Some(id),
             }
@@ -274,7 +292,7 @@ impl Cluster for Service {
         _: Request<api::StatusRequest>,
     ) -> Result<Response<api::StatusResponse>, Status> {
         let status = Service::status(self).await?;
-        let name = |id: NodeId| self.member(id).map(|m| m.name.clone()).unwrap_or_default();
+        let name = |id: NodeId| self.describe(&status, id).name;
         Ok(Response::new(api::StatusResponse {
             name: name(status.id),
             id: status.id.0,

@@ -5,7 +5,8 @@
 use kv_proto::kv::cluster_client::ClusterClient;
 use kv_proto::kv::kv_client::KvClient;
 use kv_proto::kv::{
-    CompareAndSetRequest, GetRequest, ListRequest, ReadConsistency, SetRequest, StatusRequest,
+    CompareAndSetRequest, GetRequest, ListRequest, MemberListRequest, ReadConsistency, SetRequest,
+    StatusRequest,
 };
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use std::net::TcpListener;
@@ -238,6 +239,22 @@ async fn three_nodes_serve_writes_and_linearizable_reads_everywhere_and_survive_
         keys.push(String::from_utf8(item.key.to_vec()).unwrap());
     }
     assert_eq!(keys, ["from-0", "from-1", "from-2"]);
+    // Every node wrote its row of the member table: any node names every member's client
+    // address.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut cluster_client = ClusterClient::new(cluster.channel(2).await);
+        let members = cluster_client.member_list(MemberListRequest {}).await.unwrap().into_inner();
+        let addresses: Vec<String> =
+            members.members.iter().map(|m| m.client_address.clone()).collect();
+        let expected: Vec<String> =
+            cluster.client_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        if addresses == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "member table incomplete: {addresses:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // 3. Enough writes for snapshots and compaction (--snapshot-entries=200).
     let leader = cluster.leader().await;
     for i in 0..300 {

@@ -412,6 +412,11 @@ impl Transport {
         }
     }
 
+    /// The configured peers.
+    pub fn peers(&self) -> Vec<NodeId> {
+        lock(&self.shared.peers).keys().copied().collect()
+    }
+
     /// The counters.
     pub fn stats(&self) -> Stats {
         self.shared.counters.read()
