@@ -18,7 +18,8 @@ pub struct Flags {
 
     /// Every initial member as name=host:port (its advertised peer address), comma-separated.
     /// All nodes must be given the same list, in the same order: a member's id is its
-    /// position in it, from 1.
+    /// position in it, from 1, unless every entry names its id as name@id=host:port (as
+    /// `kvctl member-join` prints for a node joining a running cluster).
     #[arg(long, env = "KV_INITIAL_CLUSTER")]
     pub initial_cluster: String,
 
@@ -165,9 +166,27 @@ impl Settings {
 pub fn parse_initial_cluster(value: &str) -> Result<Vec<InitialMember>, FlagError> {
     let error = |reason: String| flag_error("initial-cluster", reason);
     let mut members: Vec<InitialMember> = Vec::new();
-    for (position, item) in value.split(',').map(str::trim).enumerate() {
+    let items: Vec<&str> = value.split(',').map(str::trim).collect();
+    let explicit =
+        items.iter().filter(|item| item.split('=').next().is_some_and(|n| n.contains('@'))).count();
+    if explicit != 0 && explicit != items.len() {
+        let reason = "either every entry gives its id (name@id=host:port) or none does";
+        return Err(error(reason.into()));
+    }
+    for (position, item) in items.into_iter().enumerate() {
         let (name, address) =
             item.split_once('=').ok_or_else(|| error(format!("{item:?} is not name=host:port")))?;
+        let (name, id) = match name.split_once('@') {
+            Some((name, id)) => {
+                let id: u64 =
+                    id.parse().map_err(|_| error(format!("{item:?}: the id is not a number")))?;
+                if id == 0 {
+                    return Err(error(format!("{item:?}: ids start at 1")));
+                }
+                (name, NodeId(id))
+            }
+            None => (name, NodeId(position as u64 + 1)),
+        };
         if name.is_empty() {
             return Err(error(format!("{item:?} has no name")));
         }
@@ -178,7 +197,9 @@ pub fn parse_initial_cluster(value: &str) -> Result<Vec<InitialMember>, FlagErro
         if members.iter().any(|m| m.peer_address == peer_address) {
             return Err(error(format!("the address {address} appears twice")));
         }
-        let id = NodeId(position as u64 + 1);
+        if members.iter().any(|m| m.id == id) {
+            return Err(error(format!("the id {id} appears twice")));
+        }
         members.push(InitialMember { id, name: name.into(), peer_address });
     }
     Ok(members)
@@ -270,6 +291,15 @@ mod tests {
         }
         let flags = Flags::try_parse_from(args).map_err(|e| e.to_string())?;
         flags.check().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn explicit_ids_are_all_or_nothing() {
+        let members = parse_initial_cluster("a@2=h:1,b@7=h:2").unwrap();
+        assert_eq!(members.iter().map(|m| m.id).collect::<Vec<_>>(), [NodeId(2), NodeId(7)]);
+        for bad in ["a@2=h:1,b=h:2", "a@x=h:1", "a@0=h:1", "a@2=h:1,b@2=h:2"] {
+            assert!(parse_initial_cluster(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -17,8 +17,8 @@ use kv_fsm::{ApplyError, KvState, WriteResult};
 use kv_proto::kv::{command::Op, Command};
 use prost::Message as _;
 use raft_core::{
-    Config, Entry, EntryKind, Index, InitialState, Message, MessageBody, NodeId, ProposeError,
-    RawNode, ReadIndexError, ReadState, Ready, Role,
+    ConfChange, ConfChangeError, Config, Entry, EntryKind, Index, InitialState, Message,
+    MessageBody, NodeId, ProposeError, RawNode, ReadIndexError, ReadState, Ready, Role,
 };
 use raft_log::wal::{Wal, WalError, WalOptions};
 use raft_net::{Event, SnapshotSource, Transport};
@@ -69,6 +69,20 @@ pub enum ReadError {
     Stopped,
 }
 
+/// Why a membership change was not proposed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfChangeRefused {
+    /// This node does not lead.
+    #[error("this node does not lead (leader: {0:?})")]
+    NotLeader(Option<NodeId>),
+    /// Another change (or a leadership transfer) is under way: retry shortly.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The change makes no sense.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -108,6 +122,8 @@ pub struct NodeStatus {
     pub learners: Vec<NodeId>,
     /// The member table: how to reach each id.
     pub members: imbl::OrdMap<u64, kv_fsm::Member>,
+    /// On a leader: how far each other member's log matches its own.
+    pub matched: BTreeMap<NodeId, u64>,
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -118,6 +134,7 @@ pub(crate) enum Input {
     Read { linearizable: bool, reply: Reply<Result<KvState, ReadError>> },
     Status { reply: Reply<NodeStatus> },
     Transfer { to: Option<NodeId>, reply: Reply<Result<NodeId, String>> },
+    ConfChange { change: ConfChange, reply: Reply<Result<(), ConfChangeRefused>> },
     Peer(Event),
     Stop { reply: Reply<()> },
 }
@@ -186,6 +203,13 @@ impl NodeHandle {
             .unwrap_or(Err("the node is stopping".into()))
     }
 
+    /// Proposes a membership change (on the leader only).
+    pub async fn conf_change(&self, change: ConfChange) -> Result<(), ConfChangeRefused> {
+        self.ask(|reply| Input::ConfChange { change, reply })
+            .await
+            .unwrap_or(Err(ConfChangeRefused::Busy("the node is stopping".into())))
+    }
+
     /// Stops the loop after its current turn (everything acknowledged is durable). Waits for
     /// room in a full queue rather than dropping the request.
     pub async fn stop(&self) {
@@ -238,6 +262,10 @@ struct Core {
     leader: Option<NodeId>,
     /// The sequence of this node's own member-table write while it is pending.
     registering: Option<u64>,
+    /// This run has seen this node in the configuration: leaving it later means removal.
+    was_member: bool,
+    /// Peers that refused this node as not one of their members.
+    disowned_by: std::collections::BTreeSet<NodeId>,
 }
 
 /// Opens the log, restores the state and starts the loop on its own thread.
@@ -290,6 +318,8 @@ pub fn start(
         reads_confirmed: Vec::new(),
         leader: None,
         registering: None,
+        was_member: false,
+        disowned_by: std::collections::BTreeSet::new(),
         config,
     };
     core.connect_members();
@@ -344,6 +374,11 @@ impl Core {
                 let _ = reply.send(());
                 return Ok(());
             }
+            if self.removed() {
+                tracing::info!(node = %self.config.id, "removed from the cluster; stopping");
+                self.fail_everything();
+                return Ok(());
+            }
         }
     }
 
@@ -357,6 +392,17 @@ impl Core {
             }
             Input::Transfer { to, reply } => {
                 let _ = reply.send(self.transfer(to));
+            }
+            Input::ConfChange { change, reply } => {
+                let result = self.raw.propose_conf_change(&[change]).map(|_| ());
+                let _ = reply.send(result.map_err(|error| match error {
+                    ConfChangeError::NotLeader { leader } => ConfChangeRefused::NotLeader(leader),
+                    ConfChangeError::InProgress { .. }
+                    | ConfChangeError::TransferInProgress { .. } => {
+                        ConfChangeRefused::Busy(error.to_string())
+                    }
+                    ConfChangeError::Invalid(reason) => ConfChangeRefused::Invalid(reason),
+                }));
             }
             Input::Peer(event) => self.on_peer_event(event),
             Input::Stop { reply } => return Some(reply),
@@ -450,6 +496,9 @@ impl Core {
                 }
             }
             Event::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Event::NotAPeerOf(peer) => {
+                self.disowned_by.insert(peer);
+            }
             Event::SnapshotSent { to, ok } => {
                 if !ok {
                     self.raw.report_snapshot_failure(to);
@@ -672,6 +721,26 @@ impl Core {
         }
     }
 
+    /// Whether a configuration without this node took effect after one with it: the node
+    /// was removed and stops (as an etcd member does).
+    ///
+    /// A removed follower often never receives the configuration that removes it (the
+    /// leader stops replicating to it); it learns of its removal when most of the other
+    /// voters refuse its connections as not one of their members.
+    fn removed(&mut self) -> bool {
+        let me = self.config.id;
+        let member = self.raw.membership().members().contains(&me);
+        self.was_member |= member;
+        // A leader stays until it has committed the configuration without it, then steps down.
+        if self.was_member && !member && self.raw.role() != Role::Leader {
+            return true;
+        }
+        let others: Vec<NodeId> =
+            self.raw.voters().iter().copied().filter(|&id| id != me).collect();
+        let disowning = others.iter().filter(|id| self.disowned_by.contains(id)).count();
+        self.was_member && !others.is_empty() && disowning * 2 > others.len()
+    }
+
     /// Writes this node's row of the member table once a leader is known and the row differs
     /// from the one applied (one such write at a time).
     fn register(&mut self) {
@@ -711,10 +780,7 @@ impl Core {
         let known: Vec<NodeId> = self.transport.peers();
         for id in known {
             let in_config = self.raw.membership().members().contains(&id);
-            if !in_config
-                && !self.state.members().contains_key(&id.0)
-                && !self.config.voters.contains(&id)
-            {
+            if !in_config && !self.state.members().contains_key(&id.0) {
                 self.transport.remove_peer(id);
             }
         }
@@ -756,6 +822,11 @@ impl Core {
             voters: membership.voters.iter().copied().collect(),
             learners: membership.learners.iter().copied().collect(),
             members: self.state.members().clone(),
+            matched: membership
+                .members()
+                .into_iter()
+                .filter_map(|id| self.raw.progress(id).map(|p| (id, p.match_index.0)))
+                .collect(),
         }
     }
 

@@ -76,7 +76,14 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
     let (transport, events) = Transport::start(transport_config, Security::Tls(identity)).await?;
     let node_config = NodeConfig {
         id: settings.id,
-        voters: settings.members.iter().map(|m| m.id).collect(),
+        // A new cluster starts with every initial member voting. A node joining a running one
+        // is not a voter yet: it learns the configuration from the leader's log or snapshot.
+        voters: match flags.initial_cluster_state {
+            crate::flags::ClusterState::New => settings.members.iter().map(|m| m.id).collect(),
+            crate::flags::ClusterState::Existing => {
+                settings.members.iter().map(|m| m.id).filter(|&id| id != settings.id).collect()
+            }
+        },
         data_dir: flags.data_dir.clone(),
         tick: settings.tick(),
         election_ticks: flags.election_ticks,

@@ -1,16 +1,17 @@
 //! The gRPC services of `proto/kv/v1/kv.proto`: requests are checked here, then handed to
 //! the node; its answers become responses or status codes (docs/api.md).
 
-use crate::node::{NodeHandle, NodeStatus, ReadError, WriteError};
+use crate::node::{ConfChangeRefused, NodeHandle, NodeStatus, ReadError, WriteError};
 use bytes::Bytes;
 use kv_fsm::WriteResult;
 use kv_proto::kv::cluster_server::Cluster;
 use kv_proto::kv::command::Op;
 use kv_proto::kv::kv_server::Kv;
 use kv_proto::kv::{self as api, ReadConsistency};
-use raft_core::{NodeId, Role};
+use raft_core::{ConfChange, NodeId, Role};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -128,6 +129,149 @@ impl Service {
             }
         })
         .collect()
+    }
+}
+
+/// How long a membership change may take to be proposed and take effect.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A learner is promoted once its log is within this many entries of the leader's.
+const PROMOTION_LAG_MAX: u64 = 100;
+
+impl Service {
+    /// Refuses unless this node leads (the client then tries the next endpoint).
+    async fn leader_status(&self) -> Result<NodeStatus, Status> {
+        let status = self.status().await?;
+        if status.role != Role::Leader {
+            let leader = status.leader.map(|id| self.describe(&status, id));
+            let hint = leader.map_or("no leader is known".to_string(), |l| {
+                format!("the leader is {} at {}", l.name, l.client_address)
+            });
+            return Err(Status::unavailable(format!(
+                "membership changes go to the leader: {hint}"
+            )));
+        }
+        Ok(status)
+    }
+
+    /// Proposes `change` until the engine takes it (another change may be finishing).
+    async fn propose_change(&self, change: ConfChange) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + MEMBERSHIP_TIMEOUT;
+        loop {
+            match self.node.conf_change(change).await {
+                Ok(()) => return Ok(()),
+                Err(ConfChangeRefused::Busy(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(ConfChangeRefused::Invalid(reason)) => {
+                    return Err(Status::invalid_argument(reason))
+                }
+                Err(error) => return Err(Status::unavailable(error.to_string())),
+            }
+        }
+    }
+
+    /// Waits until `done` holds for the node's status.
+    async fn wait_for(&self, done: impl Fn(&NodeStatus) -> bool) -> Result<NodeStatus, Status> {
+        let deadline = tokio::time::Instant::now() + MEMBERSHIP_TIMEOUT;
+        loop {
+            let status = self.status().await?;
+            if done(&status) {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded(
+                    "the membership change did not take effect in time",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Adds a member: its row in the member table, then a learner; a voter-to-be is promoted
+    /// in the background once caught up.
+    async fn join(&self, request: &api::MemberJoinRequest) -> Result<NodeId, Status> {
+        if request.name.is_empty() || request.client_address.is_empty() {
+            return Err(Status::invalid_argument("a member needs a name and a client address"));
+        }
+        request
+            .peer_address
+            .parse::<raft_net::PeerAddress>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let status = self.leader_status().await?;
+        if status.members.values().any(|m| m.name == request.name) {
+            return Err(Status::already_exists(format!("a member is named {:?}", request.name)));
+        }
+        if status.members.values().any(|m| m.peer_address == request.peer_address) {
+            return Err(Status::already_exists(format!(
+                "a member has peer address {}",
+                request.peer_address
+            )));
+        }
+        let highest = status
+            .members
+            .keys()
+            .copied()
+            .chain(status.voters.iter().chain(&status.learners).map(|id| id.0))
+            .chain(self.members.iter().map(|m| m.id.0))
+            .max()
+            .unwrap_or(0);
+        let id = NodeId(highest + 1);
+        let row = api::SetMember {
+            id: id.0,
+            name: request.name.clone(),
+            peer_address: request.peer_address.clone(),
+            client_address: request.client_address.clone(),
+        };
+        self.write(Op::SetMember(row)).await?;
+        self.propose_change(ConfChange::AddLearner(id)).await?;
+        self.wait_for(|s| s.learners.contains(&id) || s.voters.contains(&id)).await?;
+        tracing::info!("member {} joined as learner {id}", request.name);
+        if !request.learner {
+            tokio::spawn(self.clone().promote(id));
+        }
+        Ok(id)
+    }
+
+    /// Promotes learner `id` to voter once its log is close to the leader's (thesis §4.2.1:
+    /// a new voter that must first catch up would stall commitment).
+    async fn promote(self, id: NodeId) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Ok(status) = self.status().await else { return };
+            if status.voters.contains(&id) || !status.learners.contains(&id) {
+                return;
+            }
+            if status.role != Role::Leader {
+                continue; // a new leader's service would not know; this one keeps trying
+            }
+            let matched = status.matched.get(&id).copied().unwrap_or(0);
+            if matched + PROMOTION_LAG_MAX >= status.last_index
+                && self.node.conf_change(ConfChange::AddVoter(id)).await.is_ok()
+            {
+                tracing::info!("learner {id} caught up: promoted to voter");
+            }
+        }
+    }
+
+    /// Removes the member named `name`: from the configuration, then from the member table.
+    async fn leave(&self, name: &str) -> Result<(), Status> {
+        let status = self.leader_status().await?;
+        let id = status
+            .members
+            .iter()
+            .find(|(_, m)| m.name == name)
+            .map(|(&id, _)| NodeId(id))
+            .or_else(|| self.members.iter().find(|m| m.name == name).map(|m| m.id))
+            .ok_or_else(|| Status::not_found(format!("no member named {name:?}")))?;
+        self.propose_change(ConfChange::Remove(id)).await?;
+        self.wait_for(|s| !s.voters.contains(&id) && !s.learners.contains(&id)).await?;
+        tracing::info!("member {name} ({id}) left");
+        // The row goes last; if this node was the one removed, the next leader's table keeps
+        // a row no configuration names, which member lists ignore.
+        let _ = self.write(Op::RemoveMember(api::RemoveMember { id: id.0 })).await;
+        Ok(())
     }
 }
 
@@ -275,16 +419,23 @@ impl Cluster for Service {
 
     async fn member_join(
         &self,
-        _: Request<api::MemberJoinRequest>,
+        request: Request<api::MemberJoinRequest>,
     ) -> Result<Response<api::MemberJoinResponse>, Status> {
-        Err(Status::unimplemented("member-join is not available yet in this version"))
+        let request = request.into_inner();
+        let id = self.join(&request).await?;
+        let status = self.status().await?;
+        let members = self.members_of(&status);
+        let member = members.iter().find(|m| m.id == id.0).cloned();
+        Ok(Response::new(api::MemberJoinResponse { member, members }))
     }
 
     async fn member_leave(
         &self,
-        _: Request<api::MemberLeaveRequest>,
+        request: Request<api::MemberLeaveRequest>,
     ) -> Result<Response<api::MemberLeaveResponse>, Status> {
-        Err(Status::unimplemented("member-leave is not available yet in this version"))
+        self.leave(&request.into_inner().name).await?;
+        let status = self.status().await?;
+        Ok(Response::new(api::MemberLeaveResponse { members: self.members_of(&status) }))
     }
 
     async fn status(

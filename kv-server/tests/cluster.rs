@@ -5,8 +5,8 @@
 use kv_proto::kv::cluster_client::ClusterClient;
 use kv_proto::kv::kv_client::KvClient;
 use kv_proto::kv::{
-    CompareAndSetRequest, GetRequest, ListRequest, MemberListRequest, ReadConsistency, SetRequest,
-    StatusRequest,
+    CompareAndSetRequest, GetRequest, ListRequest, MemberJoinRequest, MemberLeaveRequest,
+    MemberListRequest, ReadConsistency, SetRequest, StatusRequest,
 };
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use std::net::TcpListener;
@@ -80,11 +80,18 @@ impl Cluster {
     }
 
     fn spawn(&mut self, node: usize) {
+        let initial_cluster = self.initial_cluster();
+        self.spawn_as(node, &format!("n{}", node + 1), &initial_cluster, "new");
+    }
+
+    /// Starts process slot `node` (its ports and data directory) as member `name`.
+    fn spawn_as(&mut self, node: usize, name: &str, initial_cluster: &str, state: &str) {
         let dir = self.dir.path();
         let log = std::fs::File::create(dir.join(format!("n{}.log", node + 1))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
-            .arg(format!("--name=n{}", node + 1))
-            .arg(format!("--initial-cluster={}", self.initial_cluster()))
+            .arg(format!("--name={name}"))
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            .arg(format!("--initial-cluster-state={state}"))
             .arg(format!("--data-dir={}", self.data_dir(node).display()))
             .arg(format!("--listen-peer-address=127.0.0.1:{}", self.peer_ports[node]))
             .arg(format!("--listen-client-address=127.0.0.1:{}", self.client_ports[node]))
@@ -324,6 +331,94 @@ async fn three_nodes_serve_writes_and_linearizable_reads_everywhere_and_survive_
     // 7. SIGTERM stops a node cleanly (exit 0).
     let status = cluster.terminate(cluster.leader().await);
     assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
+/// Sends a membership request to the nodes in turn until the leader takes it.
+async fn through_leader<T, F, Fut>(cluster: &Cluster, call: F) -> T
+where
+    F: Fn(ClusterClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        for node in (0..cluster.children.len()).filter(|&n| cluster.children[n].is_some()) {
+            match call(ClusterClient::new(cluster.channel(node).await)).await {
+                Ok(response) => return response.into_inner(),
+                Err(status) if status.code() == tonic::Code::Unavailable => {}
+                Err(status) => panic!("membership change refused: {status}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader took the membership change");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A member leaves; its data is wiped; it joins again as a new member, catches up from the
+/// leader's snapshot, is promoted to voter, and serves linearizable reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_leaves_and_rejoins_as_a_new_member_through_a_snapshot() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    for i in 0..300 {
+        set(&cluster, leader, &format!("before/{i:03}"), "z").await;
+    }
+    let victim = (leader + 1) % 3;
+    let name = format!("n{}", victim + 1);
+    // 1. It leaves, and stops by itself once removed.
+    let left = through_leader(&cluster, |mut c| {
+        let name = name.clone();
+        async move { c.member_leave(MemberLeaveRequest { name }).await }
+    })
+    .await;
+    assert_eq!(left.members.len(), 2, "{left:?}");
+    let mut child = cluster.children[victim].take().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the removed node did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "a removed node exits cleanly: {status}");
+    set(&cluster, leader, "after-leave", "1").await;
+    // 2. Wiped, it joins again as n4 at the same addresses.
+    std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
+    let peer_address = format!("127.0.0.1:{}", cluster.peer_ports[victim]);
+    let client_address = format!("127.0.0.1:{}", cluster.client_ports[victim]);
+    let joined = through_leader(&cluster, |mut c| {
+        let request = MemberJoinRequest {
+            name: "n4".into(),
+            peer_address: peer_address.clone(),
+            client_address: client_address.clone(),
+            learner: false,
+        };
+        async move { c.member_join(request).await }
+    })
+    .await;
+    let new = joined.member.expect("the new member");
+    assert!(new.is_learner, "a new member starts as a learner");
+    let initial_cluster: Vec<String> =
+        joined.members.iter().map(|m| format!("{}@{}={}", m.name, m.id, m.peer_address)).collect();
+    cluster.spawn_as(victim, "n4", &initial_cluster.join(","), "existing");
+    // 3. It catches up from the snapshot and is promoted to voter.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut client = ClusterClient::new(cluster.channel(leader).await);
+        let members = client.member_list(MemberListRequest {}).await.unwrap().into_inner().members;
+        if members.iter().any(|m| m.name == "n4" && !m.is_learner) && members.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n4 was never promoted: {members:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log =
+        std::fs::read_to_string(cluster.dir.path().join(format!("n{}.log", victim + 1))).unwrap();
+    assert!(log.contains("installed the leader's snapshot"), "caught up by snapshot: {log}");
+    assert_eq!(get(&cluster, victim, "before/299").await.as_deref(), Some("z"));
+    assert_eq!(get(&cluster, victim, "after-leave").await.as_deref(), Some("1"));
+    set(&cluster, victim, "through-n4", "yes").await;
+    assert_eq!(get(&cluster, leader, "through-n4").await.as_deref(), Some("yes"));
 }
 
 /// Writes refused before any leader exists do not poison the node's session: once a quorum

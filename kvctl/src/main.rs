@@ -397,6 +397,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 })
                 .await?;
             print_members(json, &response.members);
+            if let (false, Some(member)) = (json, &response.member) {
+                let initial: Vec<String> = response
+                    .members
+                    .iter()
+                    .map(|m| format!("{}@{}={}", m.name, m.id, m.peer_address))
+                    .collect();
+                println!();
+                println!(
+                    "Member {} is id {}. Start it with an empty data directory and:",
+                    member.name, member.id
+                );
+                println!(
+                    "  --name {} --initial-cluster-state existing --initial-cluster {}",
+                    member.name,
+                    initial.join(",")
+                );
+            }
         }
         Cmd::MemberLeave { name } => {
             let request = api::MemberLeaveRequest { name };

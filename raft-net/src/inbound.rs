@@ -107,9 +107,11 @@ async fn accept(shared: &Shared, tcp: TcpStream) -> Result<Authenticated, String
         Err(e) => return Err(format!("no hello: {e}")),
     };
     let verdict = check_hello(shared, &hello, certificate.as_ref());
+    let unknown_node = shared.peer_address(NodeId(hello.node_id)).is_none();
     let reply = HelloReply {
         node_id: shared.config.node_id.0,
         refused: verdict.as_ref().err().cloned().unwrap_or_default(),
+        unknown_node: verdict.is_err() && unknown_node,
     };
     let reply = frame::encode_to_bytes(&PeerFrame { frame: Some(Frame::HelloReply(reply)) });
     write.write_all(&reply).await.map_err(|e| format!("hello reply: {e}"))?;

@@ -127,6 +127,9 @@ async fn hello(shared: &Shared, peer: &Peer, stream: BoxStream) -> Result<Connec
         Ok(None) => return Err("the peer closed the connection at the hello".into()),
         Err(e) => return Err(format!("hello reply: {e}")),
     };
+    if reply.unknown_node {
+        let _ = shared.events.try_send(Event::NotAPeerOf(peer.id));
+    }
     if !reply.refused.is_empty() {
         return Err(format!("the peer refused us: {}", reply.refused));
     }

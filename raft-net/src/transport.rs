@@ -38,6 +38,9 @@ pub enum Event {
     /// with messages queued): the engine should treat it as unreachable
     /// (`RawNode::report_unreachable`) and probe it.
     Unreachable(NodeId),
+    /// This peer refused our connection because it does not count this node among its
+    /// members: when most members say so, this node was removed from the cluster.
+    NotAPeerOf(NodeId),
     /// A snapshot transfer ended: `ok` when every chunk was handed to the connection, false if
     /// the connection was lost or the data could not be read (`RawNode::report_snapshot_failure` when not `ok`).
     SnapshotSent {

@@ -119,7 +119,7 @@ async fn stuck_peer(pki: &Pki) -> (u16, tokio::task::JoinHandle<()>) {
             tls.read_exact(&mut prefix).await.unwrap();
             let mut hello = vec![0; u32::from_be_bytes(prefix) as usize];
             tls.read_exact(&mut hello).await.unwrap();
-            let reply = HelloReply { node_id: 2, refused: String::new() };
+            let reply = HelloReply { node_id: 2, refused: String::new(), unknown_node: false };
             let frame = raft_net::frame::encode_to_bytes(&PeerFrame {
                 frame: Some(Frame::HelloReply(reply)),
             });
