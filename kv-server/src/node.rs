@@ -333,7 +333,8 @@ pub fn start(
 /// Moves the transport's events into the loop's queue, on a thread of its own (the queue
 /// blocks when full, which slows the peers down rather than dropping snapshot chunks).
 fn forward_events(mut events: tokio::sync::mpsc::Receiver<Event>, inputs: SyncSender<Input>) {
-    std::thread::spawn(move || {
+    let builder = std::thread::Builder::new().name("raft-events".into());
+    let _ = builder.spawn(move || {
         while let Some(event) = events.blocking_recv() {
             if inputs.send(Input::Peer(event)).is_err() {
                 return;

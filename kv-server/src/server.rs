@@ -56,8 +56,16 @@ fn client_tls(settings: &Settings) -> Result<Option<ServerTlsConfig>, ServerErro
 
 type LoopResult = Result<Result<(), String>, tokio::sync::oneshot::error::RecvError>;
 
-/// Runs the node until a signal stops it.
+/// Runs the node until a signal stops it, on the runtime's worker threads (a future driven
+/// by `block_on` runs on the calling thread, which would then carry the gRPC server alone).
 pub async fn run(settings: Settings) -> Result<(), ServerError> {
+    match tokio::spawn(serve(settings)).await {
+        Ok(result) => result,
+        Err(error) => Err(ServerError::Failed(format!("the server task failed: {error}"))),
+    }
+}
+
+async fn serve(settings: Settings) -> Result<(), ServerError> {
     let flags = &settings.flags;
     let identity = TlsIdentity::load(&TlsPaths {
         ca: flags.peer_trusted_ca_file.clone(),
