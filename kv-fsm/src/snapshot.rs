@@ -12,7 +12,8 @@
 //!   2 session: client_id u64, acked_below u64, last_index u64, count u32,
 //!              count x (sequence u64, result)                            (client ids ascending)
 //!   3 member:  id u64, name, peer_address, client_address (each len u32 + UTF-8) (ids ascending)
-//!   0 end:     keys u64, sessions u64, members u64, crc32 u32 of every byte before the crc
+//!   0 end:     next member id u64, keys u64, sessions u64, members u64,
+//!              crc32 u32 of every byte before the crc
 //! result: kind u8 (1 put, 2 delete, 3 compare-and-set, 4 member), revision u64, then for delete a
 //!         flag u8, for compare-and-set succeeded u8, has_current u8, [len u32, current]
 //! ```
@@ -94,9 +95,10 @@ fn put_result(out: &mut impl Write, result: &WriteResult) -> io::Result<()> {
             out.write_all(&revision.to_le_bytes())?;
             out.write_all(&[u8::from(*deleted)])
         }
-        WriteResult::Member { revision } => {
+        WriteResult::Member { revision, id } => {
             out.write_all(&[4])?;
-            out.write_all(&revision.to_le_bytes())
+            out.write_all(&revision.to_le_bytes())?;
+            out.write_all(&id.to_le_bytes())
         }
         WriteResult::CompareAndSet { succeeded, current, revision } => {
             out.write_all(&[3])?;
@@ -146,6 +148,7 @@ impl KvState {
             }
         }
         out.write_all(&[TAG_END])?;
+        out.write_all(&self.next_member_id.to_le_bytes())?;
         out.write_all(&(self.map.len() as u64).to_le_bytes())?;
         out.write_all(&(self.sessions.len() as u64).to_le_bytes())?;
         out.write_all(&(self.members.len() as u64).to_le_bytes())?;
@@ -210,6 +213,7 @@ impl KvState {
                 tag => return Err(reader.damaged(&format!("unknown record tag {tag}"))),
             }
         }
+        state.next_member_id = reader.u64()?;
         let (keys, sessions, members) = (reader.u64()?, reader.u64()?, reader.u64()?);
         if keys != state.map.len() as u64
             || sessions != state.sessions.len() as u64
@@ -298,7 +302,7 @@ impl<R: Read> Reader<R> {
         Ok(match kind {
             1 => WriteResult::Put { revision },
             2 => WriteResult::Delete { deleted: self.flag()?, revision },
-            4 => WriteResult::Member { revision },
+            4 => WriteResult::Member { revision, id: self.u64()? },
             3 => {
                 let succeeded = self.flag()?;
                 let current =

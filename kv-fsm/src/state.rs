@@ -44,10 +44,12 @@ pub enum WriteResult {
         /// The entry's index.
         revision: u64,
     },
-    /// The member table changed.
+    /// The member table changed (or, for an allocating SetMember, was refused).
     Member {
         /// The entry's index.
         revision: u64,
+        /// The member's id; 0 if an allocating SetMember was refused (name or address taken).
+        id: u64,
     },
     /// The value was written if the current one matched.
     CompareAndSet {
@@ -89,6 +91,8 @@ pub struct KvState {
     pub(crate) map: OrdMap<Bytes, Stored>,
     pub(crate) sessions: Sessions,
     pub(crate) members: OrdMap<u64, Member>,
+    /// The next id an allocating SetMember may give: ids are never reused.
+    pub(crate) next_member_id: u64,
     pub(crate) applied: u64,
 }
 
@@ -196,17 +200,30 @@ impl KvState {
                 WriteResult::Delete { deleted, revision: index }
             }
             Op::SetMember(member) => {
+                let taken = self
+                    .members
+                    .values()
+                    .any(|m| m.name == member.name || m.peer_address == member.peer_address);
+                let id = match (member.allocate, taken) {
+                    (true, true) => return WriteResult::Member { revision: index, id: 0 },
+                    (true, false) => {
+                        let above_rows = self.members.keys().max().map_or(1, |id| id + 1);
+                        self.next_member_id.max(member.min_id).max(above_rows)
+                    }
+                    (false, _) => member.id,
+                };
+                self.next_member_id = self.next_member_id.max(id.saturating_add(1));
                 let row = Member {
                     name: member.name,
                     peer_address: member.peer_address,
                     client_address: member.client_address,
                 };
-                self.members.insert(member.id, row);
-                WriteResult::Member { revision: index }
+                self.members.insert(id, row);
+                WriteResult::Member { revision: index, id }
             }
             Op::RemoveMember(member) => {
                 self.members.remove(&member.id);
-                WriteResult::Member { revision: index }
+                WriteResult::Member { revision: index, id: member.id }
             }
             Op::CompareAndSet(cas) => {
                 let current = self.map.get(&cas.key).map(|stored| stored.value.clone());
@@ -362,6 +379,31 @@ mod tests {
         // Without the flag, an unknown session's later write may be an expired one: refused.
         let unknown = command(6, 3, put("k", "w"));
         assert!(matches!(state.apply(3, &unknown), Err(ApplyError::SessionExpired { .. })));
+    }
+
+    #[test]
+    fn allocated_member_ids_are_fresh_and_never_reused() {
+        use kv_proto::kv::{RemoveMember, SetMember};
+        let mut state = KvState::new();
+        let join = |name: &str, port: u16| {
+            Op::SetMember(SetMember {
+                name: name.into(),
+                peer_address: format!("h:{port}"),
+                allocate: true,
+                min_id: 4,
+                ..SetMember::default()
+            })
+        };
+        let id_of = |result: Result<WriteResult, ApplyError>| match result {
+            Ok(WriteResult::Member { id, .. }) => id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(id_of(state.apply(1, &command(0, 0, join("a", 1)))), 4, "at least min_id");
+        assert_eq!(id_of(state.apply(2, &command(0, 0, join("b", 2)))), 5, "a race gets another");
+        assert_eq!(id_of(state.apply(3, &command(0, 0, join("a", 3)))), 0, "name taken: refused");
+        let remove = Op::RemoveMember(RemoveMember { id: 5 });
+        state.apply(4, &command(0, 0, remove)).unwrap();
+        assert_eq!(id_of(state.apply(5, &command(0, 0, join("c", 5)))), 6, "5 is never reused");
     }
 
     #[test]

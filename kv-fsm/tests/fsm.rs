@@ -71,11 +71,11 @@ impl Model {
             }
             Op::SetMember(m) => {
                 self.members.insert(m.id, m.name.clone());
-                WriteResult::Member { revision: index }
+                WriteResult::Member { revision: index, id: m.id }
             }
             Op::RemoveMember(m) => {
                 self.members.remove(&m.id);
-                WriteResult::Member { revision: index }
+                WriteResult::Member { revision: index, id: m.id }
             }
             Op::CompareAndSet(c) => {
                 let current = self.map.get(&c.key).map(|(v, _)| v.clone());
@@ -112,6 +112,8 @@ fn run(steps: &[Step]) -> Result<KvState, TestCaseError> {
                 name: format!("n{id}-{index}"),
                 peer_address: format!("node-{id}.example:2380"),
                 client_address: format!("node-{id}.example:2379"),
+                allocate: false,
+                min_id: 0,
             }),
             Step::Cas { key: k, expected, value: v } => Op::CompareAndSet(CompareAndSet {
                 key: key(*k),

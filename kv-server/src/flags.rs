@@ -209,6 +209,17 @@ impl Flags {
     /// Checks the flags together.
     pub fn check(self) -> Result<Settings, FlagError> {
         let members = parse_initial_cluster(&self.initial_cluster)?;
+        let explicit_ids = self
+            .initial_cluster
+            .split(',')
+            .all(|item| item.split('=').next().is_some_and(|name| name.contains('@')));
+        if self.initial_cluster_state == ClusterState::Existing && !explicit_ids {
+            return Err(flag_error(
+                "initial-cluster",
+                "joining a running cluster needs every id given (name@id=host:port, as kvctl \
+                 member-join prints it): ids are not positions once members have come and gone",
+            ));
+        }
         let me = members.iter().find(|m| m.name == self.name).ok_or_else(|| {
             flag_error("name", format!("{:?} is not in --initial-cluster", self.name))
         })?;
@@ -328,6 +339,7 @@ mod tests {
             (&["--tick-ms=0"], "--tick-ms"),
             (&["--election-ticks=1"], "--election-ticks"),
             (&["--value-bytes-max=0"], "--value-bytes-max"),
+            (&["--initial-cluster-state=existing"], "needs every id given"),
         ];
         for (extra, needle) in cases {
             let error = flags(extra).unwrap_err();

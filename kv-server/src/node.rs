@@ -124,6 +124,8 @@ pub struct NodeStatus {
     pub members: imbl::OrdMap<u64, kv_fsm::Member>,
     /// On a leader: how far each other member's log matches its own.
     pub matched: BTreeMap<NodeId, u64>,
+    /// The configuration is joint (a change is half-way).
+    pub joint: bool,
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -134,7 +136,7 @@ pub(crate) enum Input {
     Read { linearizable: bool, reply: Reply<Result<KvState, ReadError>> },
     Status { reply: Reply<NodeStatus> },
     Transfer { to: Option<NodeId>, reply: Reply<Result<NodeId, String>> },
-    ConfChange { change: ConfChange, reply: Reply<Result<(), ConfChangeRefused>> },
+    ConfChange { change: ConfChange, reply: Reply<Result<Index, ConfChangeRefused>> },
     Peer(Event),
     Stop { reply: Reply<()> },
 }
@@ -204,7 +206,8 @@ impl NodeHandle {
     }
 
     /// Proposes a membership change (on the leader only).
-    pub async fn conf_change(&self, change: ConfChange) -> Result<(), ConfChangeRefused> {
+    /// Returns the index of the configuration entry.
+    pub async fn conf_change(&self, change: ConfChange) -> Result<Index, ConfChangeRefused> {
         self.ask(|reply| Input::ConfChange { change, reply })
             .await
             .unwrap_or(Err(ConfChangeRefused::Busy("the node is stopping".into())))
@@ -264,8 +267,10 @@ struct Core {
     registering: Option<u64>,
     /// This run has seen this node in the configuration: leaving it later means removal.
     was_member: bool,
-    /// Peers that refused this node as not one of their members.
-    disowned_by: std::collections::BTreeSet<NodeId>,
+    /// Peers that refused this node as not one of their members, and when they last did.
+    disowned_by: BTreeMap<NodeId, Instant>,
+    /// When a message from another node last arrived.
+    last_heard: Instant,
 }
 
 /// Opens the log, restores the state and starts the loop on its own thread.
@@ -319,7 +324,8 @@ pub fn start(
         leader: None,
         registering: None,
         was_member: false,
-        disowned_by: std::collections::BTreeSet::new(),
+        disowned_by: BTreeMap::new(),
+        last_heard: Instant::now(),
         config,
     };
     core.connect_members();
@@ -395,7 +401,7 @@ impl Core {
                 let _ = reply.send(self.transfer(to));
             }
             Input::ConfChange { change, reply } => {
-                let result = self.raw.propose_conf_change(&[change]).map(|_| ());
+                let result = self.raw.propose_conf_change(&[change]);
                 let _ = reply.send(result.map_err(|error| match error {
                     ConfChangeError::NotLeader { leader } => ConfChangeRefused::NotLeader(leader),
                     ConfChangeError::InProgress { .. }
@@ -490,7 +496,11 @@ impl Core {
                     message.from
                 );
             }
-            Event::Message(message) => self.step(message),
+            Event::Message(message) => {
+                self.last_heard = Instant::now();
+                self.disowned_by.remove(&message.from);
+                self.step(message);
+            }
             Event::SnapshotChunk(chunk) => {
                 if let Some(install) = self.incoming.receive(chunk) {
                     self.step(install);
@@ -498,7 +508,7 @@ impl Core {
             }
             Event::Unreachable(peer) => self.raw.report_unreachable(peer),
             Event::NotAPeerOf(peer) => {
-                self.disowned_by.insert(peer);
+                self.disowned_by.insert(peer, Instant::now());
             }
             Event::SnapshotSent { to, ok } => {
                 if !ok {
@@ -642,6 +652,7 @@ impl Core {
         tracing::info!(node = %self.config.id, "installed the leader's snapshot at {}/{}", meta.index, meta.term);
         self.last_snapshot = state.applied();
         self.state = state;
+        self.connect_members();
         Ok(())
     }
 
@@ -655,6 +666,10 @@ impl Core {
             match entry.kind {
                 EntryKind::Normal if !entry.data.is_empty() => {
                     self.apply_command(index, &entry.data)
+                }
+                EntryKind::Config(_) => {
+                    self.state.skip(index);
+                    self.connect_members();
                 }
                 _ => self.state.skip(index),
             }
@@ -736,9 +751,18 @@ impl Core {
         if self.was_member && !member && self.raw.role() != Role::Leader {
             return true;
         }
+        // Only refusals after the last message from anyone count, and only once nobody has
+        // spoken to this node for three election timeouts: a peer that restarts, or has not
+        // applied this node's addition yet, refuses it for a moment while the leader still
+        // sends it heartbeats.
+        let silent = self.config.tick * self.config.election_ticks * 3;
+        if self.last_heard.elapsed() < silent {
+            return false;
+        }
         let others: Vec<NodeId> =
             self.raw.voters().iter().copied().filter(|&id| id != me).collect();
-        let disowning = others.iter().filter(|id| self.disowned_by.contains(id)).count();
+        let recent = |id: &NodeId| self.disowned_by.get(id).is_some_and(|&at| at > self.last_heard);
+        let disowning = others.iter().filter(|id| recent(id)).count();
         self.was_member && !others.is_empty() && disowning * 2 > others.len()
     }
 
@@ -751,7 +775,8 @@ impl Core {
         self.registering = None;
         let me = &self.config.me;
         let id = self.config.id.0;
-        if self.leader.is_none() || self.state.members().get(&id) == Some(me) {
+        let in_config = self.raw.membership().members().contains(&self.config.id);
+        if self.leader.is_none() || !in_config || self.state.members().get(&id) == Some(me) {
             return;
         }
         let op = Op::SetMember(kv_proto::kv::SetMember {
@@ -759,6 +784,8 @@ impl Core {
             name: me.name.clone(),
             peer_address: me.peer_address.clone(),
             client_address: me.client_address.clone(),
+            allocate: false,
+            min_id: 0,
         });
         let (reply, _) = oneshot::channel();
         self.registering = Some(self.next_sequence);
@@ -823,6 +850,7 @@ impl Core {
             voters: membership.voters.iter().copied().collect(),
             learners: membership.learners.iter().copied().collect(),
             members: self.state.members().clone(),
+            joint: !membership.voters_outgoing.is_empty(),
             matched: membership
                 .members()
                 .into_iter()

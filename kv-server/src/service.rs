@@ -154,12 +154,17 @@ impl Service {
         Ok(status)
     }
 
-    /// Proposes `change` until the engine takes it (another change may be finishing).
+    /// Proposes `change` until the engine takes it (another change may be finishing), then
+    /// waits until it is committed and the configuration is no longer joint: only then is the
+    /// change done whatever happens to this leader.
     async fn propose_change(&self, change: ConfChange) -> Result<(), Status> {
         let deadline = tokio::time::Instant::now() + MEMBERSHIP_TIMEOUT;
         loop {
             match self.node.conf_change(change).await {
-                Ok(()) => return Ok(()),
+                Ok(index) => {
+                    self.wait_for(|s| s.commit >= index.0 && !s.joint).await?;
+                    return Ok(());
+                }
                 Err(ConfChangeRefused::Busy(_)) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -191,41 +196,43 @@ impl Service {
     /// Adds a member: its row in the member table, then a learner; a voter-to-be is promoted
     /// in the background once caught up.
     async fn join(&self, request: &api::MemberJoinRequest) -> Result<NodeId, Status> {
-        if request.name.is_empty() || request.client_address.is_empty() {
-            return Err(Status::invalid_argument("a member needs a name and a client address"));
-        }
+        check_member_text("name", &request.name)?;
+        check_member_text("client_address", &request.client_address)?;
+        check_member_text("peer_address", &request.peer_address)?;
         request
             .peer_address
             .parse::<raft_net::PeerAddress>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let status = self.leader_status().await?;
-        if status.members.values().any(|m| m.name == request.name) {
-            return Err(Status::already_exists(format!("a member is named {:?}", request.name)));
-        }
-        if status.members.values().any(|m| m.peer_address == request.peer_address) {
-            return Err(Status::already_exists(format!(
-                "a member has peer address {}",
-                request.peer_address
-            )));
-        }
         let highest = status
-            .members
-            .keys()
-            .copied()
-            .chain(status.voters.iter().chain(&status.learners).map(|id| id.0))
+            .voters
+            .iter()
+            .chain(&status.learners)
+            .map(|id| id.0)
             .chain(self.members.iter().map(|m| m.id.0))
             .max()
             .unwrap_or(0);
-        let id = NodeId(highest + 1);
+        // The state machine gives the id: fresh (never used), and refused if the name or
+        // peer address is taken, however many joins race.
         let row = api::SetMember {
-            id: id.0,
+            id: 0,
             name: request.name.clone(),
             peer_address: request.peer_address.clone(),
             client_address: request.client_address.clone(),
+            allocate: true,
+            min_id: highest.saturating_add(1),
         };
-        self.write(Op::SetMember(row)).await?;
+        let id = match self.write(Op::SetMember(row)).await? {
+            WriteResult::Member { id: 0, .. } => {
+                return Err(Status::already_exists(format!(
+                    "a member already has the name {:?} or the peer address {}",
+                    request.name, request.peer_address
+                )));
+            }
+            WriteResult::Member { id, .. } => NodeId(id),
+            other => return Err(Status::internal(format!("a member row answered {other:?}"))),
+        };
         self.propose_change(ConfChange::AddLearner(id)).await?;
-        self.wait_for(|s| s.learners.contains(&id) || s.voters.contains(&id)).await?;
         tracing::info!("member {} joined as learner {id}", request.name);
         if !request.learner {
             tokio::spawn(self.clone().promote(id));
@@ -265,14 +272,30 @@ impl Service {
             .map(|(&id, _)| NodeId(id))
             .or_else(|| self.members.iter().find(|m| m.name == name).map(|m| m.id))
             .ok_or_else(|| Status::not_found(format!("no member named {name:?}")))?;
-        self.propose_change(ConfChange::Remove(id)).await?;
-        self.wait_for(|s| !s.voters.contains(&id) && !s.learners.contains(&id)).await?;
+        // A row no configuration names (a join that failed half-way) only needs deleting.
+        if status.voters.contains(&id) || status.learners.contains(&id) {
+            self.propose_change(ConfChange::Remove(id)).await?;
+        }
         tracing::info!("member {name} ({id}) left");
         // The row goes last; if this node was the one removed, the next leader's table keeps
         // a row no configuration names, which member lists ignore.
         let _ = self.write(Op::RemoveMember(api::RemoveMember { id: id.0 })).await;
         Ok(())
     }
+}
+
+/// Names and addresses go into flags (`name@id=host:port,...`) and snapshots: short, and
+/// without the separators.
+fn check_member_text(field: &str, text: &str) -> Result<(), Status> {
+    if text.is_empty() || text.len() > 255 {
+        return Err(Status::invalid_argument(format!("{field} must have 1 to 255 bytes")));
+    }
+    if text.contains([',', '@', '=']) || text.chars().any(char::is_whitespace) {
+        return Err(Status::invalid_argument(format!(
+            "{field} may not contain ',', '@', '=' or spaces"
+        )));
+    }
+    Ok(())
 }
 
 fn role_name(role: Role) -> &'static str {
