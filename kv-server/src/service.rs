@@ -486,15 +486,19 @@ impl Cluster for Service {
         request: Request<api::TransferLeadershipRequest>,
     ) -> Result<Response<api::TransferLeadershipResponse>, Status> {
         let name = request.into_inner().name;
+        let status = Service::status(self).await?;
         let to = if name.is_empty() {
             None
         } else {
-            let member = self.members.iter().find(|m| m.name == name);
-            Some(member.ok_or_else(|| Status::not_found(format!("no member named {name:?}")))?.id)
+            let in_table =
+                status.members.iter().find(|(_, m)| m.name == name).map(|(&id, _)| NodeId(id));
+            let in_flags = || self.members.iter().find(|m| m.name == name).map(|m| m.id);
+            let id = in_table.or_else(in_flags);
+            Some(id.ok_or_else(|| Status::not_found(format!("no member named {name:?}")))?)
         };
         let target =
             self.node.transfer_leadership(to).await.map_err(Status::failed_precondition)?;
-        let leader_name = self.member(target).map(|m| m.name.clone()).unwrap_or_default();
+        let leader_name = self.describe(&status, target).name;
         Ok(Response::new(api::TransferLeadershipResponse { leader_name }))
     }
 }
