@@ -127,7 +127,11 @@ impl Cluster {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            if Instant::now() >= deadline {
+                let _ = child.kill(); // never leave a process behind
+                let _ = child.wait();
+                panic!("no exit after SIGTERM");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -377,7 +381,11 @@ async fn a_wiped_node_leaves_and_rejoins_as_a_new_member_through_a_snapshot() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "the removed node did not stop");
+        if Instant::now() >= deadline {
+            let _ = child.kill(); // never leave a process behind
+            let _ = child.wait();
+            panic!("the removed node did not stop");
+        }
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "a removed node exits cleanly: {status}");
