@@ -90,7 +90,7 @@ impl Sessions {
             // Forgotten as if acknowledged: a retry of it, or of anything older, is refused.
             let Some(&(oldest, _)) = session.results.get_min() else { break };
             session.results.remove(&oldest);
-            session.acked_below = oldest + 1;
+            session.acked_below = oldest.saturating_add(1);
         }
         session.last_index = index;
         self.by_last_index.insert((index, client_id), ());

@@ -162,13 +162,17 @@ impl Settings {
     }
 }
 
+/// Whether an `--initial-cluster` entry names its id (`name@id=host:port`).
+fn gives_id(item: &str) -> bool {
+    item.split('=').next().is_some_and(|name| name.contains('@'))
+}
+
 /// Parses `name=host:port,...`.
 pub fn parse_initial_cluster(value: &str) -> Result<Vec<InitialMember>, FlagError> {
     let error = |reason: String| flag_error("initial-cluster", reason);
     let mut members: Vec<InitialMember> = Vec::new();
     let items: Vec<&str> = value.split(',').map(str::trim).collect();
-    let explicit =
-        items.iter().filter(|item| item.split('=').next().is_some_and(|n| n.contains('@'))).count();
+    let explicit = items.iter().filter(|item| gives_id(item)).count();
     if explicit != 0 && explicit != items.len() {
         let reason = "either every entry gives its id (name@id=host:port) or none does";
         return Err(error(reason.into()));
@@ -209,10 +213,7 @@ impl Flags {
     /// Checks the flags together.
     pub fn check(self) -> Result<Settings, FlagError> {
         let members = parse_initial_cluster(&self.initial_cluster)?;
-        let explicit_ids = self
-            .initial_cluster
-            .split(',')
-            .all(|item| item.split('=').next().is_some_and(|name| name.contains('@')));
+        let explicit_ids = self.initial_cluster.split(',').all(gives_id);
         if self.initial_cluster_state == ClusterState::Existing && !explicit_ids {
             return Err(flag_error(
                 "initial-cluster",

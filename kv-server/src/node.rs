@@ -261,8 +261,6 @@ struct Core {
     reads_unconfirmed: HashMap<u64, PendingRead>,
     reads_confirmed: Vec<(Index, PendingRead)>,
     incoming: Incoming,
-    last_snapshot: u64,
-    leader: Option<NodeId>,
     /// The sequence of this node's own member-table write while it is pending.
     registering: Option<u64>,
     /// This run has seen this node in the configuration: leaving it later means removal.
@@ -307,7 +305,6 @@ pub fn start(
     let handle = NodeHandle { inputs, request_timeout: config.request_timeout };
     let mut core = Core {
         raw,
-        last_snapshot: state.applied(),
         state,
         transport,
         runtime,
@@ -321,7 +318,6 @@ pub fn start(
         next_read: fastrand::u64(1..u64::MAX / 2),
         reads_unconfirmed: HashMap::new(),
         reads_confirmed: Vec::new(),
-        leader: None,
         registering: None,
         was_member: false,
         disowned_by: BTreeMap::new(),
@@ -548,11 +544,7 @@ impl Core {
             let read = self.reads_unconfirmed.remove(&request).expect("just found");
             let _ = read.reply.send(Err(ReadError::Timeout));
         }
-        let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_confirmed)
-            .into_iter()
-            .partition(|(_, read)| read.deadline <= now);
-        self.reads_confirmed = waiting;
-        for (_, read) in expired {
+        for read in self.take_confirmed_reads(|_, read| read.deadline <= now) {
             let _ = read.reply.send(Err(ReadError::Timeout));
         }
     }
@@ -568,10 +560,7 @@ impl Core {
     /// The Ready contract of docs/engine.md, in order.
     fn handle_ready(&mut self, ready: Ready) -> Result<(), String> {
         if let Some(soft) = ready.soft_state {
-            if soft.leader != self.leader {
-                tracing::info!(node = %self.config.id, term = %self.raw.term(), "leader is now {:?} (this node: {:?})", soft.leader, soft.role);
-                self.leader = soft.leader;
-            }
+            tracing::info!(node = %self.config.id, term = %self.raw.term(), "leader is now {:?} (this node: {:?})", soft.leader, soft.role);
         }
         self.send(ready.messages);
         if let Some(meta) = &ready.snapshot {
@@ -650,7 +639,6 @@ impl Core {
             .map_err(|e| format!("installing the snapshot: {e}"))?;
         let _ = std::fs::remove_file(&path);
         tracing::info!(node = %self.config.id, "installed the leader's snapshot at {}/{}", meta.index, meta.term);
-        self.last_snapshot = state.applied();
         self.state = state;
         self.connect_members();
         Ok(())
@@ -716,13 +704,20 @@ impl Core {
     /// installing a snapshot).
     fn release_reads(&mut self) {
         let applied = Index(self.state.applied());
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_confirmed)
-            .into_iter()
-            .partition(|(index, _)| *index <= applied);
-        self.reads_confirmed = waiting;
-        for (_, read) in ready {
+        for read in self.take_confirmed_reads(|index, _| index <= applied) {
             let _ = read.reply.send(Ok(self.state.clone()));
         }
+    }
+
+    /// Removes and returns the confirmed reads `pick` chooses (by read index and read).
+    fn take_confirmed_reads(
+        &mut self,
+        pick: impl Fn(Index, &PendingRead) -> bool,
+    ) -> Vec<PendingRead> {
+        let (picked, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.reads_confirmed).into_iter().partition(|(i, r)| pick(*i, r));
+        self.reads_confirmed = kept;
+        picked.into_iter().map(|(_, read)| read).collect()
     }
 
     fn confirm_reads(&mut self, read_states: Vec<ReadState>) {
@@ -776,7 +771,7 @@ impl Core {
         let me = &self.config.me;
         let id = self.config.id.0;
         let in_config = self.raw.membership().members().contains(&self.config.id);
-        if self.leader.is_none() || !in_config || self.state.members().get(&id) == Some(me) {
+        if self.raw.leader().is_none() || !in_config || self.state.members().get(&id) == Some(me) {
             return;
         }
         let op = Op::SetMember(kv_proto::kv::SetMember {
@@ -818,7 +813,9 @@ impl Core {
     /// log below it, keeping a margin for followers a little behind.
     fn maybe_snapshot(&mut self) -> Result<(), String> {
         let applied = self.state.applied();
-        if applied < self.last_snapshot.saturating_add(self.config.snapshot_entries) {
+        // The log's snapshot, saved here or installed from a leader, is the last one.
+        let last_snapshot = raft_core::LogStore::snapshot(self.raw.store()).index.0;
+        if applied < last_snapshot.saturating_add(self.config.snapshot_entries) {
             return Ok(());
         }
         let membership = self.raw.membership_at(Index(applied));
@@ -832,7 +829,6 @@ impl Core {
         let compact_to = Index(keep_from).min(self.raw.compactable_index());
         self.raw.store_mut().compact(compact_to).map_err(|e| format!("compacting: {e}"))?;
         tracing::info!(node = %self.config.id, "snapshot at {applied}, log compacted to {compact_to}");
-        self.last_snapshot = applied;
         Ok(())
     }
 

@@ -54,8 +54,6 @@ fn client_tls(settings: &Settings) -> Result<Option<ServerTlsConfig>, ServerErro
     Ok(Some(tls))
 }
 
-type LoopResult = Result<Result<(), String>, tokio::sync::oneshot::error::RecvError>;
-
 /// Runs the node until a signal stops it, on the runtime's worker threads (a future driven
 /// by `block_on` runs on the calling thread, which would then carry the gRPC server alone).
 pub async fn run(settings: Settings) -> Result<(), ServerError> {
@@ -136,49 +134,30 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
     // The loop thread is watched too: if it stops on its own (a disk error), the server
     // stops serving and the process exits with the error, instead of answering UNAVAILABLE
     // forever.
-    let (loop_ended, loop_result) = tokio::sync::oneshot::channel();
+    let (result_sender, loop_result) = tokio::sync::oneshot::channel();
+    let loop_ended = Arc::new(tokio::sync::Notify::new());
+    let ended = loop_ended.clone();
     std::thread::spawn(move || {
-        let result = match thread.join() {
-            Ok(result) => result,
-            Err(_) => Err("the node loop panicked".to_string()),
-        };
-        let _ = loop_ended.send(result);
+        let result = thread.join().unwrap_or_else(|_| Err("the node loop panicked".into()));
+        let _ = result_sender.send(result);
+        ended.notify_one(); // kept as a permit if nobody waits yet
     });
-    let early: Arc<std::sync::Mutex<Option<LoopResult>>> = Arc::default();
-    let early_slot = early.clone();
-    let mut loop_result = loop_result;
-    // Resolves to the loop's receiver if a signal came first (awaited after the drain),
-    // or stores the loop's early result and resolves to None.
     let stop_serving = async move {
         tokio::select! {
             () = shutdown_signal() => {}
-            ended = &mut loop_result => {
-                *early_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(ended);
-                return None;
-            }
+            () = loop_ended.notified() => {}
         }
-        Some(loop_result)
     };
-    let (stopped, pending) = tokio::sync::oneshot::channel();
-    let serving = server
+    let served = server
         .add_service(KvServer::new(service.clone()))
         .add_service(ClusterServer::new(service))
-        .serve_with_shutdown(address, async move {
-            let _ = stopped.send(stop_serving.await);
-        });
-    let served = serving.await.map_err(|e| ServerError::Serve { address, reason: e.to_string() });
+        .serve_with_shutdown(address, stop_serving)
+        .await
+        .map_err(|e| ServerError::Serve { address, reason: e.to_string() });
     stop(&node).await;
     transport.shutdown();
     served?;
-    let ended = early.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let ended = match ended {
-        Some(ended) => ended,
-        None => match pending.await {
-            Ok(Some(receiver)) => receiver.await,
-            _ => Ok(Ok(())),
-        },
-    };
-    match ended {
+    match loop_result.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(ServerError::Failed(error)),
         Err(_) => Err(ServerError::Failed("the node loop vanished".into())),

@@ -204,6 +204,22 @@ async fn set(cluster: &Cluster, node: usize, key: &str, value: &str) -> u64 {
     }
 }
 
+/// Waits until `node`'s own state (a serializable read) holds `key`.
+async fn caught_up(cluster: &Cluster, node: usize, key: &str, failure: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let consistency = ReadConsistency::Serializable.into();
+        let request = GetRequest { key: key.to_string().into(), consistency };
+        if let Ok(response) = cluster.kv(node).await.get(request).await {
+            if response.into_inner().found {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{failure}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn get(cluster: &Cluster, node: usize, key: &str) -> Option<String> {
     let mut client = cluster.kv(node).await;
     let request = GetRequest {
@@ -280,21 +296,7 @@ async fn three_nodes_serve_writes_and_linearizable_reads_everywhere_and_survive_
     assert_eq!(get(&cluster, (leader + 2) % 3, "after-kill").await.as_deref(), Some("yes"));
     // 5. The old leader restarts from its data directory and catches up.
     cluster.spawn(leader);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut client = cluster.kv(leader).await;
-        let request = GetRequest {
-            key: "after-kill".into(),
-            consistency: ReadConsistency::Serializable.into(),
-        };
-        if let Ok(response) = client.get(request).await {
-            if response.into_inner().found {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "the restarted node never caught up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    caught_up(&cluster, leader, "after-kill", "the restarted node never caught up").await;
     assert_eq!(
         get(&cluster, leader, "from-0").await.as_deref(),
         Some("value 0"),
@@ -313,21 +315,7 @@ async fn three_nodes_serve_writes_and_linearizable_reads_everywhere_and_survive_
     let status = status_client.status(StatusRequest {}).await.unwrap().into_inner();
     assert!(status.log_first_index > 250, "the leader compacted its log: {status:?}");
     cluster.spawn(follower);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut client = cluster.kv(follower).await;
-        let request = GetRequest {
-            key: "while-down/299".into(),
-            consistency: ReadConsistency::Serializable.into(),
-        };
-        if let Ok(response) = client.get(request).await {
-            if response.into_inner().found {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "the follower never caught up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    caught_up(&cluster, follower, "while-down/299", "the follower never caught up").await;
     let log =
         std::fs::read_to_string(cluster.dir.path().join(format!("n{}.log", follower + 1))).unwrap();
     assert!(log.contains("installed the leader's snapshot"), "caught up by snapshot: {log}");

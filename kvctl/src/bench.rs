@@ -62,6 +62,9 @@ struct Totals {
 
 /// Runs the benchmark and prints the result.
 pub async fn run(connection: &Connection, settings: BenchSettings) -> Result<(), String> {
+    if connection.endpoints.is_empty() {
+        return Err("no endpoint given (--endpoints)".into());
+    }
     let mut channels = Vec::new();
     for i in 0..settings.conns {
         let endpoint = &connection.endpoints[i % connection.endpoints.len()];

@@ -124,6 +124,21 @@ impl Connection {
         Err(last)
     }
 
+    /// Sends `request` through `call` to each endpoint in turn, as [`Connection::call`] does,
+    /// and gives the response's message.
+    pub async fn send<Q, T, F, Fut>(&self, request: Q, call: F) -> Result<T, CallError>
+    where
+        Q: Clone,
+        F: Fn(Channel, Q) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call(|channel| {
+            let response = call(channel, request.clone());
+            async move { response.await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
     /// A KV client on `channel`.
     pub fn kv(channel: Channel) -> KvClient<Channel> {
         KvClient::new(channel)

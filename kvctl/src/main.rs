@@ -266,10 +266,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 consistency: consistency(serializable),
             };
             let response = connection
-                .call(|c| {
-                    let request = request.clone();
-                    async move { Connection::kv(c).get(request).await.map(|r| r.into_inner()) }
-                })
+                .send(request, |c, r| async move { Connection::kv(c).get(r).await })
                 .await?;
             if !response.found {
                 if json {
@@ -289,20 +286,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Set { key, value } => {
             let request = api::SetRequest { key: key.into(), value: value.into() };
             let response = connection
-                .call(|c| {
-                    let request = request.clone();
-                    async move { Connection::kv(c).set(request).await.map(|r| r.into_inner()) }
-                })
+                .send(request, |c, r| async move { Connection::kv(c).set(r).await })
                 .await?;
             print_revision(json, response.revision);
         }
         Cmd::Delete { key } => {
             let request = api::DeleteRequest { key: key.into() };
             let response = connection
-                .call(|c| {
-                    let request = request.clone();
-                    async move { Connection::kv(c).delete(request).await.map(|r| r.into_inner()) }
-                })
+                .send(request, |c, r| async move { Connection::kv(c).delete(r).await })
                 .await?;
             if json {
                 println!(
@@ -353,12 +344,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let request =
                 api::CompareAndSetRequest { key: key.into(), expected, value: value.into() };
             let response = connection
-                .call(|c| {
-                    let request = request.clone();
-                    async move {
-                        Connection::kv(c).compare_and_set(request).await.map(|r| r.into_inner())
-                    }
-                })
+                .send(request, |c, r| async move { Connection::kv(c).compare_and_set(r).await })
                 .await?;
             let current = response.current.as_deref().map(text);
             if json {
@@ -377,11 +363,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::MemberList => {
             let response = connection
-                .call(|c| async move {
-                    Connection::cluster(c)
-                        .member_list(api::MemberListRequest {})
-                        .await
-                        .map(|r| r.into_inner())
+                .send(api::MemberListRequest {}, |c, r| async move {
+                    Connection::cluster(c).member_list(r).await
                 })
                 .await?;
             print_members(json, &response.members);
@@ -389,12 +372,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::MemberJoin { name, peer_address, client_address, learner } => {
             let request = api::MemberJoinRequest { name, peer_address, client_address, learner };
             let response = connection
-                .call(|c| {
-                    let request = request.clone();
-                    async move {
-                        Connection::cluster(c).member_join(request).await.map(|r| r.into_inner())
-                    }
-                })
+                .send(request, |c, r| async move { Connection::cluster(c).member_join(r).await })
                 .await?;
             print_members(json, &response.members);
             if let (false, Some(member)) = (json, &response.member) {
@@ -418,22 +396,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::MemberLeave { name } => {
             let request = api::MemberLeaveRequest { name };
             let response = connection
-                .call(|c| {
-                    let request = request.clone();
-                    async move {
-                        Connection::cluster(c).member_leave(request).await.map(|r| r.into_inner())
-                    }
-                })
+                .send(request, |c, r| async move { Connection::cluster(c).member_leave(r).await })
                 .await?;
             print_members(json, &response.members);
         }
         Cmd::Status => {
             let s = connection
-                .call(|c| async move {
-                    Connection::cluster(c)
-                        .status(api::StatusRequest {})
-                        .await
-                        .map(|r| r.into_inner())
+                .send(api::StatusRequest {}, |c, r| async move {
+                    Connection::cluster(c).status(r).await
                 })
                 .await?;
             if json {
@@ -462,15 +432,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::TransferLeader { name } => {
             let request = api::TransferLeadershipRequest { name };
             let response = connection
-                .call(|c| {
-                    let request = request.clone();
-                    async move {
-                        Connection::cluster(c)
-                            .transfer_leadership(request)
-                            .await
-                            .map(|r| r.into_inner())
-                    }
-                })
+                .send(
+                    request,
+                    |c, r| async move { Connection::cluster(c).transfer_leadership(r).await },
+                )
                 .await?;
             println!("leadership goes to {}", response.leader_name);
         }

@@ -108,13 +108,7 @@ impl SnapshotFile {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), SnapshotError> {
-        let file = vfs.open(&self.path).map_err(io_error(&self.path))?;
-        let end = offset.checked_add(buf.len() as u64).filter(|&end| end <= self.data_len);
-        if end.is_none() {
-            let error = io::Error::new(io::ErrorKind::InvalidInput, "read beyond the data");
-            return Err(io_error(&self.path)(error));
-        }
-        file.read_exact_at(buf, self.data_offset + offset).map_err(io_error(&self.path))
+        self.open_data(vfs)?.read_at(offset, buf).map_err(io_error(&self.path))
     }
 }
 

@@ -45,10 +45,11 @@ pub enum FrameError {
 /// # Panics
 /// If the encoded frame exceeds 4 GiB (the sender bounds frames far below that).
 pub fn encode(frame: &PeerFrame, out: &mut BytesMut) {
+    // One size pass: `encode_raw` writes without measuring the message again.
     let len = frame.encoded_len();
     out.reserve(LENGTH_BYTES + len);
     out.put_u32(u32::try_from(len).expect("a frame below 4 GiB"));
-    frame.encode(out).expect("reserved enough");
+    frame.encode_raw(out);
 }
 
 /// `frame` as its own length-prefixed buffer.

@@ -330,11 +330,11 @@ impl Transport {
         let to = message.to;
         let peer = self.peer(to)?;
         let frame = PeerFrame { frame: Some(Frame::Message(peer::RaftMessage::from(message))) };
-        let (len, max) = (prost::Message::encoded_len(&frame), self.shared.config.frame_bytes_max);
+        let bytes = frame::encode_to_bytes(&frame);
+        let (len, max) = (bytes.len() - frame::LENGTH_BYTES, self.shared.config.frame_bytes_max);
         if len > max {
             return Err(SendError::TooLarge { to, len, max });
         }
-        let bytes = frame::encode_to_bytes(&frame);
         peer.queue.push_message(bytes).map_err(|refused| {
             bump(&self.shared.counters.messages_dropped, 1);
             match refused {
