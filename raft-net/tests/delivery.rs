@@ -30,6 +30,7 @@ async fn three_nodes_exchange_messages_in_every_direction() {
             a.transport.add_peer(b.id, address);
         }
     }
+    await_links(&nodes.iter().collect::<Vec<_>>()).await;
     for from in 1..=3u64 {
         for to in (1..=3).filter(|&to| to != from) {
             for n in 0..10 {
@@ -64,7 +65,7 @@ async fn a_restarted_peer_is_redialled_and_gets_each_message_once() {
     let pki = Pki::new("cluster");
     let mut a = Node::start(config(1), identity(&pki.node(1))).await;
     let mut b = Node::start(config(2), identity(&pki.node(2))).await;
-    connect_all(&[&a, &b]);
+    connect_all(&[&a, &b]).await;
     send_eventually(&a.transport, &heartbeat(1, 2, 0)).await;
     assert!(b.next_message(WAIT).await.is_some());
     let port = b.port();
@@ -142,7 +143,7 @@ async fn a_peer_that_stops_reading_costs_bounded_memory_and_nobody_else_waits() 
     let (stuck_port, stuck) = stuck_peer(&pki).await;
     a.transport
         .add_peer(NodeId(2), PeerAddress { host: "node-2.example".into(), port: stuck_port });
-    connect_all(&[&a, &c]);
+    connect_all(&[&a, &c]).await;
     let mut refused = 0;
     for round in 0..2000u64 {
         match a.transport.send(&proposal(1, 2, 64 * 1024)) {
@@ -183,7 +184,7 @@ async fn a_snapshot_arrives_whole_in_chunks_with_heartbeats_between_them() {
     sender_config.snapshot_chunk_bytes = 64 * 1024;
     let mut a = Node::start(sender_config, identity(&pki.node(1))).await;
     let mut b = Node::start(config(2), identity(&pki.node(2))).await;
-    connect_all(&[&a, &b]);
+    connect_all(&[&a, &b]).await;
     send_eventually(&a.transport, &heartbeat(1, 2, 0)).await;
     assert!(b.next_message(WAIT).await.is_some());
     let data: Bytes = (0..4_000_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>().into();

@@ -233,7 +233,7 @@ async fn a_message_naming_another_sender_closes_the_connection() {
     let pki = Pki::new("cluster");
     let mut node = Node::start(config(1), identity(&pki.node(1))).await;
     let peer = Node::start(config(2), identity(&pki.node(2))).await;
-    connect_all(&[&node, &peer]);
+    connect_all(&[&node, &peer]).await;
     // Node 2, authenticated, sends a message claiming to come from node 3.
     send_eventually(&peer.transport, &heartbeat(3, 1, 1)).await;
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -271,7 +271,7 @@ async fn a_connection_authenticated_for_an_old_address_is_closed_when_the_addres
     let pki = Pki::new("cluster");
     let mut node = Node::start(config(1), identity(&pki.node(1))).await;
     let peer = Node::start(config(2), identity(&pki.node(2))).await;
-    connect_all(&[&node, &peer]);
+    connect_all(&[&node, &peer]).await;
     send_eventually(&peer.transport, &heartbeat(2, 1, 1)).await;
     assert!(node.next_message(WAIT).await.is_some());
     // Node 2 is now configured as node-7.example, which its certificate does not cover.

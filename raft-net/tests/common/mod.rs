@@ -118,13 +118,30 @@ impl Node {
     }
 }
 
-/// Makes each node a peer of every other, by name.
-pub fn connect_all(nodes: &[&Node]) {
+/// Makes each node a peer of every other, by name, and waits until every link is up.
+pub async fn connect_all(nodes: &[&Node]) {
     for a in nodes {
         for b in nodes {
             if a.id != b.id {
                 a.transport.add_peer(b.id, b.address());
             }
+        }
+    }
+    await_links(nodes).await;
+}
+
+/// Waits until each node has accepted a connection from every other one. Until then a
+/// message may be lost with a dial that its receiver refused because it did not know the
+/// sender yet (Raft allows that, and the transport reports it), so a test that counts
+/// messages must start after this.
+pub async fn await_links(nodes: &[&Node]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let peers = nodes.len() as u64 - 1;
+    for node in nodes {
+        while node.transport.stats().connections_accepted < peers {
+            let stats = node.transport.stats();
+            assert!(tokio::time::Instant::now() < deadline, "node {} links: {stats:?}", node.id);
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
