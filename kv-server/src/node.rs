@@ -24,10 +24,9 @@ use raft_log::wal::{Wal, WalError, WalOptions};
 use raft_net::{Event, SnapshotSource, Transport};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// A pending write is proposed again this often until it applies or its deadline passes.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -137,7 +136,6 @@ pub(crate) enum Input {
     Status { reply: Reply<NodeStatus> },
     Transfer { to: Option<NodeId>, reply: Reply<Result<NodeId, String>> },
     ConfChange { change: ConfChange, reply: Reply<Result<Index, ConfChangeRefused>> },
-    Peer(Event),
     Stop { reply: Reply<()> },
 }
 
@@ -168,7 +166,7 @@ pub struct NodeConfig {
 /// The handle clients use; cheap to clone.
 #[derive(Clone)]
 pub struct NodeHandle {
-    inputs: SyncSender<Input>,
+    inputs: mpsc::Sender<Input>,
     request_timeout: Duration,
 }
 
@@ -217,9 +215,7 @@ impl NodeHandle {
     /// room in a full queue rather than dropping the request.
     pub async fn stop(&self) {
         let (reply, answer) = oneshot::channel();
-        let inputs = self.inputs.clone();
-        let sent = tokio::task::spawn_blocking(move || inputs.send(Input::Stop { reply }).is_ok());
-        if sent.await.unwrap_or(false) {
+        if self.inputs.send(Input::Stop { reply }).await.is_ok() {
             let _ = answer.await;
         }
     }
@@ -300,8 +296,7 @@ pub fn start(
     };
     let raw =
         RawNode::new(raft_config, wal, initial).map_err(|e| StartError::Engine(e.to_string()))?;
-    let (inputs, receiver) = std::sync::mpsc::sync_channel(INPUTS_MAX);
-    forward_events(events, inputs.clone());
+    let (inputs, receiver) = mpsc::channel(INPUTS_MAX);
     let handle = NodeHandle { inputs, request_timeout: config.request_timeout };
     let mut core = Core {
         raw,
@@ -327,38 +322,46 @@ pub fn start(
     core.connect_members();
     let thread = std::thread::Builder::new()
         .name("raft".into())
-        .spawn(move || core.run(receiver))
+        .spawn(move || core.run(receiver, events))
         .map_err(|e| StartError::Engine(e.to_string()))?;
     Ok((handle, thread))
 }
 
-/// Moves the transport's events into the loop's queue, on a thread of its own (the queue
-/// blocks when full, which slows the peers down rather than dropping snapshot chunks).
-fn forward_events(mut events: tokio::sync::mpsc::Receiver<Event>, inputs: SyncSender<Input>) {
-    let builder = std::thread::Builder::new().name("raft-events".into());
-    let _ = builder.spawn(move || {
-        while let Some(event) = events.blocking_recv() {
-            if inputs.send(Input::Peer(event)).is_err() {
-                return;
-            }
-        }
-    });
-}
-
 impl Core {
-    fn run(mut self, inputs: Receiver<Input>) -> Result<(), String> {
+    /// The loop: waits for a client input, a transport event or the next tick, takes
+    /// everything else queued, then ticks and handles the Readies. It waits on both queues
+    /// directly (a small runtime of its own drives the wait), so a peer's message wakes the
+    /// loop with one hand-over, not two.
+    fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        mut events: mpsc::Receiver<Event>,
+    ) -> Result<(), String> {
+        let waiter = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("starting the loop's runtime: {e}"))?;
         let tick = self.config.tick;
         let mut next_tick = Instant::now() + tick;
+        let mut events_open = true;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
+            let woken = waiter.block_on(next_wake(&mut inputs, &mut events, events_open, wait));
             let mut stop = None;
-            match inputs.recv_timeout(wait) {
-                Ok(input) => stop = stop.or(self.handle(input)),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            match woken {
+                Wake::Input(Some(input)) => stop = self.handle(input),
+                Wake::Input(None) => return Ok(()), // every handle is gone
+                Wake::Event(Some(event)) => self.on_peer_event(event),
+                Wake::Event(None) => events_open = false,
+                Wake::Tick => {}
             }
-            for input in inputs.try_iter().take(INPUTS_MAX) {
+            for _ in 0..INPUTS_MAX {
+                let Ok(input) = inputs.try_recv() else { break };
                 stop = stop.or(self.handle(input));
+            }
+            for _ in 0..INPUTS_MAX {
+                let Ok(event) = events.try_recv() else { break };
+                self.on_peer_event(event);
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -407,7 +410,6 @@ impl Core {
                     ConfChangeError::Invalid(reason) => ConfChangeRefused::Invalid(reason),
                 }));
             }
-            Input::Peer(event) => self.on_peer_event(event),
             Input::Stop { reply } => return Some(reply),
         }
         None
@@ -887,6 +889,27 @@ impl Core {
         for (_, read) in self.reads_confirmed.drain(..) {
             let _ = read.reply.send(Err(ReadError::Stopped));
         }
+    }
+}
+
+/// What ended the loop's wait.
+enum Wake {
+    Input(Option<Input>),
+    Event(Option<Event>),
+    Tick,
+}
+
+/// Waits for an input, an event (while the transport is open) or `wait` to pass.
+async fn next_wake(
+    inputs: &mut mpsc::Receiver<Input>,
+    events: &mut mpsc::Receiver<Event>,
+    events_open: bool,
+    wait: Duration,
+) -> Wake {
+    tokio::select! {
+        input = inputs.recv() => Wake::Input(input),
+        event = events.recv(), if events_open => Wake::Event(event),
+        () = tokio::time::sleep(wait) => Wake::Tick,
     }
 }
 
