@@ -5,13 +5,14 @@
 //! The format (all integers little-endian):
 //!
 //! ```text
-//! "KVSNAP01"                       8 bytes, magic and version
+//! "KVSNAP02"                       8 bytes, magic and version
 //! applied                          u64
 //! records, each starting with a tag byte:
 //!   1 key:     key_len u32, key, value_len u32, value, mod_revision u64   (keys ascending)
 //!   2 session: client_id u64, acked_below u64, last_index u64, count u32,
 //!              count x (sequence u64, result)                            (client ids ascending)
-//!   3 member:  id u64, name, peer_address, client_address (each len u32 + UTF-8) (ids ascending)
+//!   3 member:  id u64, name, peer_address, client_address (each len u32 + UTF-8),
+//!              promote u8                                               (ids ascending)
 //!   0 end:     next member id u64, keys u64, sessions u64, members u64,
 //!              crc32 u32 of every byte before the crc
 //! result: kind u8 (1 put, 2 delete, 3 compare-and-set, 4 member), revision u64, then for delete a
@@ -26,7 +27,7 @@ use crate::state::{KvState, Stored, WriteResult};
 use bytes::Bytes;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 
-const MAGIC: &[u8; 8] = b"KVSNAP01";
+const MAGIC: &[u8; 8] = b"KVSNAP02";
 const TAG_END: u8 = 0;
 const TAG_KEY: u8 = 1;
 const TAG_SESSION: u8 = 2;
@@ -146,6 +147,7 @@ impl KvState {
             for text in [&member.name, &member.peer_address, &member.client_address] {
                 put_bytes(&mut out, text.as_bytes())?;
             }
+            out.write_all(&[u8::from(member.promote)])?;
         }
         out.write_all(&[TAG_END])?;
         out.write_all(&self.next_member_id.to_le_bytes())?;
@@ -205,6 +207,7 @@ impl KvState {
                         name: reader.text()?,
                         peer_address: reader.text()?,
                         client_address: reader.text()?,
+                        promote: reader.flag()?,
                     };
                     state.members.insert(id, member);
                     last_member = Some(id);

@@ -26,6 +26,18 @@ pub struct Member {
     pub peer_address: String,
     /// Its advertised client address (host:port).
     pub client_address: String,
+    /// It joined to vote: while it is a learner, the leader promotes it once its log has
+    /// caught up.
+    pub promote: bool,
+}
+
+impl Member {
+    /// Whether `other` has the same name and addresses.
+    pub fn same_addresses(&self, other: &Member) -> bool {
+        self.name == other.name
+            && self.peer_address == other.peer_address
+            && self.client_address == other.client_address
+    }
 }
 
 /// The result of a write, as the client gets it. `revision` is always the log index of the
@@ -213,10 +225,12 @@ impl KvState {
                     (false, _) => member.id,
                 };
                 self.next_member_id = self.next_member_id.max(id.saturating_add(1));
+                let kept = self.members.get(&id).is_some_and(|row| row.promote);
                 let row = Member {
                     name: member.name,
                     peer_address: member.peer_address,
                     client_address: member.client_address,
+                    promote: if member.allocate { member.promote } else { kept },
                 };
                 self.members.insert(id, row);
                 WriteResult::Member { revision: index, id }
@@ -404,6 +418,33 @@ mod tests {
         let remove = Op::RemoveMember(RemoveMember { id: 5 });
         state.apply(4, &command(0, 0, remove)).unwrap();
         assert_eq!(id_of(state.apply(5, &command(0, 0, join("c", 5)))), 6, "5 is never reused");
+    }
+
+    #[test]
+    fn the_wish_to_vote_survives_the_members_own_row_writes_and_a_snapshot() {
+        use kv_proto::kv::SetMember;
+        let mut state = KvState::new();
+        let row = |allocate, promote| SetMember {
+            id: 7,
+            name: "n7".into(),
+            peer_address: "h:7".into(),
+            client_address: "h:8".into(),
+            allocate,
+            min_id: 7,
+            promote,
+        };
+        state.apply(1, &command(0, 0, Op::SetMember(row(true, true)))).unwrap();
+        assert!(state.members()[&7].promote, "a join to vote");
+        // The node registers itself (not allocating): the flag stays.
+        state.apply(2, &command(0, 0, Op::SetMember(row(false, false)))).unwrap();
+        assert!(state.members()[&7].promote, "kept by the member's own write");
+        let mut bytes = Vec::new();
+        state.write_snapshot(&mut bytes).unwrap();
+        let restored = KvState::read_snapshot(bytes.as_slice()).unwrap();
+        assert!(restored.members()[&7].promote, "kept by a snapshot");
+        let mut learner = KvState::new();
+        learner.apply(1, &command(0, 0, Op::SetMember(row(true, false)))).unwrap();
+        assert!(!learner.members()[&7].promote, "a join as learner only");
     }
 
     #[test]

@@ -114,6 +114,7 @@ fn run(steps: &[Step]) -> Result<KvState, TestCaseError> {
                 client_address: format!("node-{id}.example:2379"),
                 allocate: false,
                 min_id: 0,
+                promote: false,
             }),
             Step::Cas { key: k, expected, value: v } => Op::CompareAndSet(CompareAndSet {
                 key: key(*k),
@@ -228,7 +229,7 @@ fn every_flipped_bit_of_a_snapshot_is_refused() {
 
 #[test]
 fn a_huge_length_is_refused_without_allocating_it() {
-    let mut bytes = b"KVSNAP01".to_vec();
+    let mut bytes = b"KVSNAP02".to_vec();
     bytes.extend(0u64.to_le_bytes());
     bytes.push(1); // a key record
     bytes.extend(u32::MAX.to_le_bytes());

@@ -24,12 +24,17 @@ use raft_log::wal::{Wal, WalError, WalOptions};
 use raft_net::{Event, SnapshotSource, Transport};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// A pending write is proposed again this often until it applies or its deadline passes.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A learner that asked to vote is promoted once its log is within this many entries of
+/// the leader's.
+pub const PROMOTION_LAG_MAX: u64 = 100;
 
 /// Inputs queued for the loop at most; more are refused (the node is overloaded).
 const INPUTS_MAX: usize = 65_536;
@@ -168,6 +173,8 @@ pub struct NodeConfig {
 pub struct NodeHandle {
     inputs: mpsc::Sender<Input>,
     request_timeout: Duration,
+    /// Set by the loop when it stops because this node was removed from the cluster.
+    removed: Arc<AtomicBool>,
 }
 
 impl NodeHandle {
@@ -209,6 +216,12 @@ impl NodeHandle {
         self.ask(|reply| Input::ConfChange { change, reply })
             .await
             .unwrap_or(Err(ConfChangeRefused::Busy("the node is stopping".into())))
+    }
+
+    /// Whether the loop stopped because this node was removed from the cluster (a leader
+    /// that removed itself learns here that its change went through).
+    pub fn was_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
     }
 
     /// Stops the loop after its current turn (everything acknowledged is durable). Waits for
@@ -265,6 +278,8 @@ struct Core {
     disowned_by: BTreeMap<NodeId, Instant>,
     /// When a message from another node last arrived.
     last_heard: Instant,
+    /// Shared with the handles: set when the loop stops because this node was removed.
+    removed: Arc<AtomicBool>,
 }
 
 /// Opens the log, restores the state and starts the loop on its own thread.
@@ -297,7 +312,9 @@ pub fn start(
     let raw =
         RawNode::new(raft_config, wal, initial).map_err(|e| StartError::Engine(e.to_string()))?;
     let (inputs, receiver) = mpsc::channel(INPUTS_MAX);
-    let handle = NodeHandle { inputs, request_timeout: config.request_timeout };
+    let removed = Arc::new(AtomicBool::new(false));
+    let handle =
+        NodeHandle { inputs, request_timeout: config.request_timeout, removed: removed.clone() };
     let mut core = Core {
         raw,
         state,
@@ -317,6 +334,7 @@ pub fn start(
         was_member: false,
         disowned_by: BTreeMap::new(),
         last_heard: Instant::now(),
+        removed,
         config,
     };
     core.connect_members();
@@ -366,6 +384,7 @@ impl Core {
             let now = Instant::now();
             if now >= next_tick {
                 self.raw.tick();
+                self.promote_caught_up_learners();
                 next_tick = (next_tick + tick).max(now);
             }
             self.retry_and_expire(now);
@@ -382,6 +401,7 @@ impl Core {
             }
             if self.removed() {
                 tracing::info!(node = %self.config.id, "removed from the cluster; stopping");
+                self.removed.store(true, Ordering::Release);
                 self.fail_everything();
                 return Ok(());
             }
@@ -740,9 +760,12 @@ impl Core {
     /// A removed follower often never receives the configuration that removes it (the
     /// leader stops replicating to it); it learns of its removal when most of the other
     /// voters refuse its connections as not one of their members.
+    ///
+    /// Only committed configurations count: an entry that removes this node may still be
+    /// replaced by a new leader, and a node that stopped for it would be a member gone missing.
     fn removed(&mut self) -> bool {
         let me = self.config.id;
-        let member = self.raw.membership().members().contains(&me);
+        let member = self.raw.committed_membership().contains(me);
         self.was_member |= member;
         // A leader stays until it has committed the configuration without it, then steps down.
         if self.was_member && !member && self.raw.role() != Role::Leader {
@@ -773,7 +796,8 @@ impl Core {
         let me = &self.config.me;
         let id = self.config.id.0;
         let in_config = self.raw.membership().members().contains(&self.config.id);
-        if self.raw.leader().is_none() || !in_config || self.state.members().get(&id) == Some(me) {
+        let row = self.state.members().get(&id);
+        if self.raw.leader().is_none() || !in_config || row.is_some_and(|r| r.same_addresses(me)) {
             return;
         }
         let op = Op::SetMember(kv_proto::kv::SetMember {
@@ -783,18 +807,51 @@ impl Core {
             client_address: me.client_address.clone(),
             allocate: false,
             min_id: 0,
+            promote: false,
         });
         let (reply, _) = oneshot::channel();
         self.registering = Some(self.next_sequence);
         self.start_write(op, reply);
     }
 
-    /// Makes the transport's peers those of the member table (besides the initial ones):
-    /// an added or moved member is dialled at its address, a removed one forgotten.
+    /// On the leader: proposes to promote each learner whose row asks for it once it has
+    /// answered and its log is within [`PROMOTION_LAG_MAX`] entries of this one (thesis §4.2.1: a voter that still
+    /// has to catch up would hold commitment back). The wish is in the replicated member
+    /// table, so whichever node leads when the learner catches up promotes it.
+    fn promote_caught_up_learners(&mut self) {
+        if self.raw.role() != Role::Leader {
+            return;
+        }
+        let last = self.raw.last_index().0;
+        let ready: Vec<NodeId> = self
+            .raw
+            .membership()
+            .learners
+            .iter()
+            .copied()
+            .filter(|id| self.state.members().get(&id.0).is_some_and(|row| row.promote))
+            .filter(|&id| {
+                // A learner that never answered matches nothing, however short the log is.
+                let matched = self.raw.progress(id).map_or(0, |p| p.match_index.0);
+                matched > 0 && matched.saturating_add(PROMOTION_LAG_MAX) >= last
+            })
+            .collect();
+        for id in ready {
+            // Refused while another change is under way: tried again next tick.
+            if self.raw.propose_conf_change(&[ConfChange::AddVoter(id)]).is_ok() {
+                tracing::info!(node = %self.config.id, "learner {id} caught up: promoting it to voter");
+            }
+        }
+    }
+
+    /// Makes the transport's peers the members of the configuration, at the addresses of the
+    /// member table (the initial ones from the flags until a row exists): an added or moved
+    /// member is dialled at its address, a removed one forgotten. A row no configuration
+    /// names (a removed leader could not delete its own) is not dialled.
     fn connect_members(&mut self) {
         let _runtime = self.runtime.enter();
         for (&id, member) in self.state.members() {
-            if id == self.config.id.0 {
+            if id == self.config.id.0 || !self.raw.membership().contains(NodeId(id)) {
                 continue;
             }
             match member.peer_address.parse::<raft_net::PeerAddress>() {
@@ -802,10 +859,8 @@ impl Core {
                 Err(error) => tracing::warn!("member {id}: {error}"),
             }
         }
-        let known: Vec<NodeId> = self.transport.peers();
-        for id in known {
-            let in_config = self.raw.membership().members().contains(&id);
-            if !in_config && !self.state.members().contains_key(&id.0) {
+        for id in self.transport.peers() {
+            if !self.raw.membership().contains(id) {
                 self.transport.remove_peer(id);
             }
         }

@@ -105,6 +105,7 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
                 .map(|m| m.peer_address.to_string())
                 .unwrap_or_default(),
             client_address: settings.advertise_client_address.clone(),
+            promote: false, // the state machine keeps the flag of the row's join
         },
     };
     let transport = Arc::new(transport);

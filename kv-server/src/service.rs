@@ -135,9 +135,6 @@ impl Service {
 /// How long a membership change may take to be proposed and take effect.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A learner is promoted once its log is within this many entries of the leader's.
-const PROMOTION_LAG_MAX: u64 = 100;
-
 impl Service {
     /// Refuses unless this node leads (the client then tries the next endpoint).
     async fn leader_status(&self) -> Result<NodeStatus, Status> {
@@ -193,8 +190,8 @@ impl Service {
         }
     }
 
-    /// Adds a member: its row in the member table, then a learner; a voter-to-be is promoted
-    /// in the background once caught up.
+    /// Adds a member: its row in the member table, then a learner. A voter-to-be's row says
+    /// so, and whichever node leads promotes it once it has caught up (node.rs).
     async fn join(&self, request: &api::MemberJoinRequest) -> Result<NodeId, Status> {
         check_member_text("name", &request.name)?;
         check_member_text("client_address", &request.client_address)?;
@@ -221,6 +218,7 @@ impl Service {
             client_address: request.client_address.clone(),
             allocate: true,
             min_id: highest.saturating_add(1),
+            promote: !request.learner,
         };
         let id = match self.write(Op::SetMember(row)).await? {
             WriteResult::Member { id: 0, .. } => {
@@ -234,36 +232,18 @@ impl Service {
         };
         self.propose_change(ConfChange::AddLearner(id)).await?;
         tracing::info!("member {} joined as learner {id}", request.name);
-        if !request.learner {
-            tokio::spawn(self.clone().promote(id));
-        }
         Ok(id)
     }
 
-    /// Promotes learner `id` to voter once its log is close to the leader's (thesis §4.2.1:
-    /// a new voter that must first catch up would stall commitment).
-    async fn promote(self, id: NodeId) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let Ok(status) = self.status().await else { return };
-            if status.voters.contains(&id) || !status.learners.contains(&id) {
-                return;
-            }
-            if status.role != Role::Leader {
-                continue; // a new leader's service would not know; this one keeps trying
-            }
-            let matched = status.matched.get(&id).copied().unwrap_or(0);
-            if matched + PROMOTION_LAG_MAX >= status.last_index
-                && self.node.conf_change(ConfChange::AddVoter(id)).await.is_ok()
-            {
-                tracing::info!("learner {id} caught up: promoted to voter");
-            }
-        }
-    }
-
     /// Removes the member named `name`: from the configuration, then from the member table.
-    async fn leave(&self, name: &str) -> Result<(), Status> {
+    /// Returns the members left.
+    ///
+    /// The leader may remove itself (thesis §4.2.2): it goes on leading without counting its
+    /// own vote until the configuration without it is committed, then steps down and its node
+    /// stops. Its row stays in the member table (nobody is left here to delete it); no
+    /// configuration names it, so nobody dials it, and a later `member-leave` of the same name
+    /// deletes it.
+    async fn leave(&self, name: &str) -> Result<Vec<api::Member>, Status> {
         let status = self.leader_status().await?;
         let id = status
             .members
@@ -273,14 +253,29 @@ impl Service {
             .or_else(|| self.members.iter().find(|m| m.name == name).map(|m| m.id))
             .ok_or_else(|| Status::not_found(format!("no member named {name:?}")))?;
         // A row no configuration names (a join that failed half-way) only needs deleting.
-        if status.voters.contains(&id) || status.learners.contains(&id) {
+        let in_config = status.voters.contains(&id) || status.learners.contains(&id);
+        if in_config && id == status.id {
+            // The node stops as soon as the change commits, possibly before it could answer
+            // the wait for it.
+            if let Err(error) = self.propose_change(ConfChange::Remove(id)).await {
+                if !self.node.was_removed() {
+                    return Err(error);
+                }
+            }
+            tracing::info!("this node ({name}, {id}) left the cluster");
+            let mut members = self.members_of(&status);
+            members.retain(|m| m.id != id.0);
+            members.iter_mut().for_each(|m| m.is_leader = false);
+            return Ok(members);
+        }
+        if in_config {
             self.propose_change(ConfChange::Remove(id)).await?;
         }
         tracing::info!("member {name} ({id}) left");
         // The row goes last; if this node was the one removed, the next leader's table keeps
         // a row no configuration names, which member lists ignore.
         let _ = self.write(Op::RemoveMember(api::RemoveMember { id: id.0 })).await;
-        Ok(())
+        Ok(self.members_of(&self.status().await?))
     }
 }
 
@@ -456,9 +451,8 @@ impl Cluster for Service {
         &self,
         request: Request<api::MemberLeaveRequest>,
     ) -> Result<Response<api::MemberLeaveResponse>, Status> {
-        self.leave(&request.into_inner().name).await?;
-        let status = self.status().await?;
-        Ok(Response::new(api::MemberLeaveResponse { members: self.members_of(&status) }))
+        let members = self.leave(&request.into_inner().name).await?;
+        Ok(Response::new(api::MemberLeaveResponse { members }))
     }
 
     async fn status(

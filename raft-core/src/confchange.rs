@@ -59,6 +59,11 @@ impl ConfigHistory {
         self.pending.last().map_or(&self.committed.1, |(_, m)| m)
     }
 
+    /// The latest configuration known to be committed.
+    pub(crate) fn committed(&self) -> &Membership {
+        &self.committed.1
+    }
+
     /// The index of the latest configuration entry.
     pub(crate) fn latest_index(&self) -> Index {
         self.pending.last().map_or(self.committed.0, |(index, _)| *index)

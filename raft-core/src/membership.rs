@@ -42,6 +42,11 @@ impl Membership {
         self.voters.contains(&id) || self.voters_outgoing.contains(&id)
     }
 
+    /// Whether `id` is a voter (of either half) or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.is_voter(id) || self.learners.contains(&id)
+    }
+
     /// Every node the leader replicates to: voters of both halves and learners.
     pub fn members(&self) -> BTreeSet<NodeId> {
         let voters = self.voters.iter().chain(&self.voters_outgoing);

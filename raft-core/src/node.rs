@@ -374,9 +374,15 @@ impl<S: LogStore> RawNode<S> {
         &self.raft.tracker.membership.voters
     }
 
-    /// The configuration in force on this node.
+    /// The configuration in force on this node: the latest in its log, committed or not.
     pub fn membership(&self) -> &Membership {
         &self.raft.tracker.membership
+    }
+
+    /// The latest configuration this node knows to be committed (it may lag the cluster's:
+    /// a follower learns of commits from its leader).
+    pub fn committed_membership(&self) -> &Membership {
+        self.raft.configs.committed()
     }
 
     /// The log store.
