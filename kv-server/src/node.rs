@@ -629,13 +629,7 @@ impl Core {
         let MessageBody::InstallSnapshot { snapshot } = &message.body else {
             return Err(failed("not an InstallSnapshot".into()));
         };
-        let held = raft_core::LogStore::snapshot(self.raw.store());
-        if held.last() != snapshot.last() {
-            let reason = format!("the log holds snapshot {}, not {}", held.last(), snapshot.last());
-            return Err(failed(reason));
-        }
-        let data = self.raw.store().open_snapshot_data().map_err(|e| failed(e.to_string()))?;
-        let data = data.ok_or_else(|| failed("no snapshot to send".into()))?;
+        let data = described_snapshot(self.raw.store(), snapshot).map_err(failed)?;
         let _runtime = self.runtime.enter();
         match self.transport.send_snapshot(message, Box::new(SnapshotReader(data))) {
             Ok(()) => Ok(()),
@@ -976,6 +970,21 @@ enum SnapshotNotSent {
     Failed(String),
 }
 
+/// The bytes of the log's snapshot, if it is the one `described` (a newer one may have been
+/// saved since the engine built its InstallSnapshot: those bytes under that description would
+/// install a state at the wrong index).
+fn described_snapshot(
+    wal: &Wal,
+    described: &raft_core::SnapshotMeta,
+) -> Result<raft_log::snapshot::SnapshotData, String> {
+    let held = raft_core::LogStore::snapshot(wal);
+    if held.last() != described.last() {
+        return Err(format!("the log holds snapshot {}, not {}", held.last(), described.last()));
+    }
+    let data = wal.open_snapshot_data().map_err(|e| e.to_string())?;
+    data.ok_or_else(|| "no snapshot to send".into())
+}
+
 /// A snapshot's bytes, read for the transport.
 struct SnapshotReader(raft_log::snapshot::SnapshotData);
 
@@ -986,5 +995,37 @@ impl SnapshotSource for SnapshotReader {
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.0.read_at(offset, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_core::{LogStore, Membership, Term};
+
+    #[test]
+    fn a_snapshot_goes_out_only_under_its_own_description() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let entries: Vec<Entry> = (1..=20)
+            .map(|i| Entry {
+                term: Term(1),
+                index: Index(i),
+                kind: EntryKind::Normal,
+                data: Bytes::new(),
+            })
+            .collect();
+        let hard_state = raft_core::HardState { term: Term(1), vote: None, commit: Index(20) };
+        wal.write(Some(hard_state), &entries).unwrap();
+        let membership = Membership::new([NodeId(1)]);
+        wal.save_snapshot(Index(10), membership.clone(), b"state at 10").unwrap();
+        let at_10 = LogStore::snapshot(&wal);
+        let data = described_snapshot(&wal, &at_10).expect("the held snapshot goes out");
+        assert_eq!(data.len(), b"state at 10".len() as u64);
+        // A newer snapshot is saved after the engine described the old one.
+        wal.save_snapshot(Index(20), membership, b"state at 20").unwrap();
+        let error = described_snapshot(&wal, &at_10).err().expect("a stale description");
+        assert!(error.contains("holds snapshot 1/20, not 1/10"), "{error}");
+        assert!(described_snapshot(&wal, &LogStore::snapshot(&wal)).is_ok());
     }
 }
