@@ -129,6 +129,12 @@ impl KvState {
         self.map.is_empty()
     }
 
+    /// No member id below this one is ever allocated again: every id the table has held, and
+    /// every id given by a join, is below it.
+    pub fn next_member_id(&self) -> u64 {
+        self.next_member_id
+    }
+
     /// The member table: how to reach each node id.
     pub fn members(&self) -> &OrdMap<u64, Member> {
         &self.members

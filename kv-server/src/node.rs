@@ -842,8 +842,14 @@ impl Core {
     /// member table (the initial ones from the flags until a row exists): an added or moved
     /// member is dialled at its address, a removed one forgotten. A row no configuration
     /// names (a removed leader could not delete its own) is not dialled.
+    ///
+    /// A peer with an id newer than every id known here is kept: it joined while this node
+    /// was away and announced itself (docs/transport.md), and this node learns of it only by
+    /// catching up from it.
     fn connect_members(&mut self) {
         let _runtime = self.runtime.enter();
+        let newer_than_known = self.first_unknown_id();
+        self.transport.accept_announced_from(newer_than_known);
         for (&id, member) in self.state.members() {
             if id == self.config.id.0 || !self.raw.membership().contains(NodeId(id)) {
                 continue;
@@ -854,10 +860,17 @@ impl Core {
             }
         }
         for id in self.transport.peers() {
-            if !self.raw.membership().contains(id) {
+            if !self.raw.membership().contains(id) && id < newer_than_known {
                 self.transport.remove_peer(id);
             }
         }
+    }
+
+    /// The lowest id this node has never heard of: above every id of the member table (past
+    /// and present: the state machine never reuses one) and of the configuration.
+    fn first_unknown_id(&self) -> NodeId {
+        let in_config = self.raw.membership().members().last().map_or(0, |id| id.0 + 1);
+        NodeId(self.state.next_member_id().max(in_config).max(self.config.id.0 + 1))
     }
 
     /// Takes a snapshot once enough entries were applied since the last, and compacts the

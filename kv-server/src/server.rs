@@ -76,8 +76,12 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
         flags.initial_cluster_token.clone(),
         flags.listen_peer_address,
     );
-    for member in settings.members.iter().filter(|m| m.id != settings.id) {
-        transport_config.peers.insert(member.id, member.peer_address.clone());
+    for member in settings.members.iter() {
+        if member.id == settings.id {
+            transport_config.advertise = Some(member.peer_address.clone());
+        } else {
+            transport_config.peers.insert(member.id, member.peer_address.clone());
+        }
     }
     let (transport, events) = Transport::start(transport_config, Security::Tls(identity)).await?;
     let node_config = NodeConfig {

@@ -6,7 +6,10 @@ mod common;
 
 use common::*;
 use kv_proto::kv::cluster_client::ClusterClient;
-use kv_proto::kv::{MemberJoinRequest, MemberLeaveRequest, MemberListRequest};
+use kv_proto::kv::{
+    MemberJoinRequest, MemberJoinResponse, MemberLeaveRequest, MemberListRequest,
+    TransferLeadershipRequest,
+};
 use std::time::{Duration, Instant};
 
 /// A member leaves; its data is wiped; it joins again as a new member, catches up from the
@@ -32,23 +35,10 @@ async fn a_wiped_node_leaves_and_rejoins_as_a_new_member_through_a_snapshot() {
     set(&cluster, leader, "after-leave", "1").await;
     // 2. Wiped, it joins again as n4 at the same addresses.
     std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
-    let peer_address = format!("127.0.0.1:{}", cluster.peer_ports[victim]);
-    let client_address = format!("127.0.0.1:{}", cluster.client_ports[victim]);
-    let joined = through_leader(&cluster, |mut c| {
-        let request = MemberJoinRequest {
-            name: "n4".into(),
-            peer_address: peer_address.clone(),
-            client_address: client_address.clone(),
-            learner: false,
-        };
-        async move { c.member_join(request).await }
-    })
-    .await;
-    let new = joined.member.expect("the new member");
+    let joined = join(&cluster, victim, "n4").await;
+    let new = joined.member.as_ref().expect("the new member");
     assert!(new.is_learner, "a new member starts as a learner");
-    let initial_cluster: Vec<String> =
-        joined.members.iter().map(|m| format!("{}@{}={}", m.name, m.id, m.peer_address)).collect();
-    cluster.spawn_as(victim, "n4", &initial_cluster.join(","), "existing");
+    start_joined(&mut cluster, victim, "n4", &joined);
     // 3. It catches up from the snapshot and is promoted to voter.
     let deadline = Instant::now() + WAIT;
     loop {
@@ -66,6 +56,39 @@ async fn a_wiped_node_leaves_and_rejoins_as_a_new_member_through_a_snapshot() {
     assert_eq!(get(&cluster, victim, "after-leave").await.as_deref(), Some("1"));
     set(&cluster, victim, "through-n4", "yes").await;
     assert_eq!(get(&cluster, leader, "through-n4").await.as_deref(), Some("yes"));
+}
+
+/// Asks the leader to add a voter named `name` at the addresses of slot `slot`.
+async fn join(cluster: &Cluster, slot: usize, name: &str) -> MemberJoinResponse {
+    through_leader(cluster, |mut c| {
+        let request = MemberJoinRequest {
+            name: name.into(),
+            peer_address: format!("127.0.0.1:{}", cluster.peer_ports[slot]),
+            client_address: format!("127.0.0.1:{}", cluster.client_ports[slot]),
+            learner: false,
+        };
+        async move { c.member_join(request).await }
+    })
+    .await
+}
+
+/// Starts slot `slot` as the member `joined` added, with the flags the join answered.
+fn start_joined(cluster: &mut Cluster, slot: usize, name: &str, joined: &MemberJoinResponse) {
+    let initial: Vec<String> =
+        joined.members.iter().map(|m| format!("{}@{}={}", m.name, m.id, m.peer_address)).collect();
+    cluster.spawn_as(slot, name, &initial.join(","), "existing");
+}
+
+/// Has `leader` hand leadership to slot `to`, and waits until `to` leads.
+async fn transfer(cluster: &Cluster, leader: usize, to: usize) {
+    let mut client = ClusterClient::new(cluster.channel(leader).await);
+    let request = TransferLeadershipRequest { name: format!("n{}", to + 1) };
+    client.transfer_leadership(request).await.expect("transfer accepted");
+    let deadline = Instant::now() + WAIT;
+    while cluster.leader().await != to {
+        assert!(Instant::now() < deadline, "leadership never moved to n{}", to + 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The names of the members `node` lists, each with whether it is a learner.
@@ -121,33 +144,15 @@ async fn a_learner_that_asked_to_vote_is_promoted_by_whoever_leads_when_it_catch
     for i in 0..50 {
         set(&cluster, leader, &format!("k{i:02}"), "v").await;
     }
-    let joined = through_leader(&cluster, |mut c| {
-        let request = MemberJoinRequest {
-            name: "n4".into(),
-            peer_address: format!("127.0.0.1:{}", cluster.peer_ports[3]),
-            client_address: format!("127.0.0.1:{}", cluster.client_ports[3]),
-            learner: false,
-        };
-        async move { c.member_join(request).await }
-    })
-    .await;
+    let joined = join(&cluster, 3, "n4").await;
     assert!(joined.member.as_ref().unwrap().is_learner, "{joined:?}");
     // Leadership moves away from the node that handled the join.
     let target = (leader + 1) % 3;
-    let mut client = ClusterClient::new(cluster.channel(leader).await);
-    let request = kv_proto::kv::TransferLeadershipRequest { name: format!("n{}", target + 1) };
-    client.transfer_leadership(request).await.expect("transfer accepted");
-    let deadline = Instant::now() + WAIT;
-    while cluster.leader().await != target {
-        assert!(Instant::now() < deadline, "leadership never moved to n{}", target + 1);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    transfer(&cluster, leader, target).await;
     let still_learner = members_at(&cluster, target).await;
     assert!(still_learner.contains(&("n4".to_string(), true)), "{still_learner:?}");
     // n4 starts, catches up, and the new leader promotes it.
-    let initial: Vec<String> =
-        joined.members.iter().map(|m| format!("{}@{}={}", m.name, m.id, m.peer_address)).collect();
-    cluster.spawn_as(3, "n4", &initial.join(","), "existing");
+    start_joined(&mut cluster, 3, "n4", &joined);
     let deadline = Instant::now() + WAIT;
     loop {
         let members = members_at(&cluster, target).await;
@@ -159,4 +164,41 @@ async fn a_learner_that_asked_to_vote_is_promoted_by_whoever_leads_when_it_catch
     }
     assert!(cluster.log(target).contains("learner"), "the new leader did the promotion");
     assert_eq!(get(&cluster, 3, "k49").await.as_deref(), Some("v"));
+}
+
+/// A node is down while a new member joins and takes the lead. Restarted from its data, it
+/// knows nothing of the new leader; the leader's connection announces its address, which the
+/// node accepts since the id is newer than any it knows, and it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_from_downtime_follows_a_leader_that_joined_while_it_was_away() {
+    let mut cluster = Cluster::with_spares(3, 1);
+    for node in 0..3 {
+        cluster.spawn(node);
+    }
+    let leader = cluster.leader().await;
+    set(&cluster, leader, "before", "1").await;
+    let away = (leader + 1) % 3;
+    cluster.kill(away);
+    let joined = join(&cluster, 3, "n4").await;
+    start_joined(&mut cluster, 3, "n4", &joined);
+    let deadline = Instant::now() + WAIT;
+    while !members_at(&cluster, leader).await.contains(&("n4".to_string(), false)) {
+        assert!(Instant::now() < deadline, "n4 was never promoted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    transfer(&cluster, leader, 3).await;
+    set(&cluster, 3, "while-away", "2").await;
+    // The old leader restarts, so that no append it queued for the away node before the
+    // transfer is left to tell that node about n4.
+    assert!(cluster.terminate(leader).success());
+    cluster.spawn(leader);
+    caught_up(&cluster, leader, "while-away", "the old leader did not come back").await;
+    // Back with its old flags (n1..n3) and data: it has never heard of n4.
+    cluster.spawn(away);
+    caught_up(&cluster, away, "while-away", "the node never followed the new leader").await;
+    assert_eq!(get(&cluster, away, "before").await.as_deref(), Some("1"));
+    set(&cluster, away, "from-the-returned", "3").await;
+    assert_eq!(get(&cluster, 3, "from-the-returned").await.as_deref(), Some("3"));
+    let log = cluster.log(away);
+    assert!(log.contains("taken on at the address it announced"), "{log}");
 }

@@ -62,8 +62,11 @@ pub struct TransportConfig {
     /// Where to listen for peers.
     pub listen: SocketAddr,
     /// Every other member, by id. A connection is accepted only from these ids, and only with a
-    /// certificate covering the host configured for the id.
+    /// certificate covering the host configured for the id (or from a newer node that
+    /// announces itself: [`crate::Transport::accept_announced_from`]).
     pub peers: BTreeMap<NodeId, PeerAddress>,
+    /// This node's advertised address, announced in every hello.
+    pub advertise: Option<PeerAddress>,
     /// Host names resolved here instead of by DNS (as curl's `--resolve`).
     pub resolve: BTreeMap<String, IpAddr>,
     /// The most bytes of messages queued for one peer; a send beyond it is refused and the
@@ -91,6 +94,7 @@ impl TransportConfig {
             cluster_id: cluster_id.into(),
             listen,
             peers: BTreeMap::new(),
+            advertise: None,
             resolve: BTreeMap::new(),
             queue_bytes_max: 64 << 20,
             frame_bytes_max: 16 << 20,

@@ -117,7 +117,13 @@ mod tests {
     use kv_proto::peer::{peer_frame::Frame, Hello};
 
     fn hello(node_id: u64) -> PeerFrame {
-        let hello = Hello { protocol_version: 1, cluster_id: "c".into(), node_id, to_node_id: 2 };
+        let hello = Hello {
+            protocol_version: 1,
+            cluster_id: "c".into(),
+            node_id,
+            to_node_id: 2,
+            ..Hello::default()
+        };
         PeerFrame { frame: Some(Frame::Hello(hello)) }
     }
 

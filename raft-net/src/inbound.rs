@@ -4,13 +4,15 @@
 //! with the reason logged.
 
 use crate::frame::FrameReader;
-use crate::tls::certificate_covers;
+use crate::tls::{certificate_covers, may_serve_tls};
 use crate::transport::{bump, lock, Event, ReceivedChunk, Security, Shared};
+use crate::PeerAddress;
 use crate::{frame, BoxStream, HELLO_BYTES_MAX, PROTOCOL_VERSION};
 use kv_proto::peer::{peer_frame::Frame, Hello, HelloReply, PeerFrame, SnapshotChunk};
 use raft_core::{Message, MessageBody, NodeId};
 use rustls_pki_types::CertificateDer;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -47,8 +49,16 @@ pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-/// The peer, the host its certificate was checked against, and the connection's halves.
-type Authenticated = (NodeId, String, FrameReader<ReadHalf<BoxStream>>, WriteHalf<BoxStream>);
+/// Who a hello speaks for: the node, the host its certificate was checked against, and the
+/// address it announced if this node took it on from that announcement.
+struct Speaker {
+    id: NodeId,
+    host: String,
+    announced: Option<PeerAddress>,
+}
+
+/// The peer and the connection's halves.
+type Authenticated = (Speaker, FrameReader<ReadHalf<BoxStream>>, WriteHalf<BoxStream>);
 
 async fn serve(
     shared: Arc<Shared>,
@@ -60,13 +70,18 @@ async fn serve(
         () = shared.shutdown.cancelled() => return,
         accepted = tokio::time::timeout(shared.config.handshake_timeout, accept(&shared, tcp)) => accepted,
     };
-    let (from, checked_host, reader, _write) = match accepted {
+    let (speaker, reader, _write) = match accepted {
         Ok(Ok(authenticated)) => authenticated,
         Ok(Err(reason)) => return shared.record_refusal(format!("from {remote}: {reason}")),
         Err(_) => return shared.record_refusal(format!("from {remote}: the handshake timed out")),
     };
     drop(handshake);
     bump(&shared.counters.connections_accepted, 1);
+    let (from, checked_host) = (speaker.id, speaker.host);
+    if let Some(address) = speaker.announced {
+        tracing::info!(node = %shared.config.node_id, peer = %from, "node {from} is not configured here but is newer than every node known here: taken on at the address it announced, {address}");
+        shared.add_peer(from, address);
+    }
     // A newer connection from the same peer replaces this one (the peer restarted, or its
     // old connection is half-open).
     let superseded = Arc::new(Notify::new());
@@ -116,9 +131,9 @@ async fn accept(shared: &Shared, tcp: TcpStream) -> Result<Authenticated, String
     let reply = frame::encode_to_bytes(&PeerFrame { frame: Some(Frame::HelloReply(reply)) });
     write.write_all(&reply).await.map_err(|e| format!("hello reply: {e}"))?;
     write.flush().await.map_err(|e| format!("hello reply: {e}"))?;
-    let (from, host) = verdict?;
+    let speaker = verdict?;
     reader.set_frame_bytes_max(shared.config.frame_bytes_max);
-    Ok((from, host, reader, write))
+    Ok((speaker, reader, write))
 }
 
 async fn secure(
@@ -140,12 +155,13 @@ async fn secure(
 
 /// The node the hello speaks for and its configured host, if every claim holds: same protocol
 /// and cluster, meant for this node, from a configured peer whose configured host the client
-/// certificate covers. Under TLS a certificate is required here too, whatever `secure` did.
+/// certificate covers, or from a newer node announcing an address (`announced`). Under TLS a
+/// certificate is required here too, whatever `secure` did.
 fn check_hello(
     shared: &Shared,
     hello: &Hello,
     certificate: Option<&CertificateDer<'_>>,
-) -> Result<(NodeId, String), String> {
+) -> Result<Speaker, String> {
     let config = &shared.config;
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(format!(
@@ -166,22 +182,53 @@ fn check_hello(
         ));
     }
     let from = NodeId(hello.node_id);
-    let address = shared.peer_address(from).ok_or_else(|| {
-        format!("node {from} is not a configured peer of node {}", config.node_id)
-    })?;
+    let (address, announced) = match shared.peer_address(from) {
+        Some(address) => (address, false),
+        None => (announced(shared, hello, certificate)?, true),
+    };
     let tls = matches!(shared.security, Security::Tls(_));
     match certificate {
         Some(certificate) if !certificate_covers(certificate, &address.host) => {
+            let whose = if announced { "announced by" } else { "configured for" };
             return Err(format!(
                 "claims to be node {from}, but its certificate does not cover {}, the host \
-                 configured for node {from}",
+                 {whose} node {from}",
                 address.host
             ));
         }
         None if tls => return Err("no client certificate".into()),
         _ => {}
     }
-    Ok((from, address.host))
+    let host = address.host.clone();
+    Ok(Speaker { id: from, host, announced: announced.then_some(address) })
+}
+
+/// The address an unknown dialer announced, if this node takes it on from that: its id is
+/// newer than every id the host knows of (a member that joined while this node was down; an
+/// older unknown id was removed), and its certificate may serve TLS, as every node's must (a
+/// client-only certificate of the same CA cannot pose as a new node).
+fn announced(
+    shared: &Shared,
+    hello: &Hello,
+    certificate: Option<&CertificateDer<'_>>,
+) -> Result<PeerAddress, String> {
+    let from = hello.node_id;
+    let me = shared.config.node_id;
+    let unknown = || format!("node {from} is not a configured peer of node {me}");
+    let newer = from >= shared.announced_from.load(Ordering::Relaxed);
+    if !newer || hello.from_address.is_empty() {
+        return Err(unknown());
+    }
+    let address: PeerAddress =
+        hello.from_address.parse().map_err(|e| format!("{}: {e}", unknown()))?;
+    if certificate.is_some_and(|c| !may_serve_tls(c)) {
+        return Err(format!(
+            "{}, and its certificate may not serve TLS (no serverAuth usage): a client \
+             certificate cannot announce a node",
+            unknown()
+        ));
+    }
+    Ok(address)
 }
 
 /// Where a peer's snapshot transfer stands on one connection.

@@ -116,6 +116,7 @@ async fn hello(shared: &Shared, peer: &Peer, stream: BoxStream) -> Result<Connec
         cluster_id: shared.config.cluster_id.clone(),
         node_id: shared.config.node_id.0,
         to_node_id: peer.id.0,
+        from_address: shared.config.advertise.as_ref().map(|a| a.to_string()).unwrap_or_default(),
     };
     let frame = frame::encode_to_bytes(&PeerFrame { frame: Some(Frame::Hello(hello)) });
     write.write_all(&frame).await.map_err(|e| format!("hello: {e}"))?;

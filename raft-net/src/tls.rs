@@ -211,6 +211,17 @@ impl TlsIdentity {
     }
 }
 
+/// Whether `cert` may be used by a TLS server: its extended key usage allows server
+/// authentication (or it names no usage at all, which allows every usage).
+pub fn may_serve_tls(cert: &CertificateDer<'_>) -> bool {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else { return false };
+    match parsed.extended_key_usage() {
+        Ok(Some(usage)) => usage.value.server_auth || usage.value.any,
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
 /// Whether `cert` is valid for `host` (a DNS name or an IP address), by its subject
 /// alternative names, as a TLS client checks a server.
 pub fn certificate_covers(cert: &CertificateDer<'_>, host: &str) -> bool {

@@ -220,6 +220,9 @@ pub(crate) struct Shared {
     pub(crate) inbound: Mutex<BTreeMap<NodeId, Arc<Notify>>>,
     pub(crate) refusals: Mutex<VecDeque<String>>,
     pub(crate) next_transfer: AtomicU64,
+    /// Unknown dialers with an id at least this, announcing an address their certificate
+    /// covers, are taken on as peers (`u64::MAX`: none).
+    pub(crate) announced_from: AtomicU64,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -227,6 +230,34 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Adds peer `id` at `address` (or moves it there), with a writer dialling it.
+    pub(crate) fn add_peer(self: &Arc<Self>, id: NodeId, address: PeerAddress) {
+        if lock(&self.peers).get(&id).is_some_and(|peer| peer.address == address) {
+            return;
+        }
+        let peer = Arc::new(Peer {
+            id,
+            address,
+            queue: PeerQueue::new(self.config.queue_bytes_max),
+            last_error: Mutex::default(),
+            sending_snapshot: std::sync::atomic::AtomicBool::new(false),
+        });
+        let old = lock(&self.peers).insert(id, peer.clone());
+        if let Some(old) = old {
+            old.queue.close();
+            // Its inbound connection was authenticated against the old address: it must
+            // authenticate again.
+            self.close_inbound(id);
+        }
+        tokio::spawn(outbound::run(self.clone(), peer));
+    }
+
+    pub(crate) fn close_inbound(&self, id: NodeId) {
+        if let Some(connection) = lock(&self.inbound).remove(&id) {
+            connection.notify_one();
+        }
+    }
+
     /// The configured address of peer `id`.
     pub(crate) fn peer_address(&self, id: NodeId) -> Option<PeerAddress> {
         lock(&self.peers).get(&id).map(|peer| peer.address.clone())
@@ -310,6 +341,7 @@ impl Transport {
             inbound: Mutex::default(),
             refusals: Mutex::default(),
             next_transfer: AtomicU64::new(fastrand::u64(..) >> 1),
+            announced_from: AtomicU64::new(u64::MAX),
         });
         let transport = Transport { shared: shared.clone(), local_addr };
         for (id, address) in peers {
@@ -378,24 +410,16 @@ impl Transport {
     /// Adds peer `id` at `address` (or moves it there): connections are then accepted from
     /// it, and a writer dials it.
     pub fn add_peer(&self, id: NodeId, address: PeerAddress) {
-        if lock(&self.shared.peers).get(&id).is_some_and(|peer| peer.address == address) {
-            return;
-        }
-        let peer = Arc::new(Peer {
-            id,
-            address,
-            queue: PeerQueue::new(self.shared.config.queue_bytes_max),
-            last_error: Mutex::default(),
-            sending_snapshot: std::sync::atomic::AtomicBool::new(false),
-        });
-        let old = lock(&self.shared.peers).insert(id, peer.clone());
-        if let Some(old) = old {
-            old.queue.close();
-            // Its inbound connection was authenticated against the old address: it must
-            // authenticate again.
-            self.close_inbound(id);
-        }
-        tokio::spawn(outbound::run(self.shared.clone(), peer));
+        self.shared.add_peer(id, address);
+    }
+
+    /// Takes on unknown dialers whose id is at least `first`: a dialer that announces its
+    /// address in its hello, with a certificate that covers that host and may serve TLS, is
+    /// added as a peer at that address. The host sets this just above every id it knows of
+    /// (ids are never reused): a newer id is a member that joined while this node was down,
+    /// an older unknown one was removed and is refused, which tells it so.
+    pub fn accept_announced_from(&self, first: NodeId) {
+        self.shared.announced_from.store(first.0, Ordering::Relaxed);
     }
 
     /// Forgets peer `id`: its writer stops, and its connections are refused from now on.
@@ -410,9 +434,7 @@ impl Transport {
     /// that registers concurrently checks `peers` after registering (`inbound::serve`), so
     /// one of the two always sees the other.
     fn close_inbound(&self, id: NodeId) {
-        if let Some(connection) = lock(&self.shared.inbound).remove(&id) {
-            connection.notify_one();
-        }
+        self.shared.close_inbound(id);
     }
 
     /// The configured peers.

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use kv_proto::peer::{peer_frame::Frame, Hello, PeerFrame};
 use raft_core::NodeId;
-use raft_net::{PeerAddress, TlsIdentity};
+use raft_net::{Event, PeerAddress, TlsIdentity};
 use rustls_pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,7 +95,13 @@ impl rustls::client::ResolvesClientCert for NoClientCert {
 }
 
 fn hello(node_id: u64, to: u64, cluster: &str) -> bytes::Bytes {
-    let hello = Hello { protocol_version: 1, cluster_id: cluster.into(), node_id, to_node_id: to };
+    let hello = Hello {
+        protocol_version: 1,
+        cluster_id: cluster.into(),
+        node_id,
+        to_node_id: to,
+        from_address: String::new(),
+    };
     raft_net::frame::encode_to_bytes(&PeerFrame { frame: Some(Frame::Hello(hello)) })
 }
 
@@ -279,4 +285,53 @@ async fn a_connection_authenticated_for_an_old_address_is_closed_when_the_addres
     refused_with(&node, "does not cover node-7.example").await;
     let _ = peer.transport.send(&heartbeat(2, 1, 2));
     assert!(node.next_message(QUIET).await.is_none(), "the old connection speaks no more");
+}
+
+/// A dialer this node does not know, announcing its address: taken on if its id is newer
+/// than every id the host knows of (it joined while this node was down), so that this node
+/// can answer it; refused if older (it was removed), or if its certificate is for clients only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_node_announcing_its_address_is_taken_on_and_an_older_or_client_one_refused() {
+    let pki = Pki::new("cluster");
+    let mut node = Node::start(config(1), identity(&pki.node(1))).await;
+    node.transport.accept_announced_from(NodeId(5));
+    let announcing = |id: u64| {
+        let mut settings = config(id);
+        settings.advertise = Some(PeerAddress { host: format!("node-{id}.example"), port: 0 });
+        settings
+    };
+    // Node 7 is newer: it gets through, and node 1 answers it at the announced address.
+    let mut newer_settings = announcing(7);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    newer_settings.listen.set_port(port);
+    newer_settings.advertise.as_mut().unwrap().port = port;
+    let mut newer = Node::start(newer_settings, identity(&pki.node(7))).await;
+    newer.transport.add_peer(node.id, node.address());
+    send_eventually(&newer.transport, &heartbeat(7, 1, 1)).await;
+    let message = node.next_message(WAIT).await.expect("the newer node gets through");
+    assert_eq!(message.from, NodeId(7));
+    assert!(node.transport.peers().contains(&NodeId(7)), "taken on as a peer");
+    send_eventually(&node.transport, &heartbeat(1, 7, 2)).await;
+    let answer = newer.next_message(WAIT).await.expect("node 1 answers at the announced address");
+    assert_eq!(answer.from, NodeId(1));
+    // Node 3 is older and unknown: removed. It is refused and told so.
+    let mut older = Node::start(announcing(3), identity(&pki.node(3))).await;
+    older.transport.add_peer(node.id, node.address());
+    let _ = older.transport.send(&heartbeat(3, 1, 3));
+    refused_with(&node, "node 3 is not a configured peer").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while older.next_event(Duration::from_millis(100)).await != Some(Event::NotAPeerOf(NodeId(1))) {
+        assert!(tokio::time::Instant::now() < deadline, "the older node was not told");
+    }
+    // Node 8 is newer but holds a client-only certificate.
+    let mut params = rcgen::CertificateParams::new(vec!["node-8.example".to_string()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_only = pki.issue_with("client-only", params);
+    let impostor = Node::start(announcing(8), identity(&client_only)).await;
+    impostor.transport.add_peer(node.id, node.address());
+    let _ = impostor.transport.send(&heartbeat(8, 1, 4));
+    refused_with(&node, "a client certificate cannot announce a node").await;
+    assert!(!node.transport.peers().contains(&NodeId(8)));
 }
