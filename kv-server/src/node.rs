@@ -20,7 +20,7 @@ use raft_core::{
     ConfChange, ConfChangeError, Config, Entry, EntryKind, Index, InitialState, Message,
     MessageBody, NodeId, ProposeError, RawNode, ReadIndexError, ReadState, Ready, Role,
 };
-use raft_log::wal::{Wal, WalError, WalOptions};
+use raft_log::wal::{Wal, WalError, WalOptions, WrittenSnapshot};
 use raft_net::{Event, SnapshotSource, Transport};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -280,6 +280,8 @@ struct Core {
     last_heard: Instant,
     /// Shared with the handles: set when the loop stops because this node was removed.
     removed: Arc<AtomicBool>,
+    /// The snapshot being written by its own thread, and when it started.
+    snapshot_in_flight: Option<(std::sync::mpsc::Receiver<Result<WrittenSnapshot, String>>, Instant)>,
 }
 
 /// Opens the log, restores the state and starts the loop on its own thread.
@@ -335,6 +337,7 @@ pub fn start(
         disowned_by: BTreeMap::new(),
         last_heard: Instant::now(),
         removed,
+        snapshot_in_flight: None,
         config,
     };
     core.connect_members();
@@ -389,7 +392,8 @@ impl Core {
             }
             self.retry_and_expire(now);
             self.register();
-            if let Err(error) = self.process_readies() {
+            if let Err(error) = self.process_readies().and_then(|()| self.adopt_written_snapshot())
+            {
                 tracing::error!("stopping: {error}");
                 self.fail_everything();
                 return Err(error);
@@ -789,7 +793,7 @@ impl Core {
         self.registering = None;
         let me = &self.config.me;
         let id = self.config.id.0;
-        let in_config = self.raw.membership().members().contains(&self.config.id);
+        let in_config = self.raw.membership().contains(self.config.id);
         let row = self.state.members().get(&id);
         if self.raw.leader().is_none() || !in_config || row.is_some_and(|r| r.same_addresses(me)) {
             return;
@@ -873,9 +877,13 @@ impl Core {
         NodeId(self.state.next_member_id().max(in_config).max(self.config.id.0 + 1))
     }
 
-    /// Takes a snapshot once enough entries were applied since the last, and compacts the
-    /// log below it, keeping a margin for followers a little behind.
+    /// Starts a snapshot once enough entries were applied since the last one: the state is
+    /// cloned (O(1)) and written by a thread of its own, so that a large state never holds up
+    /// heartbeats, appends or client answers. One at a time.
     fn maybe_snapshot(&mut self) -> Result<(), String> {
+        if self.snapshot_in_flight.is_some() {
+            return Ok(());
+        }
         let applied = self.state.applied();
         // The log's snapshot, saved here or installed from a leader, is the last one.
         let last_snapshot = raft_core::LogStore::snapshot(self.raw.store()).index.0;
@@ -883,16 +891,47 @@ impl Core {
             return Ok(());
         }
         let membership = self.raw.membership_at(Index(applied));
+        let writer = self
+            .raw
+            .store()
+            .snapshot_writer(Index(applied), membership)
+            .map_err(|e| format!("starting a snapshot: {e}"))?;
         let state = self.state.clone();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                let written = writer.write(&mut |out| state.write_snapshot(out).map(|_| ()));
+                let _ = sender.send(written.map_err(|e| e.to_string()));
+            })
+            .map_err(|e| format!("starting the snapshot thread: {e}"))?;
+        self.snapshot_in_flight = Some((receiver, Instant::now()));
+        Ok(())
+    }
+
+    /// Puts in force the snapshot the snapshot thread wrote, if it is done, and compacts the
+    /// log below it, keeping a margin for followers a little behind.
+    fn adopt_written_snapshot(&mut self) -> Result<(), String> {
+        let Some((receiver, started)) = &self.snapshot_in_flight else { return Ok(()) };
+        let written = match receiver.try_recv() {
+            Ok(written) => written,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                Err("the snapshot thread stopped without an answer".into())
+            }
+        };
+        let took = started.elapsed();
+        self.snapshot_in_flight = None;
+        let written = written.map_err(|e| format!("writing a snapshot: {e}"))?;
+        let index = written.meta().index;
         let wal = self.raw.store_mut();
-        wal.save_snapshot_with(Index(applied), membership, &mut |out| {
-            state.write_snapshot(out).map(|_| ())
-        })
-        .map_err(|e| format!("saving a snapshot: {e}"))?;
-        let keep_from = applied.saturating_sub(self.config.snapshot_catchup_entries);
+        if !wal.adopt_snapshot(written).map_err(|e| format!("saving a snapshot: {e}"))? {
+            return Ok(()); // a newer one, installed from the leader, took its place
+        }
+        let keep_from = index.0.saturating_sub(self.config.snapshot_catchup_entries);
         let compact_to = Index(keep_from).min(self.raw.compactable_index());
         self.raw.store_mut().compact(compact_to).map_err(|e| format!("compacting: {e}"))?;
-        tracing::info!(node = %self.config.id, "snapshot at {applied}, log compacted to {compact_to}");
+        tracing::info!(node = %self.config.id, "snapshot at {index} (written in {took:.0?} beside the loop), log compacted to {compact_to}");
         Ok(())
     }
 

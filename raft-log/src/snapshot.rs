@@ -172,6 +172,46 @@ pub fn write_streamed(
     meta: &SnapshotMeta,
     fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
 ) -> Result<SnapshotFile, SnapshotError> {
+    write_temp(vfs, dir, meta, fill)?.publish(vfs, dir)
+}
+
+/// A snapshot written and synced under its temporary name, not yet in force: a crash now
+/// leaves a temporary file that the next open removes.
+#[derive(Debug)]
+pub struct TempSnapshot {
+    file: SnapshotFile,
+    temp: PathBuf,
+}
+
+impl TempSnapshot {
+    /// What the snapshot covers.
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.file.meta
+    }
+
+    /// Gives the snapshot its name (durably: the directory is synced), then removes older
+    /// snapshot files and temporary ones.
+    pub fn publish(self, vfs: &dyn Vfs, dir: &Path) -> Result<SnapshotFile, SnapshotError> {
+        let path = &self.file.path;
+        vfs.rename(&self.temp, path).map_err(io_error(path))?;
+        vfs.sync_dir(dir).map_err(io_error(dir))?;
+        remove_all_but(vfs, dir, path)?;
+        Ok(self.file)
+    }
+
+    /// Removes the temporary file (a newer snapshot took its place meanwhile).
+    pub fn discard(self, vfs: &dyn Vfs) -> Result<(), SnapshotError> {
+        remove_if_present(vfs, &self.temp).map_err(io_error(&self.temp))
+    }
+}
+
+/// The first half of [`write_streamed`]: the file written and synced under its temporary name.
+pub fn write_temp(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    meta: &SnapshotMeta,
+    fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+) -> Result<TempSnapshot, SnapshotError> {
     let path = dir.join(file_name(meta));
     let temp = dir.join(format!("{}.tmp", file_name(meta)));
     remove_if_present(vfs, &temp).map_err(io_error(&temp))?;
@@ -194,10 +234,8 @@ pub fn write_streamed(
     file.write_at(&head, 0).map_err(io_error(&temp))?;
     file.write_at(&crc.finalize().to_le_bytes(), end).map_err(io_error(&temp))?;
     file.sync().map_err(io_error(&temp))?;
-    vfs.rename(&temp, &path).map_err(io_error(&path))?;
-    vfs.sync_dir(dir).map_err(io_error(dir))?;
-    remove_all_but(vfs, dir, &path)?;
-    Ok(SnapshotFile { meta: meta.clone(), path, data_offset, data_len })
+    let file = SnapshotFile { meta: meta.clone(), path, data_offset, data_len };
+    Ok(TempSnapshot { file, temp })
 }
 
 /// Appends a snapshot's data to its file by position, checksumming it.

@@ -471,3 +471,5 @@ fn numbered(path: &Path, extension: &str) -> Option<Index> {
 
 mod access;
 mod writing;
+
+pub use writing::{SnapshotWriter, WrittenSnapshot};

@@ -152,3 +152,56 @@ fn an_empty_batch_writes_nothing() {
     wal.write(None, &[]).unwrap();
     assert_eq!(size(), before);
 }
+
+/// The names in `dir` ending with `suffix`.
+fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
+    let names = std::fs::read_dir(dir).unwrap().map(|f| f.unwrap().file_name());
+    names.map(|n| n.to_string_lossy().into_owned()).filter(|n| n.ends_with(suffix)).collect()
+}
+
+#[test]
+fn a_snapshot_written_on_another_thread_is_adopted_and_a_stale_one_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i)).collect();
+    wal.write(Some(hard_state(1, 30)), &entries).unwrap();
+    let membership = raft_core::Membership::new([NodeId(1)]);
+    let writer = wal.snapshot_writer(Index(10), membership.clone()).unwrap();
+    let written = std::thread::spawn(move || writer.write(&mut |out| out.write_all(b"at 10")));
+    // The log goes on taking entries while the snapshot is written elsewhere.
+    wal.write(Some(hard_state(1, 31)), &[entry(1, 31)]).unwrap();
+    let written = written.join().unwrap().unwrap();
+    assert_eq!(wal.snapshot().index, Index(0), "nothing in force before adoption");
+    assert!(wal.adopt_snapshot(written).unwrap());
+    assert_eq!(wal.snapshot().index, Index(10));
+    assert_eq!(wal.snapshot_data().unwrap().unwrap(), b"at 10");
+    // A writer overtaken by a newer snapshot: its file is discarded, the newer one kept.
+    let overtaken = wal.snapshot_writer(Index(15), membership.clone()).unwrap();
+    wal.save_snapshot(Index(20), membership, b"at 20").unwrap();
+    let stale = overtaken.write(&mut |out| out.write_all(b"at 15")).unwrap();
+    assert!(!wal.adopt_snapshot(stale).unwrap());
+    assert_eq!(wal.snapshot().index, Index(20));
+    assert!(files_ending(dir.path(), ".tmp").is_empty());
+    drop(wal);
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(wal.snapshot().index, Index(20));
+    assert_eq!(wal.snapshot_data().unwrap().unwrap(), b"at 20");
+}
+
+#[test]
+fn a_crash_between_writing_and_adopting_a_snapshot_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i)).collect();
+    wal.write(Some(hard_state(1, 30)), &entries).unwrap();
+    let membership = raft_core::Membership::new([NodeId(1)]);
+    wal.save_snapshot(Index(10), membership.clone(), b"at 10").unwrap();
+    let writer = wal.snapshot_writer(Index(20), membership).unwrap();
+    let _written = writer.write(&mut |out| out.write_all(b"at 20")).unwrap();
+    assert_eq!(files_ending(dir.path(), ".tmp").len(), 1);
+    drop(wal); // the process dies before adopting
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(wal.snapshot().index, Index(10));
+    assert_eq!(wal.snapshot_data().unwrap().unwrap(), b"at 10");
+    assert!(files_ending(dir.path(), ".tmp").is_empty(), "the open removed the leftover");
+}

@@ -232,6 +232,33 @@ impl Wal {
         self.guarded(|wal| wal.save_snapshot_file(index, membership, fill))
     }
 
+    /// Starts a snapshot at `index` that another thread may write (a large state takes a
+    /// while, and the log's owner should go on meanwhile): the returned writer is independent
+    /// of the log. Hand what it wrote to [`Wal::adopt_snapshot`].
+    pub fn snapshot_writer(
+        &self,
+        index: Index,
+        membership: Membership,
+    ) -> Result<SnapshotWriter, WalError> {
+        let term = self.term(index).map_err(|e| WalError::InvalidWrite(e.to_string()))?;
+        let meta = SnapshotMeta { index, term, membership };
+        Ok(SnapshotWriter { vfs: self.vfs.clone(), dir: self.dir.clone(), meta })
+    }
+
+    /// Puts in force a snapshot written by a [`SnapshotWriter`], unless the log already holds
+    /// one as new (installed from a leader meanwhile, say): that one is kept and this one's
+    /// file removed. Returns whether it was put in force. The log can then be compacted to it.
+    pub fn adopt_snapshot(&mut self, written: WrittenSnapshot) -> Result<bool, WalError> {
+        if written.0.meta().index <= self.snapshot().index {
+            written.0.discard(&*self.vfs)?;
+            return Ok(false);
+        }
+        self.guarded(|wal| {
+            wal.snapshot = Some(written.0.publish(&*wal.vfs, &wal.dir)?);
+            Ok(true)
+        })
+    }
+
     fn save_snapshot_file(
         &mut self,
         index: Index,
@@ -303,5 +330,41 @@ impl Wal {
         let Some(file) = &self.snapshot else { return Ok(None) };
         file.read_data_at(&*self.vfs, offset, buf)?;
         Ok(Some(file.data_len()))
+    }
+}
+
+/// Writes one snapshot's file on any thread; made by [`Wal::snapshot_writer`].
+pub struct SnapshotWriter {
+    vfs: std::sync::Arc<dyn crate::vfs::Vfs>,
+    dir: std::path::PathBuf,
+    meta: SnapshotMeta,
+}
+
+impl SnapshotWriter {
+    /// What the snapshot will cover.
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Writes the state machine's bytes, produced by `fill`, to a temporary file and syncs it.
+    /// Nothing is in force until [`Wal::adopt_snapshot`]; a crash before leaves a temporary
+    /// file that the next open removes.
+    pub fn write(
+        self,
+        fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<WrittenSnapshot, WalError> {
+        let temp = snapshot::write_temp(&*self.vfs, &self.dir, &self.meta, fill)?;
+        Ok(WrittenSnapshot(temp))
+    }
+}
+
+/// A snapshot written by a [`SnapshotWriter`], waiting for [`Wal::adopt_snapshot`].
+#[derive(Debug)]
+pub struct WrittenSnapshot(snapshot::TempSnapshot);
+
+impl WrittenSnapshot {
+    /// What the snapshot covers.
+    pub fn meta(&self) -> &SnapshotMeta {
+        self.0.meta()
     }
 }
