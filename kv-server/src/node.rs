@@ -247,10 +247,21 @@ struct PendingWrite {
     sent_under: (u64, Option<NodeId>),
 }
 
-/// A read waiting for confirmation or for the apply to reach its index.
+/// Reads waiting together for one ReadIndex confirmation, then for the apply to reach its
+/// index: every linearizable read that arrived in one loop turn (they all started before the
+/// ReadIndex request was made, so its index serves each of them).
 struct PendingRead {
-    reply: Reply<Result<KvState, ReadError>>,
+    replies: Vec<Reply<Result<KvState, ReadError>>>,
+    /// The latest deadline among them (each is answered by the turn after its own at most).
     deadline: Instant,
+}
+
+impl PendingRead {
+    fn answer(self, answer: impl Fn() -> Result<KvState, ReadError>) {
+        for reply in self.replies {
+            let _ = reply.send(answer());
+        }
+    }
 }
 
 /// Everything the loop owns.
@@ -267,6 +278,8 @@ struct Core {
     session_open: bool,
     writes: BTreeMap<u64, PendingWrite>,
     next_read: u64,
+    /// The linearizable reads of this turn, asked of the engine together at its end.
+    reads_arrived: Option<PendingRead>,
     reads_unconfirmed: HashMap<u64, PendingRead>,
     reads_confirmed: Vec<(Index, PendingRead)>,
     incoming: Incoming,
@@ -330,6 +343,7 @@ pub fn start(
         // Random, so that a leader's answer to a read of an earlier run of this node (same
         // term, reconnected) never matches a read of this one.
         next_read: fastrand::u64(1..u64::MAX / 2),
+        reads_arrived: None,
         reads_unconfirmed: HashMap::new(),
         reads_confirmed: Vec::new(),
         registering: None,
@@ -384,6 +398,7 @@ impl Core {
                 let Ok(event) = events.try_recv() else { break };
                 self.on_peer_event(event);
             }
+            self.request_read_index();
             let now = Instant::now();
             if now >= next_tick {
                 self.raw.tick();
@@ -491,19 +506,25 @@ impl Core {
             let _ = reply.send(Ok(self.state.clone()));
             return;
         }
+        let deadline = Instant::now() + self.config.request_timeout;
+        let arrived =
+            self.reads_arrived.get_or_insert_with(|| PendingRead { replies: Vec::new(), deadline });
+        arrived.replies.push(reply);
+        arrived.deadline = deadline;
+    }
+
+    /// Asks the engine for one read index for every linearizable read of this turn: on a
+    /// follower that is one ReadIndex message to the leader, not one per read.
+    fn request_read_index(&mut self) {
+        let Some(reads) = self.reads_arrived.take() else { return };
         let request = self.next_read;
         self.next_read += 1;
         match self.raw.read_index(request) {
             Ok(()) => {
-                let deadline = Instant::now() + self.config.request_timeout;
-                self.reads_unconfirmed.insert(request, PendingRead { reply, deadline });
+                self.reads_unconfirmed.insert(request, reads);
             }
-            Err(ReadIndexError::NoLeader) => {
-                let _ = reply.send(Err(ReadError::NoLeader));
-            }
-            Err(ReadIndexError::TooManyPending { .. }) => {
-                let _ = reply.send(Err(ReadError::Busy));
-            }
+            Err(ReadIndexError::NoLeader) => reads.answer(|| Err(ReadError::NoLeader)),
+            Err(ReadIndexError::TooManyPending { .. }) => reads.answer(|| Err(ReadError::Busy)),
         }
     }
 
@@ -567,11 +588,11 @@ impl Core {
             .map(|(&request, _)| request)
             .collect();
         for request in expired {
-            let read = self.reads_unconfirmed.remove(&request).expect("just found");
-            let _ = read.reply.send(Err(ReadError::Timeout));
+            let reads = self.reads_unconfirmed.remove(&request).expect("just found");
+            reads.answer(|| Err(ReadError::Timeout));
         }
-        for read in self.take_confirmed_reads(|_, read| read.deadline <= now) {
-            let _ = read.reply.send(Err(ReadError::Timeout));
+        for reads in self.take_confirmed_reads(|_, reads| reads.deadline <= now) {
+            reads.answer(|| Err(ReadError::Timeout));
         }
     }
 
@@ -724,8 +745,8 @@ impl Core {
     /// installing a snapshot).
     fn release_reads(&mut self) {
         let applied = Index(self.state.applied());
-        for read in self.take_confirmed_reads(|index, _| index <= applied) {
-            let _ = read.reply.send(Ok(self.state.clone()));
+        for reads in self.take_confirmed_reads(|index, _| index <= applied) {
+            reads.answer(|| Ok(self.state.clone()));
         }
     }
 
@@ -743,11 +764,11 @@ impl Core {
     fn confirm_reads(&mut self, read_states: Vec<ReadState>) {
         let applied = Index(self.state.applied());
         for read_state in read_states {
-            let Some(read) = self.reads_unconfirmed.remove(&read_state.request) else { continue };
+            let Some(reads) = self.reads_unconfirmed.remove(&read_state.request) else { continue };
             if read_state.index <= applied {
-                let _ = read.reply.send(Ok(self.state.clone()));
+                reads.answer(|| Ok(self.state.clone()));
             } else {
-                self.reads_confirmed.push((read_state.index, read));
+                self.reads_confirmed.push((read_state.index, reads));
             }
         }
     }
@@ -984,11 +1005,11 @@ impl Core {
             let error = if write.sent { WriteError::Timeout } else { WriteError::Stopped };
             let _ = write.reply.send(Err(error));
         }
-        for (_, read) in self.reads_unconfirmed.drain() {
-            let _ = read.reply.send(Err(ReadError::Stopped));
-        }
-        for (_, read) in self.reads_confirmed.drain(..) {
-            let _ = read.reply.send(Err(ReadError::Stopped));
+        let arrived = self.reads_arrived.take().into_iter();
+        let unconfirmed = self.reads_unconfirmed.drain().map(|(_, reads)| reads);
+        let confirmed = self.reads_confirmed.drain(..).map(|(_, reads)| reads);
+        for reads in arrived.chain(unconfirmed).chain(confirmed) {
+            reads.answer(|| Err(ReadError::Stopped));
         }
     }
 }
