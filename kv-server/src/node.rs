@@ -294,8 +294,11 @@ struct Core {
     /// Shared with the handles: set when the loop stops because this node was removed.
     removed: Arc<AtomicBool>,
     /// The snapshot being written by its own thread, and when it started.
-    snapshot_in_flight: Option<(std::sync::mpsc::Receiver<Result<WrittenSnapshot, String>>, Instant)>,
+    snapshot_in_flight: Option<(SnapshotOutcome, Instant)>,
 }
+
+/// Where the snapshot thread answers with the snapshot it wrote.
+type SnapshotOutcome = std::sync::mpsc::Receiver<Result<WrittenSnapshot, String>>;
 
 /// Opens the log, restores the state and starts the loop on its own thread.
 pub fn start(
