@@ -18,16 +18,23 @@ use kv_proto::kv::{command::Op, Command};
 use prost::Message as _;
 use raft_core::{
     ConfChange, ConfChangeError, Config, Entry, EntryKind, Index, InitialState, Message,
-    MessageBody, NodeId, ProposeError, RawNode, ReadIndexError, ReadState, Ready, Role,
+    MessageBody, NodeId, ProposeError, RawNode, Ready, Role,
 };
-use raft_log::wal::{Wal, WalError, WalOptions, WrittenSnapshot};
-use raft_net::{Event, SnapshotSource, Transport};
+use raft_log::wal::{Wal, WalError, WalOptions};
+use raft_net::{Event, Transport};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+
+mod membership;
+mod reads;
+mod snapshots;
+
+use reads::PendingRead;
+use snapshots::{SnapshotNotSent, SnapshotOutcome};
 
 /// A pending write is proposed again this often until it applies or its deadline passes.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -247,23 +254,6 @@ struct PendingWrite {
     sent_under: (u64, Option<NodeId>),
 }
 
-/// Reads waiting together for one ReadIndex confirmation, then for the apply to reach its
-/// index: every linearizable read that arrived in one loop turn (they all started before the
-/// ReadIndex request was made, so its index serves each of them).
-struct PendingRead {
-    replies: Vec<Reply<Result<KvState, ReadError>>>,
-    /// The latest deadline among them (each is answered by the turn after its own at most).
-    deadline: Instant,
-}
-
-impl PendingRead {
-    fn answer(self, answer: impl Fn() -> Result<KvState, ReadError>) {
-        for reply in self.replies {
-            let _ = reply.send(answer());
-        }
-    }
-}
-
 /// Everything the loop owns.
 struct Core {
     raw: RawNode<Wal>,
@@ -296,9 +286,6 @@ struct Core {
     /// The snapshot being written by its own thread, and when it started.
     snapshot_in_flight: Option<(SnapshotOutcome, Instant)>,
 }
-
-/// Where the snapshot thread answers with the snapshot it wrote.
-type SnapshotOutcome = std::sync::mpsc::Receiver<Result<WrittenSnapshot, String>>;
 
 /// Opens the log, restores the state and starts the loop on its own thread.
 pub fn start(
@@ -504,33 +491,6 @@ impl Core {
         }
     }
 
-    fn start_read(&mut self, linearizable: bool, reply: Reply<Result<KvState, ReadError>>) {
-        if !linearizable {
-            let _ = reply.send(Ok(self.state.clone()));
-            return;
-        }
-        let deadline = Instant::now() + self.config.request_timeout;
-        let arrived =
-            self.reads_arrived.get_or_insert_with(|| PendingRead { replies: Vec::new(), deadline });
-        arrived.replies.push(reply);
-        arrived.deadline = deadline;
-    }
-
-    /// Asks the engine for one read index for every linearizable read of this turn: on a
-    /// follower that is one ReadIndex message to the leader, not one per read.
-    fn request_read_index(&mut self) {
-        let Some(reads) = self.reads_arrived.take() else { return };
-        let request = self.next_read;
-        self.next_read += 1;
-        match self.raw.read_index(request) {
-            Ok(()) => {
-                self.reads_unconfirmed.insert(request, reads);
-            }
-            Err(ReadIndexError::NoLeader) => reads.answer(|| Err(ReadError::NoLeader)),
-            Err(ReadIndexError::TooManyPending { .. }) => reads.answer(|| Err(ReadError::Busy)),
-        }
-    }
-
     fn on_peer_event(&mut self, event: Event) {
         match event {
             // An InstallSnapshot counts only with its bytes, in the last chunk of a transfer.
@@ -649,45 +609,6 @@ impl Core {
         }
     }
 
-    /// Sends the log's snapshot with `message`, if it is the snapshot the message describes
-    /// (a newer one may have been saved since the engine built the message; the engine then
-    /// resends with the right description after the failure is reported).
-    fn send_snapshot(&mut self, message: Message) -> Result<(), SnapshotNotSent> {
-        let failed = SnapshotNotSent::Failed;
-        let MessageBody::InstallSnapshot { snapshot } = &message.body else {
-            return Err(failed("not an InstallSnapshot".into()));
-        };
-        let data = described_snapshot(self.raw.store(), snapshot).map_err(failed)?;
-        let _runtime = self.runtime.enter();
-        match self.transport.send_snapshot(message, Box::new(SnapshotReader(data))) {
-            Ok(()) => Ok(()),
-            Err(raft_net::SendError::SnapshotInProgress(_)) => Err(SnapshotNotSent::InProgress),
-            Err(error) => Err(failed(error.to_string())),
-        }
-    }
-
-    /// Installs the snapshot a leader sent (its bytes arrived through the transport): the
-    /// state is restored from them, and the log replaced or compacted (docs/snapshots.md).
-    fn install_snapshot(&mut self, meta: &raft_core::SnapshotMeta) -> Result<(), String> {
-        let (path, state) = self.incoming.take(meta).ok_or_else(|| {
-            format!(
-                "the engine installs snapshot {}/{} but its bytes never arrived",
-                meta.index, meta.term
-            )
-        })?;
-        let mut file =
-            std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        self.raw
-            .store_mut()
-            .install_snapshot_with(meta, &mut |out| std::io::copy(&mut file, out).map(|_| ()))
-            .map_err(|e| format!("installing the snapshot: {e}"))?;
-        let _ = std::fs::remove_file(&path);
-        tracing::info!(node = %self.config.id, "installed the leader's snapshot at {}/{}", meta.index, meta.term);
-        self.state = state;
-        self.connect_members();
-        Ok(())
-    }
-
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
         let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
         for entry in entries {
@@ -742,221 +663,6 @@ impl Core {
             };
             let _ = pending.reply.send(answer);
         }
-    }
-
-    /// Serves the confirmed reads the state has caught up with (by applying entries or by
-    /// installing a snapshot).
-    fn release_reads(&mut self) {
-        let applied = Index(self.state.applied());
-        for reads in self.take_confirmed_reads(|index, _| index <= applied) {
-            reads.answer(|| Ok(self.state.clone()));
-        }
-    }
-
-    /// Removes and returns the confirmed reads `pick` chooses (by read index and read).
-    fn take_confirmed_reads(
-        &mut self,
-        pick: impl Fn(Index, &PendingRead) -> bool,
-    ) -> Vec<PendingRead> {
-        let (picked, kept): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.reads_confirmed).into_iter().partition(|(i, r)| pick(*i, r));
-        self.reads_confirmed = kept;
-        picked.into_iter().map(|(_, read)| read).collect()
-    }
-
-    fn confirm_reads(&mut self, read_states: Vec<ReadState>) {
-        let applied = Index(self.state.applied());
-        for read_state in read_states {
-            let Some(reads) = self.reads_unconfirmed.remove(&read_state.request) else { continue };
-            if read_state.index <= applied {
-                reads.answer(|| Ok(self.state.clone()));
-            } else {
-                self.reads_confirmed.push((read_state.index, reads));
-            }
-        }
-    }
-
-    /// Whether a configuration without this node took effect after one with it: the node
-    /// was removed and stops (as an etcd member does).
-    ///
-    /// A removed follower often never receives the configuration that removes it (the
-    /// leader stops replicating to it); it learns of its removal when most of the other
-    /// voters refuse its connections as not one of their members.
-    ///
-    /// Only committed configurations count: an entry that removes this node may still be
-    /// replaced by a new leader, and a node that stopped for it would be a member gone missing.
-    fn removed(&mut self) -> bool {
-        let me = self.config.id;
-        let member = self.raw.committed_membership().contains(me);
-        self.was_member |= member;
-        // A leader stays until it has committed the configuration without it, then steps down.
-        if self.was_member && !member && self.raw.role() != Role::Leader {
-            return true;
-        }
-        // Only refusals after the last message from anyone count, and only once nobody has
-        // spoken to this node for three election timeouts: a peer that restarts, or has not
-        // applied this node's addition yet, refuses it for a moment while the leader still
-        // sends it heartbeats.
-        let silent = self.config.tick * self.config.election_ticks * 3;
-        if self.last_heard.elapsed() < silent {
-            return false;
-        }
-        let others: Vec<NodeId> =
-            self.raw.voters().iter().copied().filter(|&id| id != me).collect();
-        let recent = |id: &NodeId| self.disowned_by.get(id).is_some_and(|&at| at > self.last_heard);
-        let disowning = others.iter().filter(|id| recent(id)).count();
-        self.was_member && !others.is_empty() && disowning * 2 > others.len()
-    }
-
-    /// Writes this node's row of the member table once a leader is known and the row differs
-    /// from the one applied (one such write at a time).
-    fn register(&mut self) {
-        if self.registering.is_some_and(|sequence| self.writes.contains_key(&sequence)) {
-            return;
-        }
-        self.registering = None;
-        let me = &self.config.me;
-        let id = self.config.id.0;
-        let in_config = self.raw.membership().contains(self.config.id);
-        let row = self.state.members().get(&id);
-        if self.raw.leader().is_none() || !in_config || row.is_some_and(|r| r.same_addresses(me)) {
-            return;
-        }
-        let op = Op::SetMember(kv_proto::kv::SetMember {
-            id,
-            name: me.name.clone(),
-            peer_address: me.peer_address.clone(),
-            client_address: me.client_address.clone(),
-            allocate: false,
-            min_id: 0,
-            promote: false,
-        });
-        let (reply, _) = oneshot::channel();
-        self.registering = Some(self.next_sequence);
-        self.start_write(op, reply);
-    }
-
-    /// On the leader: proposes to promote each learner whose row asks for it once it has
-    /// answered and its log is within [`PROMOTION_LAG_MAX`] entries of this one (thesis §4.2.1: a voter that still
-    /// has to catch up would hold commitment back). The wish is in the replicated member
-    /// table, so whichever node leads when the learner catches up promotes it.
-    fn promote_caught_up_learners(&mut self) {
-        if self.raw.role() != Role::Leader {
-            return;
-        }
-        let last = self.raw.last_index().0;
-        let ready: Vec<NodeId> = self
-            .raw
-            .membership()
-            .learners
-            .iter()
-            .copied()
-            .filter(|id| self.state.members().get(&id.0).is_some_and(|row| row.promote))
-            .filter(|&id| {
-                // A learner that never answered matches nothing, however short the log is.
-                let matched = self.raw.progress(id).map_or(0, |p| p.match_index.0);
-                matched > 0 && matched.saturating_add(PROMOTION_LAG_MAX) >= last
-            })
-            .collect();
-        for id in ready {
-            // Refused while another change is under way: tried again next tick.
-            if self.raw.propose_conf_change(&[ConfChange::AddVoter(id)]).is_ok() {
-                tracing::info!(node = %self.config.id, "learner {id} caught up: promoting it to voter");
-            }
-        }
-    }
-
-    /// Makes the transport's peers the members of the configuration, at the addresses of the
-    /// member table (the initial ones from the flags until a row exists): an added or moved
-    /// member is dialled at its address, a removed one forgotten. A row no configuration
-    /// names (a removed leader could not delete its own) is not dialled.
-    ///
-    /// A peer with an id newer than every id known here is kept: it joined while this node
-    /// was away and announced itself (docs/transport.md), and this node learns of it only by
-    /// catching up from it.
-    fn connect_members(&mut self) {
-        let _runtime = self.runtime.enter();
-        let newer_than_known = self.first_unknown_id();
-        self.transport.accept_announced_from(newer_than_known);
-        for (&id, member) in self.state.members() {
-            if id == self.config.id.0 || !self.raw.membership().contains(NodeId(id)) {
-                continue;
-            }
-            match member.peer_address.parse::<raft_net::PeerAddress>() {
-                Ok(address) => self.transport.add_peer(NodeId(id), address),
-                Err(error) => tracing::warn!("member {id}: {error}"),
-            }
-        }
-        for id in self.transport.peers() {
-            if !self.raw.membership().contains(id) && id < newer_than_known {
-                self.transport.remove_peer(id);
-            }
-        }
-    }
-
-    /// The lowest id this node has never heard of: above every id of the member table (past
-    /// and present: the state machine never reuses one) and of the configuration.
-    fn first_unknown_id(&self) -> NodeId {
-        let in_config = self.raw.membership().members().last().map_or(0, |id| id.0 + 1);
-        NodeId(self.state.next_member_id().max(in_config).max(self.config.id.0 + 1))
-    }
-
-    /// Starts a snapshot once enough entries were applied since the last one: the state is
-    /// cloned (O(1)) and written by a thread of its own, so that a large state never holds up
-    /// heartbeats, appends or client answers. One at a time.
-    fn maybe_snapshot(&mut self) -> Result<(), String> {
-        if self.snapshot_in_flight.is_some() {
-            return Ok(());
-        }
-        let applied = self.state.applied();
-        // The log's snapshot, saved here or installed from a leader, is the last one.
-        let last_snapshot = raft_core::LogStore::snapshot(self.raw.store()).index.0;
-        if applied < last_snapshot.saturating_add(self.config.snapshot_entries) {
-            return Ok(());
-        }
-        let membership = self.raw.membership_at(Index(applied));
-        let writer = self
-            .raw
-            .store()
-            .snapshot_writer(Index(applied), membership)
-            .map_err(|e| format!("starting a snapshot: {e}"))?;
-        let state = self.state.clone();
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("snapshot".into())
-            .spawn(move || {
-                let written = writer.write(&mut |out| state.write_snapshot(out).map(|_| ()));
-                let _ = sender.send(written.map_err(|e| e.to_string()));
-            })
-            .map_err(|e| format!("starting the snapshot thread: {e}"))?;
-        self.snapshot_in_flight = Some((receiver, Instant::now()));
-        Ok(())
-    }
-
-    /// Puts in force the snapshot the snapshot thread wrote, if it is done, and compacts the
-    /// log below it, keeping a margin for followers a little behind.
-    fn adopt_written_snapshot(&mut self) -> Result<(), String> {
-        let Some((receiver, started)) = &self.snapshot_in_flight else { return Ok(()) };
-        let written = match receiver.try_recv() {
-            Ok(written) => written,
-            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                Err("the snapshot thread stopped without an answer".into())
-            }
-        };
-        let took = started.elapsed();
-        self.snapshot_in_flight = None;
-        let written = written.map_err(|e| format!("writing a snapshot: {e}"))?;
-        let index = written.meta().index;
-        let wal = self.raw.store_mut();
-        if !wal.adopt_snapshot(written).map_err(|e| format!("saving a snapshot: {e}"))? {
-            return Ok(()); // a newer one, installed from the leader, took its place
-        }
-        let keep_from = index.0.saturating_sub(self.config.snapshot_catchup_entries);
-        let compact_to = Index(keep_from).min(self.raw.compactable_index());
-        self.raw.store_mut().compact(compact_to).map_err(|e| format!("compacting: {e}"))?;
-        tracing::info!(node = %self.config.id, "snapshot at {index} (written in {took:.0?} beside the loop), log compacted to {compact_to}");
-        Ok(())
     }
 
     fn status(&self) -> NodeStatus {
@@ -1035,73 +741,5 @@ async fn next_wake(
         input = inputs.recv() => Wake::Input(input),
         event = events.recv(), if events_open => Wake::Event(event),
         () = tokio::time::sleep(wait) => Wake::Tick,
-    }
-}
-
-/// Why a snapshot did not go out.
-enum SnapshotNotSent {
-    /// A transfer to the peer is under way already.
-    InProgress,
-    /// It failed; the engine should retry later.
-    Failed(String),
-}
-
-/// The bytes of the log's snapshot, if it is the one `described` (a newer one may have been
-/// saved since the engine built its InstallSnapshot: those bytes under that description would
-/// install a state at the wrong index).
-fn described_snapshot(
-    wal: &Wal,
-    described: &raft_core::SnapshotMeta,
-) -> Result<raft_log::snapshot::SnapshotData, String> {
-    let held = raft_core::LogStore::snapshot(wal);
-    if held.last() != described.last() {
-        return Err(format!("the log holds snapshot {}, not {}", held.last(), described.last()));
-    }
-    let data = wal.open_snapshot_data().map_err(|e| e.to_string())?;
-    data.ok_or_else(|| "no snapshot to send".into())
-}
-
-/// A snapshot's bytes, read for the transport.
-struct SnapshotReader(raft_log::snapshot::SnapshotData);
-
-impl SnapshotSource for SnapshotReader {
-    fn len(&self) -> u64 {
-        self.0.len()
-    }
-
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.0.read_at(offset, buf)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use raft_core::{LogStore, Membership, Term};
-
-    #[test]
-    fn a_snapshot_goes_out_only_under_its_own_description() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
-        let entries: Vec<Entry> = (1..=20)
-            .map(|i| Entry {
-                term: Term(1),
-                index: Index(i),
-                kind: EntryKind::Normal,
-                data: Bytes::new(),
-            })
-            .collect();
-        let hard_state = raft_core::HardState { term: Term(1), vote: None, commit: Index(20) };
-        wal.write(Some(hard_state), &entries).unwrap();
-        let membership = Membership::new([NodeId(1)]);
-        wal.save_snapshot(Index(10), membership.clone(), b"state at 10").unwrap();
-        let at_10 = LogStore::snapshot(&wal);
-        let data = described_snapshot(&wal, &at_10).expect("the held snapshot goes out");
-        assert_eq!(data.len(), b"state at 10".len() as u64);
-        // A newer snapshot is saved after the engine described the old one.
-        wal.save_snapshot(Index(20), membership, b"state at 20").unwrap();
-        let error = described_snapshot(&wal, &at_10).err().expect("a stale description");
-        assert!(error.contains("holds snapshot 1/20, not 1/10"), "{error}");
-        assert!(described_snapshot(&wal, &LogStore::snapshot(&wal)).is_ok());
     }
 }

@@ -1,0 +1,183 @@
+//! Snapshots: written beside the loop and adopted by it, sent to followers under their own
+//! description, and installed from a leader (docs/snapshots.md, docs/state-machine.md).
+
+use super::Core;
+use raft_core::{Index, Message, MessageBody};
+use raft_log::wal::{Wal, WrittenSnapshot};
+use raft_net::SnapshotSource;
+use std::time::Instant;
+
+/// Where the snapshot thread answers with the snapshot it wrote.
+pub(super) type SnapshotOutcome = std::sync::mpsc::Receiver<Result<WrittenSnapshot, String>>;
+
+impl Core {
+    /// Sends the log's snapshot with `message`, if it is the snapshot the message describes
+    /// (a newer one may have been saved since the engine built the message; the engine then
+    /// resends with the right description after the failure is reported).
+    pub(super) fn send_snapshot(&mut self, message: Message) -> Result<(), SnapshotNotSent> {
+        let failed = SnapshotNotSent::Failed;
+        let MessageBody::InstallSnapshot { snapshot } = &message.body else {
+            return Err(failed("not an InstallSnapshot".into()));
+        };
+        let data = described_snapshot(self.raw.store(), snapshot).map_err(failed)?;
+        let _runtime = self.runtime.enter();
+        match self.transport.send_snapshot(message, Box::new(SnapshotReader(data))) {
+            Ok(()) => Ok(()),
+            Err(raft_net::SendError::SnapshotInProgress(_)) => Err(SnapshotNotSent::InProgress),
+            Err(error) => Err(failed(error.to_string())),
+        }
+    }
+
+    /// Installs the snapshot a leader sent (its bytes arrived through the transport): the
+    /// state is restored from them, and the log replaced or compacted (docs/snapshots.md).
+    pub(super) fn install_snapshot(
+        &mut self,
+        meta: &raft_core::SnapshotMeta,
+    ) -> Result<(), String> {
+        let (path, state) = self.incoming.take(meta).ok_or_else(|| {
+            format!(
+                "the engine installs snapshot {}/{} but its bytes never arrived",
+                meta.index, meta.term
+            )
+        })?;
+        let mut file =
+            std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.raw
+            .store_mut()
+            .install_snapshot_with(meta, &mut |out| std::io::copy(&mut file, out).map(|_| ()))
+            .map_err(|e| format!("installing the snapshot: {e}"))?;
+        let _ = std::fs::remove_file(&path);
+        tracing::info!(node = %self.config.id, "installed the leader's snapshot at {}/{}", meta.index, meta.term);
+        self.state = state;
+        self.connect_members();
+        Ok(())
+    }
+
+    /// Starts a snapshot once enough entries were applied since the last one: the state is
+    /// cloned (O(1)) and written by a thread of its own, so that a large state never holds up
+    /// heartbeats, appends or client answers. One at a time.
+    pub(super) fn maybe_snapshot(&mut self) -> Result<(), String> {
+        if self.snapshot_in_flight.is_some() {
+            return Ok(());
+        }
+        let applied = self.state.applied();
+        // The log's snapshot, saved here or installed from a leader, is the last one.
+        let last_snapshot = raft_core::LogStore::snapshot(self.raw.store()).index.0;
+        if applied < last_snapshot.saturating_add(self.config.snapshot_entries) {
+            return Ok(());
+        }
+        let membership = self.raw.membership_at(Index(applied));
+        let writer = self
+            .raw
+            .store()
+            .snapshot_writer(Index(applied), membership)
+            .map_err(|e| format!("starting a snapshot: {e}"))?;
+        let state = self.state.clone();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                let written = writer.write(&mut |out| state.write_snapshot(out).map(|_| ()));
+                let _ = sender.send(written.map_err(|e| e.to_string()));
+            })
+            .map_err(|e| format!("starting the snapshot thread: {e}"))?;
+        self.snapshot_in_flight = Some((receiver, Instant::now()));
+        Ok(())
+    }
+
+    /// Puts in force the snapshot the snapshot thread wrote, if it is done, and compacts the
+    /// log below it, keeping a margin for followers a little behind.
+    pub(super) fn adopt_written_snapshot(&mut self) -> Result<(), String> {
+        let Some((receiver, started)) = &self.snapshot_in_flight else { return Ok(()) };
+        let written = match receiver.try_recv() {
+            Ok(written) => written,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                Err("the snapshot thread stopped without an answer".into())
+            }
+        };
+        let took = started.elapsed();
+        self.snapshot_in_flight = None;
+        let written = written.map_err(|e| format!("writing a snapshot: {e}"))?;
+        let index = written.meta().index;
+        let wal = self.raw.store_mut();
+        if !wal.adopt_snapshot(written).map_err(|e| format!("saving a snapshot: {e}"))? {
+            return Ok(()); // a newer one, installed from the leader, took its place
+        }
+        let keep_from = index.0.saturating_sub(self.config.snapshot_catchup_entries);
+        let compact_to = Index(keep_from).min(self.raw.compactable_index());
+        self.raw.store_mut().compact(compact_to).map_err(|e| format!("compacting: {e}"))?;
+        tracing::info!(node = %self.config.id, "snapshot at {index} (written in {took:.0?} beside the loop), log compacted to {compact_to}");
+        Ok(())
+    }
+}
+
+/// Why a snapshot did not go out.
+pub(super) enum SnapshotNotSent {
+    /// A transfer to the peer is under way already.
+    InProgress,
+    /// It failed; the engine should retry later.
+    Failed(String),
+}
+
+/// The bytes of the log's snapshot, if it is the one `described` (a newer one may have been
+/// saved since the engine built its InstallSnapshot: those bytes under that description would
+/// install a state at the wrong index).
+fn described_snapshot(
+    wal: &Wal,
+    described: &raft_core::SnapshotMeta,
+) -> Result<raft_log::snapshot::SnapshotData, String> {
+    let held = raft_core::LogStore::snapshot(wal);
+    if held.last() != described.last() {
+        return Err(format!("the log holds snapshot {}, not {}", held.last(), described.last()));
+    }
+    let data = wal.open_snapshot_data().map_err(|e| e.to_string())?;
+    data.ok_or_else(|| "no snapshot to send".into())
+}
+
+/// A snapshot's bytes, read for the transport.
+struct SnapshotReader(raft_log::snapshot::SnapshotData);
+
+impl SnapshotSource for SnapshotReader {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use raft_core::{Entry, EntryKind, LogStore, Membership, NodeId, Term};
+    use raft_log::wal::WalOptions;
+
+    #[test]
+    fn a_snapshot_goes_out_only_under_its_own_description() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let entries: Vec<Entry> = (1..=20)
+            .map(|i| Entry {
+                term: Term(1),
+                index: Index(i),
+                kind: EntryKind::Normal,
+                data: Bytes::new(),
+            })
+            .collect();
+        let hard_state = raft_core::HardState { term: Term(1), vote: None, commit: Index(20) };
+        wal.write(Some(hard_state), &entries).unwrap();
+        let membership = Membership::new([NodeId(1)]);
+        wal.save_snapshot(Index(10), membership.clone(), b"state at 10").unwrap();
+        let at_10 = LogStore::snapshot(&wal);
+        let data = described_snapshot(&wal, &at_10).expect("the held snapshot goes out");
+        assert_eq!(data.len(), b"state at 10".len() as u64);
+        // A newer snapshot is saved after the engine described the old one.
+        wal.save_snapshot(Index(20), membership, b"state at 20").unwrap();
+        let error = described_snapshot(&wal, &at_10).err().expect("a stale description");
+        assert!(error.contains("holds snapshot 1/20, not 1/10"), "{error}");
+        assert!(described_snapshot(&wal, &LogStore::snapshot(&wal)).is_ok());
+    }
+}
