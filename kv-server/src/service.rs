@@ -191,7 +191,7 @@ impl Service {
     }
 
     /// Adds a member: its row in the member table, then a learner. A voter-to-be's row says
-    /// so, and whichever node leads promotes it once it has caught up (node.rs).
+    /// so, and whichever node leads promotes it once it has caught up (node/membership.rs).
     async fn join(&self, request: &api::MemberJoinRequest) -> Result<NodeId, Status> {
         check_member_text("name", &request.name)?;
         check_member_text("client_address", &request.client_address)?;
