@@ -19,6 +19,9 @@
 //!         flag u8, for compare-and-set succeeded u8, has_current u8, [len u32, current]
 //! ```
 //!
+//! Version 1 ("KVSNAP01") had no promote byte in member records; it is still read, with every
+//! flag false.
+//!
 //! Reading checks the order, the lengths against the limits, the counts and the checksum;
 //! damage of any kind is an error, never a panic or a wrong state.
 
@@ -28,6 +31,8 @@ use bytes::Bytes;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 
 const MAGIC: &[u8; 8] = b"KVSNAP02";
+/// The version before member records carried the promote flag; still read.
+const MAGIC_V1: &[u8; 8] = b"KVSNAP01";
 const TAG_END: u8 = 0;
 const TAG_KEY: u8 = 1;
 const TAG_SESSION: u8 = 2;
@@ -170,9 +175,12 @@ impl KvState {
         };
         let mut magic = [0; 8];
         reader.fill(&mut magic)?;
-        if &magic != MAGIC {
-            return Err(reader.damaged("not a key-value snapshot (bad magic)"));
-        }
+        // Version 1 had no promote flag in member records: read as false.
+        let with_promote = match &magic {
+            MAGIC => true,
+            MAGIC_V1 => false,
+            _ => return Err(reader.damaged("not a key-value snapshot (bad magic)")),
+        };
         let mut state = KvState { applied: reader.u64()?, ..KvState::default() };
         let mut last_key: Option<Bytes> = None;
         let mut last_client: Option<u64> = None;
@@ -207,7 +215,7 @@ impl KvState {
                         name: reader.text()?,
                         peer_address: reader.text()?,
                         client_address: reader.text()?,
-                        promote: reader.flag()?,
+                        promote: if with_promote { reader.flag()? } else { false },
                     };
                     state.members.insert(id, member);
                     last_member = Some(id);

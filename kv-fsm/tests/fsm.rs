@@ -236,3 +236,34 @@ fn a_huge_length_is_refused_without_allocating_it() {
     let error = KvState::read_snapshot(bytes.as_slice()).unwrap_err();
     assert!(error.to_string().contains("at most 4096"), "{error}");
 }
+
+/// A snapshot of the previous format (no promote flag in member records) still reads, with
+/// the flag false: a node upgraded over an old data directory starts.
+#[test]
+fn a_version_1_snapshot_still_reads() {
+    let mut state = KvState::new();
+    let join = SetMember {
+        id: 3,
+        name: "n3".into(),
+        peer_address: "h:3".into(),
+        client_address: "h:4".into(),
+        allocate: true,
+        min_id: 3,
+        promote: true,
+    };
+    let command = Command { op: Some(Op::SetMember(join)), ..Default::default() };
+    state.apply(1, &encode_command(&command)).unwrap();
+    let mut bytes = Vec::new();
+    state.write_snapshot(&mut bytes).unwrap();
+    // The only member record is the last record: its promote byte sits just before the end
+    // record (tag, next member id, three counts) and the checksum.
+    let promote_at = bytes.len() - 4 - 8 * 4 - 1 - 1;
+    assert_eq!(bytes.remove(promote_at), 1);
+    bytes[..8].copy_from_slice(b"KVSNAP01");
+    let body = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..body]).to_le_bytes();
+    bytes[body..].copy_from_slice(&crc);
+    let restored = KvState::read_snapshot(bytes.as_slice()).expect("version 1 reads");
+    assert_eq!(restored.members()[&3].name, "n3");
+    assert!(!restored.members()[&3].promote);
+}

@@ -12,7 +12,6 @@ use kv_proto::peer::{peer_frame::Frame, Hello, HelloReply, PeerFrame, SnapshotCh
 use raft_core::{Message, MessageBody, NodeId};
 use rustls_pki_types::CertificateDer;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -79,8 +78,14 @@ async fn serve(
     bump(&shared.counters.connections_accepted, 1);
     let (from, checked_host) = (speaker.id, speaker.host);
     if let Some(address) = speaker.announced {
+        // Decided before the hello reply was written: the host may have configured the id, or
+        // raised the bound past it, since. A configured address is never replaced.
+        if !shared.take_on_announced(from, address.clone()) {
+            return shared.record_refusal(format!(
+                "from {remote}: node {from} is no longer newer than every node known here"
+            ));
+        }
         tracing::info!(node = %shared.config.node_id, peer = %from, "node {from} is not configured here but is newer than every node known here: taken on at the address it announced, {address}");
-        shared.add_peer(from, address);
     }
     // A newer connection from the same peer replaces this one (the peer restarted, or its
     // old connection is half-open).
@@ -215,8 +220,7 @@ fn announced(
     let from = hello.node_id;
     let me = shared.config.node_id;
     let unknown = || format!("node {from} is not a configured peer of node {me}");
-    let newer = from >= shared.announced_from.load(Ordering::Relaxed);
-    if !newer || hello.from_address.is_empty() {
+    if !shared.is_newer_than_known(from) || hello.from_address.is_empty() {
         return Err(unknown());
     }
     let address: PeerAddress =

@@ -235,13 +235,7 @@ impl Shared {
         if lock(&self.peers).get(&id).is_some_and(|peer| peer.address == address) {
             return;
         }
-        let peer = Arc::new(Peer {
-            id,
-            address,
-            queue: PeerQueue::new(self.config.queue_bytes_max),
-            last_error: Mutex::default(),
-            sending_snapshot: std::sync::atomic::AtomicBool::new(false),
-        });
+        let peer = self.new_peer(id, address);
         let old = lock(&self.peers).insert(id, peer.clone());
         if let Some(old) = old {
             old.queue.close();
@@ -250,6 +244,43 @@ impl Shared {
             self.close_inbound(id);
         }
         tokio::spawn(outbound::run(self.clone(), peer));
+    }
+
+    /// Whether `id` is at or above the host's bound for announced dialers (none while the
+    /// host has set no bound).
+    pub(crate) fn is_newer_than_known(&self, id: u64) -> bool {
+        let bound = self.announced_from.load(Ordering::Relaxed);
+        bound != u64::MAX && id >= bound
+    }
+
+    /// Adds `id`, which announced `address`, as a peer if it is still unknown and still newer
+    /// than every id the host knows; returns whether it is now a peer (a peer configured
+    /// meanwhile is kept at its configured address).
+    pub(crate) fn take_on_announced(self: &Arc<Self>, id: NodeId, address: PeerAddress) -> bool {
+        let peer = {
+            let mut peers = lock(&self.peers);
+            if peers.contains_key(&id) {
+                return true;
+            }
+            if !self.is_newer_than_known(id.0) {
+                return false;
+            }
+            let peer = self.new_peer(id, address);
+            peers.insert(id, peer.clone());
+            peer
+        };
+        tokio::spawn(outbound::run(self.clone(), peer));
+        true
+    }
+
+    fn new_peer(&self, id: NodeId, address: PeerAddress) -> Arc<Peer> {
+        Arc::new(Peer {
+            id,
+            address,
+            queue: PeerQueue::new(self.config.queue_bytes_max),
+            last_error: Mutex::default(),
+            sending_snapshot: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     pub(crate) fn close_inbound(&self, id: NodeId) {

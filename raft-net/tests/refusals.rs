@@ -335,3 +335,20 @@ async fn a_newer_node_announcing_its_address_is_taken_on_and_an_older_or_client_
     refused_with(&node, "a client certificate cannot announce a node").await;
     assert!(!node.transport.peers().contains(&NodeId(8)));
 }
+
+/// Until the host sets a bound, no unknown dialer is taken on from its announcement, not even
+/// one claiming the largest id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_bound_no_announced_dialer_is_taken_on() {
+    let pki = Pki::new("cluster");
+    let node = Node::start(config(1), identity(&pki.node(1))).await;
+    let mut settings = config(u64::MAX);
+    let host = format!("node-{}.example", u64::MAX);
+    settings.advertise = Some(PeerAddress { host: host.clone(), port: 1 });
+    let certificate = pki.issue("largest", &[&host]);
+    let dialer = Node::start(settings, identity(&certificate)).await;
+    dialer.transport.add_peer(node.id, node.address());
+    let _ = dialer.transport.send(&heartbeat(u64::MAX, 1, 1));
+    refused_with(&node, "is not a configured peer").await;
+    assert!(!node.transport.peers().contains(&NodeId(u64::MAX)));
+}

@@ -502,6 +502,17 @@ impl Core {
                     message.from
                 );
             }
+            // Proposals and read requests come only from members: a peer taken on from its
+            // announcement (docs/transport.md) may lead, but it may not write through this
+            // node before a configuration names it.
+            Event::Message(message)
+                if matches!(
+                    message.body,
+                    MessageBody::Propose { .. } | MessageBody::ReadIndex { .. }
+                ) && !self.raw.membership().contains(message.from) =>
+            {
+                tracing::warn!("dropped a request from node {}, not a member", message.from);
+            }
             Event::Message(message) => {
                 self.last_heard = Instant::now();
                 self.disowned_by.remove(&message.from);
