@@ -128,8 +128,13 @@ impl Core {
 
     /// The lowest id this node has never heard of: above every id of the member table (past
     /// and present: the state machine never reuses one) and of the configuration.
+    ///
+    /// The initial members of the flags count too: one that never started (so never wrote
+    /// its row) and was removed is then refused as removed, not taken on as a newcomer.
     pub(super) fn first_unknown_id(&self) -> NodeId {
         let in_config = self.raw.membership().members().last().map_or(0, |id| id.0 + 1);
-        NodeId(self.state.next_member_id().max(in_config).max(self.config.id.0 + 1))
+        let in_flags = self.config.voters.iter().map(|id| id.0 + 1).max().unwrap_or(0);
+        let highest = self.state.next_member_id().max(in_config).max(in_flags);
+        NodeId(highest.max(self.config.id.0 + 1))
     }
 }
