@@ -89,6 +89,11 @@ pub struct Flags {
     #[arg(long, env = "KV_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
     pub snapshot_entries: u64,
 
+    /// Take a snapshot (and compact the log) once this many bytes of entries were applied
+    /// since the last one, whichever of this and --snapshot-entries comes first.
+    #[arg(long, env = "KV_SNAPSHOT_BYTES", default_value_t = 64 << 20)]
+    pub snapshot_bytes: u64,
+
     /// Entries kept in the log below a snapshot, so that a follower a little behind catches
     /// up from the log instead of a whole snapshot.
     #[arg(long, env = "KV_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5_000)]
@@ -262,6 +267,9 @@ impl Flags {
         if self.snapshot_entries == 0 {
             return Err(flag_error("snapshot-entries", "must be at least 1"));
         }
+        if self.snapshot_bytes == 0 {
+            return Err(flag_error("snapshot-bytes", "must be at least 1"));
+        }
         if self.value_bytes_max == 0 || self.value_bytes_max > kv_fsm::snapshot::VALUE_BYTES_MAX {
             return Err(flag_error(
                 "value-bytes-max",
@@ -340,6 +348,8 @@ mod tests {
             (&["--tick-ms=0"], "--tick-ms"),
             (&["--election-ticks=1"], "--election-ticks"),
             (&["--value-bytes-max=0"], "--value-bytes-max"),
+            (&["--snapshot-entries=0"], "--snapshot-entries"),
+            (&["--snapshot-bytes=0"], "--snapshot-bytes"),
             (&["--initial-cluster-state=existing"], "needs every id given"),
         ];
         for (extra, needle) in cases {

@@ -98,6 +98,7 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
         tick: settings.tick(),
         election_ticks: flags.election_ticks,
         snapshot_entries: flags.snapshot_entries,
+        snapshot_bytes: flags.snapshot_bytes,
         snapshot_catchup_entries: flags.snapshot_catchup_entries,
         request_timeout: settings.request_timeout(),
         me: kv_fsm::Member {

@@ -107,6 +107,33 @@ async fn three_nodes_serve_writes_and_linearizable_reads_everywhere_and_survive_
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
+/// With few entries but large ones, the bytes threshold takes the snapshot and the log is
+/// compacted (--snapshot-entries=200 is never reached).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_taken_after_enough_bytes_whatever_the_entry_count() {
+    let mut cluster = Cluster::new(3);
+    cluster.extra_flags.push("--snapshot-bytes=20000".into());
+    for node in 0..3 {
+        cluster.spawn(node);
+    }
+    let leader = cluster.leader().await;
+    let value = "v".repeat(1000);
+    for i in 0..60 {
+        set(&cluster, leader, &format!("big/{i:02}"), &value).await;
+    }
+    let mut client = ClusterClient::new(cluster.channel(leader).await);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = client.status(StatusRequest {}).await.unwrap().into_inner();
+        if status.log_first_index > 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot after 60 KB in 60 entries: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cluster.log(leader).contains("snapshot at"));
+}
+
 /// Writes refused before any leader exists do not poison the node's session: once a quorum
 /// is up, the same node's writes go through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

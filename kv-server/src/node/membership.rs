@@ -119,8 +119,14 @@ impl Core {
                 Err(error) => tracing::warn!("member {id}: {error}"),
             }
         }
+        // A member is forgotten only once a committed configuration leaves it out too: a
+        // leader removing itself must still hear the acknowledgements of the entry that
+        // removes it, which followers append (and may apply the previous entry) before it
+        // commits.
         for id in self.transport.peers() {
-            if !self.raw.membership().contains(id) && id < newer_than_known {
+            let member = |m: &raft_core::Membership| m.contains(id);
+            let known = member(self.raw.membership()) || member(self.raw.committed_membership());
+            if !known && id < newer_than_known {
                 self.transport.remove_peer(id);
             }
         }

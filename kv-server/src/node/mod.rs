@@ -166,6 +166,8 @@ pub struct NodeConfig {
     pub election_ticks: u32,
     /// Take a snapshot after this many applied entries.
     pub snapshot_entries: u64,
+    /// Or after this many bytes of applied entries, whichever comes first.
+    pub snapshot_bytes: u64,
     /// Entries kept in the log below a snapshot, for followers a little behind.
     pub snapshot_catchup_entries: u64,
     /// How long a write or read may wait for its outcome.
@@ -283,6 +285,8 @@ struct Core {
     last_heard: Instant,
     /// Shared with the handles: set when the loop stops because this node was removed.
     removed: Arc<AtomicBool>,
+    /// Bytes of entries applied since the last snapshot was started or installed.
+    applied_bytes_since_snapshot: u64,
     /// The snapshot being written by its own thread, and when it started.
     snapshot_in_flight: Option<(SnapshotOutcome, Instant)>,
 }
@@ -341,6 +345,7 @@ pub fn start(
         disowned_by: BTreeMap::new(),
         last_heard: Instant::now(),
         removed,
+        applied_bytes_since_snapshot: 0,
         snapshot_in_flight: None,
         config,
     };
@@ -627,6 +632,7 @@ impl Core {
             if index <= self.state.applied() {
                 continue; // restored from a snapshot that covers it
             }
+            self.applied_bytes_since_snapshot += entry.size_bytes();
             match entry.kind {
                 EntryKind::Normal if !entry.data.is_empty() => {
                     self.apply_command(index, &entry.data)

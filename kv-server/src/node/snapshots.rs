@@ -49,6 +49,7 @@ impl Core {
         let _ = std::fs::remove_file(&path);
         tracing::info!(node = %self.config.id, "installed the leader's snapshot at {}/{}", meta.index, meta.term);
         self.state = state;
+        self.applied_bytes_since_snapshot = 0;
         self.connect_members();
         Ok(())
     }
@@ -63,7 +64,9 @@ impl Core {
         let applied = self.state.applied();
         // The log's snapshot, saved here or installed from a leader, is the last one.
         let last_snapshot = raft_core::LogStore::snapshot(self.raw.store()).index.0;
-        if applied < last_snapshot.saturating_add(self.config.snapshot_entries) {
+        let entries_due = applied >= last_snapshot.saturating_add(self.config.snapshot_entries);
+        let bytes_due = self.applied_bytes_since_snapshot >= self.config.snapshot_bytes;
+        if !entries_due && !bytes_due {
             return Ok(());
         }
         let membership = self.raw.membership_at(Index(applied));
@@ -82,6 +85,7 @@ impl Core {
             })
             .map_err(|e| format!("starting the snapshot thread: {e}"))?;
         self.snapshot_in_flight = Some((receiver, Instant::now()));
+        self.applied_bytes_since_snapshot = 0;
         Ok(())
     }
 

@@ -42,6 +42,8 @@ pub struct Cluster {
     pub children: Vec<Option<Child>>,
     /// The slots of the initial cluster (the first ones); later slots are spares for joins.
     initial: usize,
+    /// Flags given to every process besides the usual ones.
+    pub extra_flags: Vec<String>,
 }
 
 impl Cluster {
@@ -70,6 +72,7 @@ impl Cluster {
             client_ports: (0..slots).map(|_| free_port()).collect(),
             children: (0..slots).map(|_| None).collect(),
             initial: size,
+            extra_flags: Vec::new(),
         }
     }
 
@@ -110,6 +113,7 @@ impl Cluster {
             .arg("--tick-ms=50")
             .arg("--snapshot-entries=200")
             .arg("--snapshot-catchup-entries=20")
+            .args(&self.extra_flags)
             .arg("--request-timeout-ms=1000")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
