@@ -28,29 +28,57 @@ pub enum Workload {
     Mixed,
 }
 
-/// The benchmark's settings.
-#[derive(Clone, Debug)]
+/// The benchmark's settings: `kvctl bench`'s flags.
+#[derive(clap::Args, Clone, Debug)]
 pub struct BenchSettings {
     /// What to send.
+    #[arg(long, value_enum, default_value_t = Workload::Put)]
     pub workload: Workload,
-    /// Concurrent clients (requests in flight).
+    /// Requests in flight (one per client).
+    #[arg(long, default_value_t = 16)]
     pub clients: usize,
-    /// Connections shared by the clients.
+    /// Connections the clients share, spread over the endpoints.
+    #[arg(long, default_value_t = 4)]
     pub conns: usize,
     /// Bytes per key.
+    #[arg(long, default_value_t = 8)]
     pub key_size: usize,
     /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
     pub value_size: usize,
     /// Distinct keys.
+    #[arg(long, default_value_t = 100_000)]
     pub keyspace: u64,
-    /// Stop after this long...
-    pub duration: Option<Duration>,
-    /// ...or after this many requests.
+    /// Seconds to run (default 10 unless --count is given).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Requests to send.
+    #[arg(long, conflicts_with = "duration")]
     pub count: Option<u64>,
-    /// For `mixed`: the share of gets, in percent.
+    /// For --workload mixed: the share of reads, in percent.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub read_percent: u8,
-    /// Print JSON instead of text.
+    /// Print JSON instead of text (from the global --output).
+    #[arg(skip)]
     pub json: bool,
+}
+
+impl BenchSettings {
+    /// How long to run: `--duration`, or 10 s when neither it nor `--count` is given.
+    fn run_for(&self) -> Option<Duration> {
+        match (self.duration, self.count) {
+            (None, None) => Some(Duration::from_secs(10)),
+            (duration, _) => duration.map(Duration::from_secs),
+        }
+    }
+
+    /// Refuses settings that cannot run.
+    pub fn check(&self) -> Result<(), String> {
+        if self.clients == 0 || self.conns == 0 || self.keyspace == 0 {
+            return Err("--clients, --conns and --keyspace must be at least 1".to_string());
+        }
+        Ok(())
+    }
 }
 
 /// What the clients measured.
@@ -73,7 +101,7 @@ pub async fn run(connection: &Connection, settings: BenchSettings) -> Result<(),
     let done = Arc::new(AtomicU64::new(0));
     let value = Bytes::from(vec![b'v'; settings.value_size]);
     let started = Instant::now();
-    let deadline = settings.duration.map(|d| started + d);
+    let deadline = settings.run_for().map(|d| started + d);
     let limit = settings.count.unwrap_or(u64::MAX);
     let progress = progress_bar(&settings);
     let mut tasks = Vec::new();
@@ -118,7 +146,7 @@ fn histogram() -> Histogram<u64> {
 
 fn progress_bar(settings: &BenchSettings) -> indicatif::ProgressBar {
     let visible = !settings.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let length = match (settings.duration, settings.count) {
+    let length = match (settings.run_for(), settings.count) {
         (Some(duration), _) => duration.as_secs(),
         (None, Some(count)) => count,
         (None, None) => 0,

@@ -134,32 +134,7 @@ enum Cmd {
         clients: Vec<String>,
     },
     /// Measures throughput and latency: closed-loop clients, percentiles at the end.
-    Bench {
-        #[arg(long, value_enum, default_value_t = bench::Workload::Put)]
-        workload: bench::Workload,
-        /// Requests in flight (one per client).
-        #[arg(long, default_value_t = 16)]
-        clients: usize,
-        /// Connections the clients share, spread over the endpoints.
-        #[arg(long, default_value_t = 4)]
-        conns: usize,
-        #[arg(long, default_value_t = 8)]
-        key_size: usize,
-        #[arg(long, default_value_t = 100)]
-        value_size: usize,
-        /// Distinct keys.
-        #[arg(long, default_value_t = 100_000)]
-        keyspace: u64,
-        /// Seconds to run (default 10 unless --count is given).
-        #[arg(long)]
-        duration: Option<u64>,
-        /// Requests to send.
-        #[arg(long, conflicts_with = "duration")]
-        count: Option<u64>,
-        /// For --workload mixed: the share of reads, in percent.
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
-        read_percent: u8,
-    },
+    Bench(bench::BenchSettings),
     /// Runs a local three-node cluster with TLS until Ctrl-C.
     Dev {
         #[arg(long, default_value = ".kv-dev")]
@@ -452,37 +427,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             println!("{}", dir.join("ca.pem").display());
         }
-        Cmd::Bench {
-            workload,
-            clients,
-            conns,
-            key_size,
-            value_size,
-            keyspace,
-            duration,
-            count,
-            read_percent,
-        } => {
-            let duration = match (duration, count) {
-                (None, None) => Some(Duration::from_secs(10)),
-                (duration, _) => duration.map(Duration::from_secs),
-            };
-            let settings = bench::BenchSettings {
-                workload,
-                clients,
-                conns,
-                key_size,
-                value_size,
-                keyspace,
-                duration,
-                count,
-                read_percent,
-                json,
-            };
-            if clients == 0 || conns == 0 || keyspace == 0 {
-                let message = "--clients, --conns and --keyspace must be at least 1".to_string();
-                return Err(Failure(EXIT_USAGE, message));
-            }
+        Cmd::Bench(mut settings) => {
+            settings.json = json;
+            settings.check().map_err(|message| Failure(EXIT_USAGE, message))?;
             bench::run(&connection, settings).await.map_err(|e| Failure(EXIT_UNAVAILABLE, e))?;
         }
         Cmd::Dev { dir, nodes, base_port } => {
