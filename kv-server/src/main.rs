@@ -4,6 +4,11 @@ use clap::Parser;
 use kv_server::flags::Flags;
 use std::process::ExitCode;
 
+/// mimalloc: the servers allocate and free many small buffers per request (HTTP/2 frames,
+/// protobuf messages); it costs less per call than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     kv_server::init_logging();
     let settings = match Flags::parse().check() {
