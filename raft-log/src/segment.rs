@@ -8,6 +8,11 @@
 //! - any other damage (in a sealed segment, or followed by intact records) is a damaged
 //!   committed record: opening fails with the file, the offset and the reason, and nothing is
 //!   dropped silently.
+//!
+//! The newest segment may end in zeros: room reserved ahead of the appends (see
+//! [`Segment::append`]), so that an `fdatasync` does not also have to write the file's new
+//! size. Zeros are never a record (a zero header fails its checksum), so a tail of zeros
+//! after the last intact record is free space, not a torn write.
 
 use crate::record::{self, CorruptRecord, Decoded, RecordKind, ScanEnd};
 use crate::vfs::{Vfs, VfsFile};
@@ -63,8 +68,11 @@ pub struct OpenMode {
 pub struct Segment {
     path: PathBuf,
     file: Box<dyn VfsFile>,
-    /// Bytes of intact records. Invariant: the file holds exactly this many bytes.
+    /// Bytes of intact records.
     len: u64,
+    /// The file's size. Invariant: `len <= size`, and the bytes past `len` are zeros (room
+    /// reserved for appends). A sealed segment has none: its size is `len`.
+    size: u64,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SegmentError + '_ {
@@ -75,12 +83,13 @@ impl Segment {
     /// Creates an empty segment at `path` (the caller syncs the directory).
     pub fn create(vfs: &dyn Vfs, path: &Path) -> Result<Segment, SegmentError> {
         let file = vfs.create_new(path).map_err(io_error(path))?;
-        Ok(Segment { path: path.to_path_buf(), file, len: 0 })
+        Ok(Segment { path: path.to_path_buf(), file, len: 0, size: 0 })
     }
 
     /// Opens the segment at `path` and returns it with its intact records' bytes, applying
     /// the recovery rules (a torn tail cut from the last segment; other damage refused, or
-    /// cut with `mode.repair`). A cut is synced before this returns.
+    /// cut with `mode.repair`). A cut is synced before this returns. Zeros after the last
+    /// intact record of the last segment are kept as room for appends.
     pub fn open(
         vfs: &dyn Vfs,
         path: &Path,
@@ -95,14 +104,17 @@ impl Segment {
             }
             Err(error) => return Err(error),
         };
-        let torn_bytes = if repaired_from.is_some() { 0 } else { (bytes.len() - intact) as u64 };
+        let reserved = mode.last && repaired_from.is_none() && all_zero(&bytes[intact..]);
+        let torn_bytes =
+            if repaired_from.is_some() || reserved { 0 } else { (bytes.len() - intact) as u64 };
         let recovery = SegmentRecovery { torn_bytes, repaired_from };
-        if intact < bytes.len() {
+        let size = if reserved { bytes.len() } else { intact } as u64;
+        if intact < bytes.len() && !reserved {
             file.set_len(intact as u64).map_err(io_error(path))?;
             file.sync().map_err(io_error(path))?;
-            bytes.truncate(intact);
         }
-        let segment = Segment { path: path.to_path_buf(), file, len: intact as u64 };
+        bytes.truncate(intact);
+        let segment = Segment { path: path.to_path_buf(), file, len: intact as u64, size };
         Ok((segment, bytes, recovery))
     }
 
@@ -117,13 +129,31 @@ impl Segment {
         if file.size().map_err(io_error(path))? != len {
             return Ok(None);
         }
-        Ok(Some(Segment { path: path.to_path_buf(), file, len }))
+        Ok(Some(Segment { path: path.to_path_buf(), file, len, size: len }))
     }
 
-    /// Appends already-framed records (one `write`, no sync).
-    pub fn append(&mut self, records: &[u8]) -> Result<(), SegmentError> {
+    /// Appends already-framed records (one `write`, no sync). When they do not fit in the
+    /// room left, the file is first extended to leave `reserve` zero bytes after them: the
+    /// syncs of the appends that follow, until that room is used, then change no file size
+    /// (on ext4, an `fdatasync` that must also write the inode costs about a third more).
+    pub fn append(&mut self, records: &[u8], reserve: u64) -> Result<(), SegmentError> {
+        let end = self.len + records.len() as u64;
+        if end > self.size && reserve > 0 {
+            self.file.set_len(end + reserve).map_err(io_error(&self.path))?;
+            self.size = end + reserve;
+        }
         self.file.write_at(records, self.len).map_err(io_error(&self.path))?;
-        self.len += records.len() as u64;
+        self.len = end;
+        self.size = self.size.max(end);
+        Ok(())
+    }
+
+    /// Gives back the room reserved after the records, durably: a sealed segment's file
+    /// holds exactly its records (its index file records that length).
+    pub fn seal(&mut self) -> Result<(), SegmentError> {
+        if self.size > self.len {
+            self.truncate(self.len)?;
+        }
         Ok(())
     }
 
@@ -137,6 +167,7 @@ impl Segment {
         self.file.set_len(len).map_err(io_error(&self.path))?;
         self.file.sync().map_err(io_error(&self.path))?;
         self.len = len;
+        self.size = len;
         Ok(())
     }
 
@@ -148,6 +179,11 @@ impl Segment {
     /// Bytes of intact records.
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// The file's size: the records and the room reserved after them.
+    pub fn file_size(&self) -> u64 {
+        self.size
     }
 
     /// Whether the segment holds no record.
@@ -182,10 +218,17 @@ fn intact_len(path: &Path, bytes: &[u8], last: bool) -> Result<usize, SegmentErr
     }
 }
 
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&byte| byte == 0)
+}
+
 /// Whether an intact record starts anywhere after `offset`: then the damage at `offset` is
-/// not a torn tail but a damaged record in the middle.
+/// not a torn tail but a damaged record in the middle. A record's header holds a non-zero
+/// kind byte, so none starts in a tail of zeros (room reserved for appends), which is not
+/// searched.
 fn intact_record_after(bytes: &[u8], offset: usize) -> bool {
-    (offset + 1..bytes.len()).any(|at| {
+    let last_non_zero = bytes.iter().rposition(|&byte| byte != 0).unwrap_or(0);
+    (offset + 1..=last_non_zero).any(|at| {
         matches!(
             record::decode(&bytes[at..]),
             Ok(Decoded::Record { kind: RecordKind::Entry | RecordKind::HardState, .. })
@@ -219,7 +262,7 @@ mod tests {
         let path = dir.path().join("1.seg");
         let mut segment = Segment::create(&StdVfs, &path).unwrap();
         let bytes = records(&[b"a", b"bb", b"ccc"]);
-        segment.append(&bytes).unwrap();
+        segment.append(&bytes, 0).unwrap();
         segment.sync().unwrap();
         let (reopened, read, recovery) = Segment::open(&StdVfs, &path, LAST).unwrap();
         assert_eq!(
@@ -245,6 +288,70 @@ mod tests {
             assert_eq!(recovery.torn_bytes + segment.len(), cut as u64);
             assert_eq!(std::fs::metadata(&path).unwrap().len(), segment.len());
         }
+    }
+
+    /// Room reserved ahead of the appends reads back as free space, not as a torn write:
+    /// opening keeps it, appends go on in it, and sealing gives it back.
+    #[test]
+    fn room_reserved_after_the_records_is_kept_and_given_back_when_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.seg");
+        let mut segment = Segment::create(&StdVfs, &path).unwrap();
+        let first = records(&[b"a", b"bb"]);
+        segment.append(&first, 1000).unwrap();
+        segment.sync().unwrap();
+        let size = first.len() as u64 + 1000;
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+        let (mut reopened, read, recovery) = Segment::open(&StdVfs, &path, LAST).unwrap();
+        assert_eq!((read, recovery), (first.clone(), SegmentRecovery::default()));
+        assert_eq!((reopened.len(), reopened.file_size()), (first.len() as u64, size));
+        let second = records(&[b"ccc"]);
+        reopened.append(&second, 1000).unwrap();
+        reopened.sync().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size, "the append fit the room");
+        let (mut sealed, read, _) = Segment::open(&StdVfs, &path, LAST).unwrap();
+        assert_eq!(read, [first, second].concat());
+        sealed.seal().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), sealed.len());
+        assert!(Segment::open(&StdVfs, &path, SEALED).is_ok());
+    }
+
+    /// A crash inside reserved room leaves a partial record followed by zeros: the segment
+    /// opens at an intact prefix, and what follows it in the file is zeros only.
+    #[test]
+    fn a_cut_followed_by_reserved_zeros_opens_at_an_intact_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = records(&[b"first", b"second", &[9; 100], b"last"]);
+        let (all, _) = record::scan(&bytes);
+        for cut in 0..=bytes.len() {
+            let path = dir.path().join(format!("cut-{cut}.seg"));
+            write(&path, &[&bytes[..cut], &[0; 200][..]].concat());
+            let (segment, read, _) = Segment::open(&StdVfs, &path, LAST).unwrap();
+            let (kept, end) = record::scan(&read);
+            assert_eq!(end, ScanEnd::Clean, "cut at {cut}");
+            assert_eq!(kept, all[..kept.len()], "cut at {cut}");
+            let on_disk = std::fs::read(&path).unwrap();
+            assert_eq!(on_disk.len() as u64, segment.file_size(), "cut at {cut}");
+            assert!(all_zero(&on_disk[read.len()..]), "cut at {cut}: garbage kept");
+        }
+    }
+
+    /// A non-zero byte in the reserved room, with no intact record after it, is what a torn
+    /// write leaves: it is cut away and reported. In a sealed segment, zeros after the
+    /// records are damage: sealing gave the room back, so they cannot be there.
+    #[test]
+    fn garbage_in_the_reserved_room_is_a_torn_tail_and_zeros_in_a_sealed_segment_are_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = records(&[b"first", b"second"]);
+        let path = dir.path().join("garbage.seg");
+        let mut room = vec![0; 300];
+        room[150] = 7;
+        write(&path, &[&bytes[..], &room[..]].concat());
+        let (segment, read, recovery) = Segment::open(&StdVfs, &path, LAST).unwrap();
+        assert_eq!((read, segment.file_size()), (bytes.clone(), bytes.len() as u64));
+        assert_eq!(recovery.torn_bytes, 300);
+        write(&path, &[&bytes[..], &[0; 300][..]].concat());
+        assert!(Segment::open(&StdVfs, &path, SEALED).is_err());
     }
 
     /// A flipped bit is never ignored. In the last record of the last segment it cannot be

@@ -105,11 +105,21 @@ pub struct WalOptions {
     /// Scan sealed segments at open (checking every record) instead of trusting their index
     /// files. Without it, damage in a sealed segment is found when the entry is read.
     pub verify_sealed: bool,
+    /// The newest segment's file is extended this many bytes (zeros) ahead of its records
+    /// whenever an append does not fit, so that most syncs leave the file's size alone and
+    /// need not write it (0: the file grows with each append). The room is given back when
+    /// the segment is sealed.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for WalOptions {
     fn default() -> WalOptions {
-        WalOptions { segment_bytes_max: 64 << 20, repair: false, verify_sealed: false }
+        WalOptions {
+            segment_bytes_max: 64 << 20,
+            repair: false,
+            verify_sealed: false,
+            preallocate_bytes: 16 << 20,
+        }
     }
 }
 
@@ -416,7 +426,9 @@ impl Wal {
     /// Starts a new, empty segment for entries from `first`, sealing the current one (its
     /// index file is written) if there is one.
     fn roll(&mut self, first: Index) -> Result<(), WalError> {
-        if let Some(active) = self.segments.last() {
+        if let Some(active) = self.segments.last_mut() {
+            active.segment.seal()?;
+            let active = self.segments.last().expect("just sealed");
             self.write_index(active.first, active.segment.len(), &active.index.locations())?;
         }
         let path = segment_path(&self.dir, first);

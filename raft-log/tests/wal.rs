@@ -75,12 +75,56 @@ fn a_conflicting_suffix_is_replaced_durably() {
     }
 }
 
+/// The newest segment keeps room ahead of its records, so appends that fit leave the file's
+/// size alone (and an `fdatasync` need not write it); a sealed segment holds its records
+/// only; and a log reopened over the room goes on where it stopped.
+#[test]
+fn the_newest_segment_keeps_room_ahead_and_sealed_ones_hold_only_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let options =
+        WalOptions { segment_bytes_max: 2000, preallocate_bytes: 1000, ..small_segments() };
+    let mut wal = Wal::open(dir.path(), options.clone()).unwrap();
+    wal.write(Some(hard_state(1, 0)), &[entry(1, 1)]).unwrap();
+    let size = |path: &Path| std::fs::metadata(path).unwrap().len();
+    let newest = segment_files(dir.path()).pop().unwrap();
+    let reserved = size(&newest);
+    assert!(reserved > 1000, "no room was reserved: {reserved} bytes");
+    for index in 2..=10 {
+        wal.write(None, &[entry(1, index)]).unwrap();
+    }
+    assert_eq!(size(&newest), reserved, "appends that fit changed the file's size");
+    drop(wal);
+    let mut wal = Wal::open(dir.path(), options.clone()).unwrap();
+    assert_eq!(wal.recovery_report().torn_bytes, 0);
+    assert_eq!(wal.last_index(), Index(10));
+    let mut index = 11;
+    while segment_files(dir.path()).len() < 3 {
+        wal.write(None, &[entry(1, index)]).unwrap();
+        index += 1;
+        // A segment rolls once its records pass the maximum size; room is not reserved
+        // past it.
+        let newest = std::fs::read(segment_files(dir.path()).pop().unwrap()).unwrap();
+        let room_past_the_maximum = newest.len() > 2000 && newest.last() == Some(&0);
+        assert!(!room_past_the_maximum, "{} bytes with room at the end", newest.len());
+    }
+    let files = segment_files(dir.path());
+    for sealed in &files[..files.len() - 1] {
+        let bytes = std::fs::read(sealed).unwrap();
+        assert_ne!(bytes.last(), Some(&0), "{}: room left in a sealed segment", sealed.display());
+    }
+    drop(wal);
+    let wal = Wal::open(dir.path(), options).unwrap();
+    assert_eq!(wal.recovery_report().segments_indexed, 2);
+    assert_eq!(all_entries(&wal), (1..index).map(|i| entry(1, i)).collect::<Vec<_>>());
+}
+
 /// A crash may cut the newest segment at any byte: the log always reopens, holding a prefix
 /// of what was written and a hard state that was written, and accepts new writes after it.
 #[test]
 fn a_crash_at_every_byte_of_the_last_segment_reopens_at_a_prefix() {
     let dir = tempfile::tempdir().unwrap();
-    let options = WalOptions { segment_bytes_max: u64::MAX, ..WalOptions::default() };
+    let options =
+        WalOptions { segment_bytes_max: u64::MAX, preallocate_bytes: 256, ..WalOptions::default() };
     let mut wal = Wal::open(dir.path(), options.clone()).unwrap();
     // Entry i is of term i, written with hard state term i, commit i: a node never holds an
     // entry of a term beyond its durable term, whatever byte the crash cuts at.
@@ -91,8 +135,17 @@ fn a_crash_at_every_byte_of_the_last_segment_reopens_at_a_prefix() {
     drop(wal);
     let segment = segment_files(dir.path()).pop().unwrap();
     let bytes = std::fs::read(&segment).unwrap();
-    for cut in 0..=bytes.len() {
-        std::fs::write(&segment, &bytes[..cut]).unwrap();
+    // A crash either cuts the file (its size was not yet durable) or leaves zeros where the
+    // writes did not reach the disk (in room reserved ahead of them).
+    let images = (0..=bytes.len()).flat_map(|cut| {
+        let zeros = vec![0; bytes.len() - cut];
+        [
+            (format!("{cut}"), bytes[..cut].to_vec()),
+            (format!("{cut}, then {} zeros", zeros.len()), [&bytes[..cut], &zeros[..]].concat()),
+        ]
+    });
+    for (cut, image) in images {
+        std::fs::write(&segment, &image).unwrap();
         let mut wal = Wal::open(dir.path(), options.clone()).unwrap();
         let kept = all_entries(&wal);
         assert_eq!(kept, written[..kept.len()], "cut at {cut}");

@@ -153,7 +153,11 @@ impl Wal {
 
     fn append_synced(&mut self, buf: &[u8]) -> Result<(), WalError> {
         let active = &mut self.segments.last_mut().expect("a log always has a segment").segment;
-        active.append(buf)?;
+        // No more room than the segment can still use before it rolls.
+        let end = active.len() + buf.len() as u64;
+        let reserve =
+            self.options.preallocate_bytes.min(self.options.segment_bytes_max.saturating_sub(end));
+        active.append(buf, reserve)?;
         Ok(active.sync()?)
     }
 
