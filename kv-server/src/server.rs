@@ -170,8 +170,8 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
     }
 }
 
-/// Waits for SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Waits for SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let term = async {

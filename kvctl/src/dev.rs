@@ -1,6 +1,6 @@
 //! `kvctl dev`: a three-node cluster on loopback, as three separate processes (this same
 //! binary, running `kvctl node`), with certificates made on the spot: mutual TLS between
-//! peers and for clients. Ctrl-C stops every node with SIGTERM (each hands over leadership
+//! peers and for clients. Ctrl-C (or SIGTERM) stops every node with SIGTERM (each hands over leadership
 //! if it leads, and exits once its log is flushed).
 
 use crate::certs;
@@ -14,7 +14,7 @@ fn ports(base: u16, i: u16) -> (u16, u16) {
     (base + i, base + 10 + i)
 }
 
-/// Runs the cluster until Ctrl-C.
+/// Runs the cluster until Ctrl-C or SIGTERM, or until a node exits.
 pub async fn run(dir: &Path, nodes: u16, base_port: u16) -> Result<(), String> {
     let certs_dir = dir.join("certs");
     let ca = certs::ca(&certs_dir).map_err(|e| e.to_string())?;
@@ -33,7 +33,7 @@ pub async fn run(dir: &Path, nodes: u16, base_port: u16) -> Result<(), String> {
     }
     print_help(dir, &certs_dir, nodes, base_port);
     let stopped = tokio::select! {
-        _ = tokio::signal::ctrl_c() => None,
+        () = kv_server::server::shutdown_signal() => None,
         exited = first_exit(&mut children) => Some(exited),
     };
     if let Some((i, status)) = stopped {

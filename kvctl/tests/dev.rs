@@ -85,6 +85,20 @@ impl Dev {
     }
 }
 
+impl Dev {
+    /// Sends `signal` to `kvctl dev` and checks that it exits and that no node serves after.
+    fn stop_with(&mut self, signal: &str) {
+        Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "kvctl dev did not stop on {signal}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let down_after = self.kvctl(&["get", "greeting"]);
+        assert_eq!(down_after.status.code(), Some(4), "a node still serves after {signal}");
+    }
+}
+
 impl Drop for Dev {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -175,14 +189,17 @@ fn the_dev_cluster_serves_every_command_and_stops_on_ctrl_c() {
     );
     assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     // Ctrl-C (SIGINT to kvctl dev): every node stops, and dev exits.
-    Command::new("kill").args(["-INT", &dev.child.id().to_string()]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while dev.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "kvctl dev did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let down_after = dev.kvctl(&["get", "greeting"]);
-    assert_eq!(down_after.status.code(), Some(4), "every node is down");
+    dev.stop_with("-INT");
+}
+
+/// SIGTERM (what a supervisor or `timeout` sends) stops the nodes as Ctrl-C does, instead of
+/// killing `kvctl dev` alone and leaving its nodes running.
+#[test]
+fn sigterm_stops_the_dev_cluster_too() {
+    let mut dev = Dev::start();
+    wait_for(&dev.certs().join("client-root-key.pem"));
+    dev.set_eventually("greeting", "hello");
+    dev.stop_with("-TERM");
 }
 
 #[test]
