@@ -6,6 +6,10 @@
 //!   two groups run the same benchmark; `append` reports entries/s and `append_bytes` MB/s of
 //!   entry data (criterion 0.5 reports one throughput per benchmark). On disk an entry takes
 //!   30 bytes more than its data (13 bytes of record header, 17 of entry header).
+//! - `append_growing/<n>`: as `append/<n>` for 1 and 16 entries, with no room reserved ahead
+//!   of the appends (`WalOptions::preallocate_bytes` 0): each batch grows the file, so each
+//!   `fdatasync` also writes the file's new size. The difference with `append/<n>` is what
+//!   preallocation saves.
 //! - `bare_fdatasync/100_bytes`: a plain file, 100 bytes appended and `sync_data` per
 //!   iteration: the physical limit of `append/1`.
 //! - `open_1gib/<mode>/<size>`: [`Wal::open`] of a log of 4 KiB entries in 64 MiB segments,
@@ -108,6 +112,7 @@ fn fill(wal: &mut Wal, count: u64, batch: u64, data: &Bytes) {
 struct AppendLog {
     // Declared before `_dir`, so it is closed before the directory is deleted.
     wal: Wal,
+    options: WalOptions,
     /// Held for its `Drop`, which deletes the directory with the log.
     _dir: TempDir,
     /// Entry data written to this log.
@@ -115,30 +120,37 @@ struct AppendLog {
 }
 
 impl AppendLog {
-    fn new() -> AppendLog {
+    fn new(options: WalOptions) -> AppendLog {
         let dir = bench_dir();
-        let wal = Wal::open(dir.path(), WalOptions::default()).expect("a new log");
-        AppendLog { wal, _dir: dir, data_bytes: 0 }
+        let wal = Wal::open(dir.path(), options.clone()).expect("a new log");
+        AppendLog { wal, options, _dir: dir, data_bytes: 0 }
     }
 
     /// The next `count` entries to append, after starting a new log if this one is full.
     fn next_batch(&mut self, count: u64, data: &Bytes) -> Vec<Entry> {
         if self.data_bytes >= APPEND_LOG_BYTES_MAX {
-            *self = AppendLog::new();
+            *self = AppendLog::new(self.options.clone());
         }
         self.data_bytes += count * data.len() as u64;
         entries(self.wal.last_index().next(), count, data)
     }
 }
 
-/// One append benchmark per batch size, in group `name`, with `throughput` for a batch.
-fn append_batches(c: &mut Criterion, name: &str, throughput: fn(u64) -> Throughput) {
+/// One append benchmark per batch size of `batches`, in group `name`, with `throughput`
+/// for a batch, to logs opened with `options`.
+fn append_batches(
+    c: &mut Criterion,
+    name: &str,
+    batches: &[u64],
+    options: &WalOptions,
+    throughput: fn(u64) -> Throughput,
+) {
     let data = Bytes::from(vec![0x5a; DATA_BYTES]);
     let mut group = c.benchmark_group(name);
-    for batch in APPEND_BATCHES {
+    for &batch in batches {
         group.throughput(throughput(batch));
         group.bench_function(BenchmarkId::from_parameter(batch), |b| {
-            let mut log = AppendLog::new();
+            let mut log = AppendLog::new(options.clone());
             b.iter_custom(|iters| {
                 let mut timed = Duration::ZERO;
                 for _ in 0..iters {
@@ -155,8 +167,13 @@ fn append_batches(c: &mut Criterion, name: &str, throughput: fn(u64) -> Throughp
 }
 
 fn append(c: &mut Criterion) {
-    append_batches(c, "append", Throughput::Elements);
-    append_batches(c, "append_bytes", |batch| Throughput::BytesDecimal(batch * DATA_BYTES as u64));
+    let options = WalOptions::default();
+    append_batches(c, "append", &APPEND_BATCHES, &options, Throughput::Elements);
+    append_batches(c, "append_bytes", &APPEND_BATCHES, &options, |batch| {
+        Throughput::BytesDecimal(batch * DATA_BYTES as u64)
+    });
+    let growing = WalOptions { preallocate_bytes: 0, ..WalOptions::default() };
+    append_batches(c, "append_growing", &[1, 16], &growing, Throughput::Elements);
 }
 
 /// 100 bytes appended to a plain file and `sync_data` per iteration.
