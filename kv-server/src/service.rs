@@ -7,7 +7,7 @@ use kv_fsm::WriteResult;
 use kv_proto::kv::cluster_server::Cluster;
 use kv_proto::kv::command::Op;
 use kv_proto::kv::kv_server::Kv;
-use kv_proto::kv::{self as api, ReadConsistency};
+use kv_proto::kv::{self as api, ReadConsistency, WriteSession};
 use raft_core::{ConfChange, NodeId, Role};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -69,12 +69,39 @@ impl Service {
         Ok(())
     }
 
+    /// Checks a client's write session: a client id and a sequence from 1, and no claim to
+    /// hold the answer of this very write.
+    fn check_session(session: Option<&WriteSession>) -> Result<(), Status> {
+        let Some(session) = session else { return Ok(()) };
+        if session.client_id == 0 {
+            return Err(Status::invalid_argument("the session's client_id must not be 0"));
+        }
+        if session.sequence == 0 {
+            return Err(Status::invalid_argument("the session's sequence starts at 1, not 0"));
+        }
+        if session.acked_below > session.sequence {
+            return Err(Status::invalid_argument(format!(
+                "the session's acked_below ({}) is past its sequence ({})",
+                session.acked_below, session.sequence
+            )));
+        }
+        Ok(())
+    }
+
     async fn write(&self, op: Op) -> Result<WriteResult, Status> {
-        self.node.write(op).await.map_err(|error| match error {
+        self.write_in(op, None).await
+    }
+
+    /// Replicates `op`, under the client's session if it sent one.
+    async fn write_in(&self, op: Op, session: Option<WriteSession>) -> Result<WriteResult, Status> {
+        Service::check_session(session.as_ref())?;
+        self.node.write(op, session).await.map_err(|error| match error {
             WriteError::NoLeader | WriteError::Stopped | WriteError::Busy(_) => {
                 Status::unavailable(error.to_string())
             }
             WriteError::Timeout => Status::deadline_exceeded(error.to_string()),
+            WriteError::Forgotten { .. } => Status::failed_precondition(error.to_string()),
+            WriteError::Superseded => Status::aborted(error.to_string()),
         })
     }
 
@@ -332,7 +359,7 @@ impl Kv for Service {
         Service::check_key(&request.key)?;
         self.check_value(&request.value)?;
         let op = Op::Put(api::Put { key: request.key, value: request.value });
-        match self.write(op).await? {
+        match self.write_in(op, request.session).await? {
             WriteResult::Put { revision } => Ok(Response::new(api::SetResponse { revision })),
             other => Err(Status::internal(format!("a put answered {other:?}"))),
         }
@@ -344,7 +371,8 @@ impl Kv for Service {
     ) -> Result<Response<api::DeleteResponse>, Status> {
         let request = request.into_inner();
         Service::check_key(&request.key)?;
-        match self.write(Op::Delete(api::Delete { key: request.key })).await? {
+        let op = Op::Delete(api::Delete { key: request.key });
+        match self.write_in(op, request.session).await? {
             WriteResult::Delete { deleted, revision } => {
                 Ok(Response::new(api::DeleteResponse { deleted, revision }))
             }
@@ -364,7 +392,7 @@ impl Kv for Service {
             expected: request.expected,
             value: request.value,
         });
-        match self.write(op).await? {
+        match self.write_in(op, request.session).await? {
             WriteResult::CompareAndSet { succeeded, current, revision } => {
                 Ok(Response::new(api::CompareAndSetResponse { succeeded, current, revision }))
             }

@@ -7,7 +7,8 @@ mod common;
 use common::*;
 use kv_proto::kv::cluster_client::ClusterClient;
 use kv_proto::kv::{
-    CompareAndSetRequest, ListRequest, MemberListRequest, SetRequest, StatusRequest,
+    CompareAndSetRequest, DeleteRequest, ListRequest, MemberListRequest, SetRequest, StatusRequest,
+    WriteSession,
 };
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ async fn three_nodes_serve_writes_and_linearizable_reads_everywhere_and_survive_
         key: "cas".into(),
         expected: expected.map(|e| e.to_string().into()),
         value: value.to_string().into(),
+        session: None,
     };
     assert!(client.compare_and_set(cas(None, "a")).await.unwrap().into_inner().succeeded);
     let refused = client.compare_and_set(cas(Some("b"), "c")).await.unwrap().into_inner();
@@ -142,7 +144,8 @@ async fn writes_before_a_quorum_exists_fail_cleanly_and_later_ones_succeed() {
     cluster.spawn(0);
     let mut client = cluster.kv(0).await;
     for attempt in 0..3 {
-        let request = SetRequest { key: "early".into(), value: format!("{attempt}").into() };
+        let request =
+            SetRequest { key: "early".into(), value: format!("{attempt}").into(), session: None };
         let status = client.set(request).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable, "no leader: {status}");
     }
@@ -151,11 +154,68 @@ async fn writes_before_a_quorum_exists_fail_cleanly_and_later_ones_succeed() {
     cluster.leader().await;
     // The first write after that succeeds at once: no "outcome unknown" from a session the
     // state machine never saw opened.
-    let request = SetRequest { key: "late".into(), value: "ok".into() };
+    let request = SetRequest { key: "late".into(), value: "ok".into(), session: None };
     let written = cluster.kv(0).await.set(request).await;
     assert!(written.is_ok(), "{written:?}");
     assert_eq!(get(&cluster, 0, "late").await.as_deref(), Some("ok"));
     assert_eq!(get(&cluster, 0, "early").await, None, "no refused write was applied");
+}
+
+/// Thesis §6.3, end to end: a write sent with the client's session applies once however
+/// often, and through whichever node, it is sent again, and every copy gets the first copy's
+/// result; once the client says it holds that result, a copy is refused, not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_sent_again_in_its_session_applies_once_through_any_node() {
+    let cluster = Cluster::start(3);
+    set(&cluster, 0, "warm-up", "a leader is known").await;
+    let session = |sequence, acked_below| {
+        Some(WriteSession { client_id: 42, sequence, acked_below, opening: sequence == 1 })
+    };
+    let put = |value: &str, session| SetRequest {
+        key: "k".into(),
+        value: value.to_string().into(),
+        session,
+    };
+    // A set, then another client's set, then the first set again through another node: it
+    // is answered with its first revision and does not overwrite the later value.
+    let first = cluster.kv(0).await.set(put("first", session(1, 1))).await.unwrap();
+    let other = cluster.kv(1).await.set(put("other", None)).await.unwrap();
+    let again = cluster.kv(2).await.set(put("first", session(1, 1))).await.unwrap();
+    assert_eq!(again.get_ref().revision, first.get_ref().revision);
+    assert!(other.get_ref().revision > first.get_ref().revision);
+    assert_eq!(get(&cluster, 2, "k").await.as_deref(), Some("other"), "applied twice");
+    // A compare-and-set sent twice: the copy reports the success of the first, where a
+    // second application would have failed (the key is no longer absent).
+    let cas = CompareAndSetRequest {
+        key: "c".into(),
+        expected: None,
+        value: "x".into(),
+        session: session(2, 2),
+    };
+    let first = cluster.kv(1).await.compare_and_set(cas.clone()).await.unwrap().into_inner();
+    let again = cluster.kv(0).await.compare_and_set(cas).await.unwrap().into_inner();
+    assert!(first.succeeded);
+    assert_eq!(again, first);
+    // A delete sent twice: the copy reports the key deleted, at the first revision.
+    let delete = DeleteRequest { key: "c".into(), session: session(3, 3) };
+    let first = cluster.kv(2).await.delete(delete.clone()).await.unwrap().into_inner();
+    let again = cluster.kv(1).await.delete(delete).await.unwrap().into_inner();
+    assert!(first.deleted);
+    assert_eq!(again, first);
+    // Write 1 was acknowledged (acked_below 2 and 3 since): a copy of it is refused.
+    let forgotten = cluster.kv(0).await.set(put("first", session(1, 1))).await.unwrap_err();
+    assert_eq!(forgotten.code(), tonic::Code::FailedPrecondition, "{forgotten}");
+    assert_eq!(get(&cluster, 0, "k").await.as_deref(), Some("other"));
+    // A session that makes no sense is bad input.
+    let bad_sessions = [
+        WriteSession { client_id: 0, sequence: 1, acked_below: 1, opening: true },
+        WriteSession { client_id: 7, sequence: 0, acked_below: 0, opening: true },
+        WriteSession { client_id: 7, sequence: 2, acked_below: 3, opening: false },
+    ];
+    for bad in bad_sessions {
+        let refused = cluster.kv(0).await.set(put("bad", Some(bad))).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    }
 }
 
 #[test]

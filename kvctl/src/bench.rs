@@ -193,7 +193,10 @@ async fn run_client(
                 let request = GetRequest { key, consistency: consistency.into() };
                 client.get(request).await.map(|_| ())
             }
-            None => client.set(SetRequest { key, value: value.clone() }).await.map(|_| ()),
+            None => {
+                let request = SetRequest { key, value: value.clone(), session: None };
+                client.set(request).await.map(|_| ())
+            }
         };
         match result {
             Ok(()) => {

@@ -149,3 +149,15 @@ impl Connection {
         ClusterClient::new(channel)
     }
 }
+
+/// The session of a one-off write (kvctl makes one per run): a random client id and
+/// sequence 1. Sent again to the next endpoint after a failure, the write still applies at
+/// most once, and the answer is the first copy's result.
+pub fn one_write_session() -> kv_proto::kv::WriteSession {
+    kv_proto::kv::WriteSession {
+        client_id: fastrand::u64(1..),
+        sequence: 1,
+        acked_below: 1,
+        opening: true,
+    }
+}

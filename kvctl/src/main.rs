@@ -12,7 +12,7 @@ mod dev;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use client::{CallError, Connection};
+use client::{one_write_session, CallError, Connection};
 use kv_proto::kv::{self as api, ReadConsistency};
 use serde_json::json;
 use std::path::PathBuf;
@@ -264,14 +264,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Cmd::Set { key, value } => {
-            let request = api::SetRequest { key: key.into(), value: value.into() };
+            let session = Some(one_write_session());
+            let request = api::SetRequest { key: key.into(), value: value.into(), session };
             let response = connection
                 .send(request, |c, r| async move { Connection::kv(c).set(r).await })
                 .await?;
             print_revision(json, response.revision);
         }
         Cmd::Delete { key } => {
-            let request = api::DeleteRequest { key: key.into() };
+            let request =
+                api::DeleteRequest { key: key.into(), session: Some(one_write_session()) };
             let response = connection
                 .send(request, |c, r| async move { Connection::kv(c).delete(r).await })
                 .await?;
@@ -321,8 +323,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Cas { key, expected, value, absent } => {
             let expected = if absent { None } else { expected.map(Bytes::from) };
-            let request =
-                api::CompareAndSetRequest { key: key.into(), expected, value: value.into() };
+            let request = api::CompareAndSetRequest {
+                key: key.into(),
+                expected,
+                value: value.into(),
+                session: Some(one_write_session()),
+            };
             let response = connection
                 .send(request, |c, r| async move { Connection::kv(c).compare_and_set(r).await })
                 .await?;

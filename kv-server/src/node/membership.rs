@@ -65,7 +65,7 @@ impl Core {
         });
         let (reply, _) = oneshot::channel();
         self.registering = Some(self.next_sequence);
-        self.start_write(op, reply);
+        self.start_write(op, None, reply);
     }
 
     /// On the leader: proposes to promote each learner whose row asks for it once it has

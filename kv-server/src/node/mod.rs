@@ -10,11 +10,14 @@
 //! number (kv-fsm sessions, thesis §6.3). It is answered when an entry with that session and
 //! sequence is applied, on whichever node proposed or forwarded it; until its deadline it is
 //! proposed again every [`RETRY_INTERVAL`], and the session makes sure it applies once.
+//! A write that comes with the client's own session ([`ClientSession`]) is proposed under
+//! that session instead, so that the client's own retries, to this node or any other, apply
+//! once too.
 
 use crate::incoming::Incoming;
 use bytes::Bytes;
 use kv_fsm::{ApplyError, KvState, WriteResult};
-use kv_proto::kv::{command::Op, Command};
+use kv_proto::kv::{command::Op, Command, WriteSession as ClientSession};
 use prost::Message as _;
 use raft_core::{
     ConfChange, ConfChangeError, Config, Entry, EntryKind, Index, InitialState, Message,
@@ -61,6 +64,22 @@ pub enum WriteError {
     /// The node is stopping or stopped.
     #[error("the node is stopping")]
     Stopped,
+    /// A retry of a write in a client's session whose result is no longer known (the client
+    /// acknowledged it, or the session expired): it may or may not have been applied.
+    #[error(
+        "session {client_id}: the result of write {sequence} is no longer known \
+         (acknowledged, or the session expired); it may have been applied"
+    )]
+    Forgotten {
+        /// The client's session.
+        client_id: u64,
+        /// The write.
+        sequence: u64,
+    },
+    /// The same write of a client's session arrived again at this node while this copy
+    /// waited: the newer copy is answered instead.
+    #[error("superseded by a newer copy of the same write (same session and sequence)")]
+    Superseded,
 }
 
 /// Why a read was not served.
@@ -143,7 +162,7 @@ type Reply<T> = oneshot::Sender<T>;
 
 /// What the loop takes.
 pub(crate) enum Input {
-    Write { op: Op, reply: Reply<Result<WriteResult, WriteError>> },
+    Write { op: Op, session: Option<ClientSession>, reply: Reply<Result<WriteResult, WriteError>> },
     Read { linearizable: bool, reply: Reply<Result<KvState, ReadError>> },
     Status { reply: Reply<NodeStatus> },
     Transfer { to: Option<NodeId>, reply: Reply<Result<NodeId, String>> },
@@ -194,9 +213,17 @@ impl NodeHandle {
         tokio::time::timeout(self.request_timeout + Duration::from_secs(2), answer).await.ok()?.ok()
     }
 
-    /// Replicates `op` and returns its result once applied.
-    pub async fn write(&self, op: Op) -> Result<WriteResult, WriteError> {
-        self.ask(|reply| Input::Write { op, reply }).await.unwrap_or(Err(WriteError::Stopped))
+    /// Replicates `op` and returns its result once applied. With the client's `session`,
+    /// every copy of the write (same client and sequence, sent to any node) applies once and
+    /// gets the first copy's result.
+    pub async fn write(
+        &self,
+        op: Op,
+        session: Option<ClientSession>,
+    ) -> Result<WriteResult, WriteError> {
+        self.ask(|reply| Input::Write { op, session, reply })
+            .await
+            .unwrap_or(Err(WriteError::Stopped))
     }
 
     /// The state, at least as new as every write completed anywhere before the call when
@@ -254,6 +281,8 @@ struct PendingWrite {
     /// The term and leader when it was last appended or forwarded: proposing again makes
     /// sense only once they changed (the proposal may have been lost with the old leader).
     sent_under: (u64, Option<NodeId>),
+    /// The client's session and sequence, for a write proposed under the client's session.
+    client: Option<(u64, u64)>,
 }
 
 /// Everything the loop owns.
@@ -268,7 +297,12 @@ struct Core {
     next_sequence: u64,
     /// A write of the session was seen applied: the session exists in the state machine.
     session_open: bool,
+    /// The writes waiting to be applied, by the sequence they took in this node's session
+    /// (those proposed under a client's session take one too, unused in the log).
     writes: BTreeMap<u64, PendingWrite>,
+    /// Of those proposed under a client's session: `(client_id, sequence)` to the key in
+    /// `writes`. Invariant: exactly the writes whose `client` is set, each once.
+    client_writes: HashMap<(u64, u64), u64>,
     next_read: u64,
     /// The linearizable reads of this turn, asked of the engine together at its end.
     reads_arrived: Option<PendingRead>,
@@ -334,6 +368,7 @@ pub fn start(
         next_sequence: 1,
         session_open: false,
         writes: BTreeMap::new(),
+        client_writes: HashMap::new(),
         // Random, so that a leader's answer to a read of an earlier run of this node (same
         // term, reconnected) never matches a read of this one.
         next_read: fastrand::u64(1..u64::MAX / 2),
@@ -425,7 +460,7 @@ impl Core {
     /// Handles one input; returns the reply of a stop request.
     fn handle(&mut self, input: Input) -> Option<Reply<()>> {
         match input {
-            Input::Write { op, reply } => self.start_write(op, reply),
+            Input::Write { op, session, reply } => self.start_write(op, session, reply),
             Input::Read { linearizable, reply } => self.start_read(linearizable, reply),
             Input::Status { reply } => {
                 let _ = reply.send(self.status());
@@ -449,17 +484,37 @@ impl Core {
         None
     }
 
-    fn start_write(&mut self, op: Op, reply: Reply<Result<WriteResult, WriteError>>) {
+    fn start_write(
+        &mut self,
+        op: Op,
+        session: Option<ClientSession>,
+        reply: Reply<Result<WriteResult, WriteError>>,
+    ) {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        let acked_below = self.writes.keys().next().copied().unwrap_or(sequence);
-        let command = Command {
-            client_id: self.session,
-            sequence,
-            acked_below,
-            op: Some(op),
-            open_session: !self.session_open,
+        let command = match &session {
+            Some(client) => Command {
+                client_id: client.client_id,
+                sequence: client.sequence,
+                acked_below: client.acked_below,
+                op: Some(op),
+                open_session: client.opening,
+            },
+            None => Command {
+                client_id: self.session,
+                sequence,
+                acked_below: self.writes.keys().next().copied().unwrap_or(sequence),
+                op: Some(op),
+                open_session: !self.session_open,
+            },
         };
+        let client = session.map(|client| (client.client_id, client.sequence));
+        if let Some(key) = client {
+            if let Some(older) = self.client_writes.insert(key, sequence) {
+                let older = self.writes.remove(&older).expect("client_writes names a write");
+                let _ = older.reply.send(Err(WriteError::Superseded));
+            }
+        }
         let now = Instant::now();
         let pending = PendingWrite {
             data: command.encode_to_vec().into(),
@@ -468,6 +523,7 @@ impl Core {
             next_try: now,
             sent: false,
             sent_under: (0, None),
+            client,
         };
         self.writes.insert(sequence, pending);
         self.propose(sequence, now);
@@ -489,7 +545,7 @@ impl Core {
             Err(ProposeError::NotLeader { .. } | ProposeError::TransferInProgress { .. }) => {}
             Err(error @ ProposeError::UncommittedFull { .. }) => {
                 if !pending.sent {
-                    let pending = self.writes.remove(&sequence).expect("just found");
+                    let pending = self.take_write(sequence).expect("just found");
                     let _ = pending.reply.send(Err(WriteError::Busy(error.to_string())));
                 }
             }
@@ -546,6 +602,15 @@ impl Core {
         }
     }
 
+    /// Removes pending write `sequence` (a key of `writes`), with its client session entry.
+    fn take_write(&mut self, sequence: u64) -> Option<PendingWrite> {
+        let pending = self.writes.remove(&sequence)?;
+        if let Some(key) = pending.client {
+            self.client_writes.remove(&key);
+        }
+        Some(pending)
+    }
+
     /// Proposes again the writes due for it; answers those past their deadline.
     fn retry_and_expire(&mut self, now: Instant) {
         let due: Vec<u64> =
@@ -553,7 +618,7 @@ impl Core {
         for sequence in due {
             let pending = &self.writes[&sequence];
             if pending.deadline <= now {
-                let pending = self.writes.remove(&sequence).expect("just found");
+                let pending = self.take_write(sequence).expect("just found");
                 let error = if pending.sent { WriteError::Timeout } else { WriteError::NoLeader };
                 let _ = pending.reply.send(Err(error));
             } else {
@@ -660,20 +725,32 @@ impl Core {
             self.connect_members();
         }
         if client_id != self.session {
+            if let Some(&ours) = self.client_writes.get(&(client_id, sequence)) {
+                let pending = self.take_write(ours).expect("client_writes names a write");
+                let _ = pending.reply.send(result.map_err(|error| match error {
+                    ApplyError::SessionExpired { .. } => {
+                        WriteError::Forgotten { client_id, sequence }
+                    }
+                    ApplyError::Undecodable { .. } => WriteError::Timeout,
+                }));
+            }
             return;
         }
         if result.is_ok() {
             self.session_open = true;
         }
-        if let Some(pending) = self.writes.remove(&sequence) {
+        // A write of this node's session (a client-session write never takes this sequence).
+        let ours = self.writes.get(&sequence).is_some_and(|pending| pending.client.is_none());
+        if let Some(pending) = ours.then(|| self.writes.remove(&sequence)).flatten() {
             let answer = match result {
                 Ok(result) => Ok(result),
                 Err(ApplyError::SessionExpired { .. } | ApplyError::Undecodable { .. }) => {
                     // The session expired (100,000 others wrote since ours did): whether an
-                    // earlier copy applied is unknown. Later writes go in a new session.
+                    // earlier copy applied is unknown. Later writes go in a new session,
+                    // opened by them (`open_session`); their sequences go on from here, so
+                    // they never share a key of `writes` with a write still waiting.
                     tracing::warn!("session {} expired; opening a new one", self.session);
                     self.session = fastrand::u64(1..);
-                    self.next_sequence = 1;
                     self.session_open = false;
                     Err(WriteError::Timeout)
                 }
@@ -727,6 +804,7 @@ impl Core {
 
     /// Answers every waiting client: the node is stopping.
     fn fail_everything(&mut self) {
+        self.client_writes.clear();
         for (_, write) in std::mem::take(&mut self.writes) {
             let error = if write.sent { WriteError::Timeout } else { WriteError::Stopped };
             let _ = write.reply.send(Err(error));

@@ -209,7 +209,11 @@ pub async fn set(cluster: &Cluster, node: usize, key: &str, value: &str) -> u64 
     let mut client = cluster.kv(node).await;
     let deadline = Instant::now() + WAIT;
     loop {
-        let request = SetRequest { key: key.to_string().into(), value: value.to_string().into() };
+        let request = SetRequest {
+            key: key.to_string().into(),
+            value: value.to_string().into(),
+            session: None,
+        };
         match client.set(request).await {
             Ok(response) => return response.into_inner().revision,
             Err(status) if Instant::now() < deadline => {
