@@ -1,7 +1,9 @@
 //! The gRPC services of `proto/kv/v1/kv.proto`: requests are checked here, then handed to
 //! the node; its answers become responses or status codes (docs/api.md).
 
-use crate::node::{ConfChangeRefused, NodeHandle, NodeStatus, ReadError, WriteError};
+use crate::node::{
+    ConfChangeRefused, NodeHandle, NodeStatus, ReadError, WriteError, CLIENT_SESSION_ID_MAX,
+};
 use bytes::Bytes;
 use kv_fsm::WriteResult;
 use kv_proto::kv::cluster_server::Cluster;
@@ -39,6 +41,16 @@ pub struct Service {
     value_bytes_max: usize,
 }
 
+/// The answer to a write whose result is of another kind of write: only a client that sent
+/// two different writes under one session and sequence gets it (the first one's result is
+/// what the session holds).
+fn answered_another_kind(result: WriteResult) -> Status {
+    Status::invalid_argument(format!(
+        "this session and sequence were first used for another write (its result: \
+         {result:?}); a sequence must not be reused for a different write"
+    ))
+}
+
 impl Service {
     /// Serves `node`, whose members are `members`.
     pub fn new(node: NodeHandle, members: Vec<MemberInfo>, value_bytes_max: usize) -> Service {
@@ -73,8 +85,10 @@ impl Service {
     /// hold the answer of this very write.
     fn check_session(session: Option<&WriteSession>) -> Result<(), Status> {
         let Some(session) = session else { return Ok(()) };
-        if session.client_id == 0 {
-            return Err(Status::invalid_argument("the session's client_id must not be 0"));
+        if session.client_id == 0 || session.client_id > CLIENT_SESSION_ID_MAX {
+            return Err(Status::invalid_argument(format!(
+                "the session's client_id must be from 1 to {CLIENT_SESSION_ID_MAX} (2^63 - 1)"
+            )));
         }
         if session.sequence == 0 {
             return Err(Status::invalid_argument("the session's sequence starts at 1, not 0"));
@@ -361,7 +375,7 @@ impl Kv for Service {
         let op = Op::Put(api::Put { key: request.key, value: request.value });
         match self.write_in(op, request.session).await? {
             WriteResult::Put { revision } => Ok(Response::new(api::SetResponse { revision })),
-            other => Err(Status::internal(format!("a put answered {other:?}"))),
+            other => Err(answered_another_kind(other)),
         }
     }
 
@@ -376,7 +390,7 @@ impl Kv for Service {
             WriteResult::Delete { deleted, revision } => {
                 Ok(Response::new(api::DeleteResponse { deleted, revision }))
             }
-            other => Err(Status::internal(format!("a delete answered {other:?}"))),
+            other => Err(answered_another_kind(other)),
         }
     }
 
@@ -396,7 +410,7 @@ impl Kv for Service {
             WriteResult::CompareAndSet { succeeded, current, revision } => {
                 Ok(Response::new(api::CompareAndSetResponse { succeeded, current, revision }))
             }
-            other => Err(Status::internal(format!("a compare-and-set answered {other:?}"))),
+            other => Err(answered_another_kind(other)),
         }
     }
 

@@ -206,9 +206,13 @@ async fn a_write_sent_again_in_its_session_applies_once_through_any_node() {
     let forgotten = cluster.kv(0).await.set(put("first", session(1, 1))).await.unwrap_err();
     assert_eq!(forgotten.code(), tonic::Code::FailedPrecondition, "{forgotten}");
     assert_eq!(get(&cluster, 0, "k").await.as_deref(), Some("other"));
-    // A session that makes no sense is bad input.
+    // Write 3 (a delete) sent again as a set: the sequence was reused for another write.
+    let reused = cluster.kv(2).await.set(put("reused", session(3, 3))).await.unwrap_err();
+    assert_eq!(reused.code(), tonic::Code::InvalidArgument, "{reused}");
+    // A session that makes no sense is bad input; ids from 2^63 on are the nodes' own.
     let bad_sessions = [
         WriteSession { client_id: 0, sequence: 1, acked_below: 1, opening: true },
+        WriteSession { client_id: 1 << 63, sequence: 1, acked_below: 1, opening: true },
         WriteSession { client_id: 7, sequence: 0, acked_below: 0, opening: true },
         WriteSession { client_id: 7, sequence: 2, acked_below: 3, opening: false },
     ];

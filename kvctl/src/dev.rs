@@ -1,7 +1,7 @@
 //! `kvctl dev`: a three-node cluster on loopback, as three separate processes (this same
 //! binary, running `kvctl node`), with certificates made on the spot: mutual TLS between
-//! peers and for clients. Ctrl-C (or SIGTERM) stops every node with SIGTERM (each hands over leadership
-//! if it leads, and exits once its log is flushed).
+//! peers and for clients. Ctrl-C (or SIGTERM) stops every node with SIGTERM (each hands over
+//! leadership if it leads, and exits once its log is flushed).
 
 use crate::certs;
 use std::path::{Path, PathBuf};

@@ -198,9 +198,15 @@ fn membership(serial: u64) -> Membership {
     membership
 }
 
-/// Runs `ops` on a fresh log and model, checking after every step.
-fn run(segment_bytes_max: u64, seed: u64, ops: &[Op]) -> Result<(), String> {
-    let options = WalOptions { segment_bytes_max, ..WalOptions::default() };
+/// Runs `ops` on a fresh log and model, checking after every step. The newest segment
+/// keeps `preallocate_bytes` of room ahead of its records (0: none).
+fn run(
+    segment_bytes_max: u64,
+    preallocate_bytes: u64,
+    seed: u64,
+    ops: &[Op],
+) -> Result<(), String> {
+    let options = WalOptions { segment_bytes_max, preallocate_bytes, ..WalOptions::default() };
     let vfs = FakeVfs::new();
     let wal = open(&vfs, &options)?;
     let mut harness = Harness {
@@ -610,10 +616,11 @@ proptest! {
     #[test]
     fn the_log_behaves_as_the_model(
         segment_bytes_max in 200..1000u64,
+        preallocate_bytes in prop_oneof![Just(0u64), 1..400u64],
         seed in any::<u64>(),
         ops in prop::collection::vec(op(), 1..80),
     ) {
-        run(segment_bytes_max, seed, &ops).map_err(TestCaseError::fail)?;
+        run(segment_bytes_max, preallocate_bytes, seed, &ops).map_err(TestCaseError::fail)?;
     }
 }
 

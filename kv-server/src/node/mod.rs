@@ -325,6 +325,18 @@ struct Core {
     snapshot_in_flight: Option<(SnapshotOutcome, Instant)>,
 }
 
+/// Client session ids below this are clients' ([`CLIENT_SESSION_ID_MAX`]); from it on,
+/// nodes' own: a client cannot write in a node's session, and so cannot answer its writes.
+const NODE_SESSION_ID_MIN: u64 = 1 << 63;
+
+/// The largest session id a client may use (docs/api.md).
+pub const CLIENT_SESSION_ID_MAX: u64 = NODE_SESSION_ID_MIN - 1;
+
+/// A new random session id for this node's own writes.
+fn node_session_id() -> u64 {
+    fastrand::u64(NODE_SESSION_ID_MIN..)
+}
+
 /// Opens the log, restores the state and starts the loop on its own thread.
 pub fn start(
     config: NodeConfig,
@@ -364,7 +376,7 @@ pub fn start(
         transport,
         runtime,
         incoming: Incoming::new(config.data_dir.clone()),
-        session: fastrand::u64(1..),
+        session: node_session_id(),
         next_sequence: 1,
         session_open: false,
         writes: BTreeMap::new(),
@@ -509,20 +521,26 @@ impl Core {
             },
         };
         let client = session.map(|client| (client.client_id, client.sequence));
-        if let Some(key) = client {
-            if let Some(older) = self.client_writes.insert(key, sequence) {
+        // A newer copy of a client's write that still waits here takes its place, and what
+        // was sent with it: once sent, the write's outcome is unknown whatever the newer copy
+        // meets (a copy answered "not done" while an older one may still apply would lie).
+        let older = client.and_then(|key| self.client_writes.insert(key, sequence));
+        let (sent, sent_under) = match older {
+            Some(older) => {
                 let older = self.writes.remove(&older).expect("client_writes names a write");
                 let _ = older.reply.send(Err(WriteError::Superseded));
+                (older.sent, older.sent_under)
             }
-        }
+            None => (false, (0, None)),
+        };
         let now = Instant::now();
         let pending = PendingWrite {
             data: command.encode_to_vec().into(),
             reply,
             deadline: now + self.config.request_timeout,
             next_try: now,
-            sent: false,
-            sent_under: (0, None),
+            sent,
+            sent_under,
             client,
         };
         self.writes.insert(sequence, pending);
@@ -750,7 +768,7 @@ impl Core {
                     // opened by them (`open_session`); their sequences go on from here, so
                     // they never share a key of `writes` with a write still waiting.
                     tracing::warn!("session {} expired; opening a new one", self.session);
-                    self.session = fastrand::u64(1..);
+                    self.session = node_session_id();
                     self.session_open = false;
                     Err(WriteError::Timeout)
                 }
