@@ -4,6 +4,10 @@
 //! - [`history`]: the events of a run, as JSON lines, and their pairing into operations.
 //! - [`linearizable`]: linearizability per key (Wing and Gong's search with Lowe's
 //!   memoization), with a smallest failing sub-history for each anomaly.
+//! - [`sets`]: the set workload's check: no acknowledged add lost, nothing invented.
+//! - [`report`]: anomalies as text and as an SVG timeline.
 
 pub mod history;
 pub mod linearizable;
+pub mod report;
+pub mod sets;
