@@ -45,6 +45,11 @@ pub struct Flags {
     #[arg(long, env = "KV_ADVERTISE_PEER_ADDRESS")]
     pub advertise_peer_address: Option<String>,
 
+    /// The local IP address this node's connections to its peers come from (default: the
+    /// system's choice), so that a firewall or the test harness can tell them apart.
+    #[arg(long, env = "KV_PEER_SOURCE_ADDRESS")]
+    pub peer_source_address: Option<std::net::IpAddr>,
+
     /// Where to listen for clients (ip:port).
     #[arg(long, env = "KV_LISTEN_CLIENT_ADDRESS")]
     pub listen_client_address: SocketAddr,

@@ -76,6 +76,7 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
         flags.initial_cluster_token.clone(),
         flags.listen_peer_address,
     );
+    transport_config.source = flags.peer_source_address;
     for member in settings.members.iter() {
         if member.id == settings.id {
             transport_config.advertise = Some(member.peer_address.clone());

@@ -67,6 +67,10 @@ pub struct TransportConfig {
     pub peers: BTreeMap<NodeId, PeerAddress>,
     /// This node's advertised address, announced in every hello.
     pub advertise: Option<PeerAddress>,
+    /// The local IP address outbound connections are made from (`None`: the system's
+    /// choice). Lets whatever sits between the nodes (a firewall, the test harness's link
+    /// proxies) tell this node's connections from others'.
+    pub source: Option<IpAddr>,
     /// Host names resolved here instead of by DNS (as curl's `--resolve`).
     pub resolve: BTreeMap<String, IpAddr>,
     /// The most bytes of messages queued for one peer; a send beyond it is refused and the
@@ -95,6 +99,7 @@ impl TransportConfig {
             listen,
             peers: BTreeMap::new(),
             advertise: None,
+            source: None,
             resolve: BTreeMap::new(),
             queue_bytes_max: 64 << 20,
             frame_bytes_max: 16 << 20,

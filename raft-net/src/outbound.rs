@@ -9,7 +9,7 @@ use crate::transport::{bump, lock, Event, Peer, Security, Shared};
 use crate::{BoxStream, HELLO_BYTES_MAX, PROTOCOL_VERSION};
 use kv_proto::peer::{peer_frame::Frame, Hello, PeerFrame};
 use rustls_pki_types::ServerName;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::io::{AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -84,7 +84,9 @@ async fn resolve(shared: &Shared, peer: &Peer) -> Result<SocketAddr, String> {
 async fn dial(shared: &Shared, peer: &Peer) -> Result<Connection, String> {
     let handshake = async {
         let address = resolve(shared, peer).await?;
-        let tcp = TcpStream::connect(address).await.map_err(|e| format!("connect: {e}"))?;
+        let tcp = connect_from(shared.config.source, address)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         tcp.set_nodelay(true).map_err(|e| format!("connect: {e}"))?;
         let stream = secure(shared, peer, tcp).await?;
         hello(shared, peer, stream).await
@@ -92,6 +94,17 @@ async fn dial(shared: &Shared, peer: &Peer) -> Result<Connection, String> {
     tokio::time::timeout(shared.config.handshake_timeout, handshake)
         .await
         .map_err(|_| "the handshake timed out".to_string())?
+}
+
+/// A TCP connection to `address`, from `source` if given.
+async fn connect_from(source: Option<IpAddr>, address: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(source) = source else { return TcpStream::connect(address).await };
+    let socket = match source {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(address).await
 }
 
 async fn secure(shared: &Shared, peer: &Peer, tcp: TcpStream) -> Result<BoxStream, String> {
@@ -193,4 +206,22 @@ async fn write_batch(
         .await
         .map_err(stalled)?
         .map_err(|e| format!("write failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections come from the configured source address (127.0.0.0/8 is all loopback on
+    /// Linux), or from the system's choice without one.
+    #[tokio::test]
+    async fn connections_come_from_the_configured_source_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        for (source, seen) in [(Some([127, 0, 0, 7]), [127, 0, 0, 7]), (None, [127, 0, 0, 1])] {
+            let _tcp = connect_from(source.map(IpAddr::from), address).await.unwrap();
+            let (_, from) = listener.accept().await.unwrap();
+            assert_eq!(from.ip(), IpAddr::from(seen));
+        }
+    }
 }
