@@ -6,8 +6,10 @@
 //!   memoization), with a smallest failing sub-history for each anomaly.
 //! - [`sets`]: the set workload's check: no acknowledged add lost, nothing invented.
 //! - [`report`]: anomalies as text and as an SVG timeline.
+//! - [`proxy`]: per-link network faults between the nodes, through proxies.
 
 pub mod history;
 pub mod linearizable;
+pub mod proxy;
 pub mod report;
 pub mod sets;
