@@ -7,9 +7,16 @@
 //! - [`sets`]: the set workload's check: no acknowledged add lost, nothing invented.
 //! - [`report`]: anomalies as text and as an SVG timeline.
 //! - [`proxy`]: per-link network faults between the nodes, through proxies.
+//! - [`cluster`]: the `kv-server` processes; [`client`]: the recording clients;
+//!   [`workload`]: what they do; [`nemesis`]: the faults; [`run`]: a whole run.
 
+pub mod client;
+pub mod cluster;
 pub mod history;
 pub mod linearizable;
+pub mod nemesis;
 pub mod proxy;
 pub mod report;
+pub mod run;
 pub mod sets;
+pub mod workload;

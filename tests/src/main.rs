@@ -1,17 +1,20 @@
 //! `kv-jepsen`: the harness's command line (docs/testing.md).
 //!
-//! `kv-jepsen check --history FILE [--out DIR]` checks a recorded history again: every key
-//! for linearizability, and the set workload's adds against its lists. It prints the
-//! verdict, writes each anomaly as text and as an SVG timeline to DIR, and exits 0 if the
-//! history is valid, 1 if it holds an anomaly, 3 if a search ran out of budget (unknown)
-//! and 2 for bad input.
+//! - `kv-jepsen run [--nodes 3] [--clients 10] [--duration-secs 60] [--workload registers]
+//!   [--faults kill,pause,partition,...] [--seed S] --out DIR`: starts a cluster, runs the
+//!   clients and the faults, heals, reads everything back and checks the history.
+//! - `kv-jepsen check --history FILE [--out DIR]`: checks a recorded history again.
+//!
+//! Both exit 0 if the history is valid, 1 if it holds an anomaly, 3 if a search ran out of
+//! budget (unknown), and 2 for bad input or a run that could not be carried out.
 
 use clap::{Parser, Subcommand};
-use kv_tests::history::{pair, read_events, Function};
-use kv_tests::linearizable::{self, Verdict};
-use kv_tests::{report, sets};
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use kv_tests::cluster::ClusterSpec;
+use kv_tests::linearizable::Verdict;
+use kv_tests::nemesis::Fault;
+use kv_tests::run::{check_history, run, RunSpec};
+use kv_tests::workload::{Workload, SET_PREFIX};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -24,6 +27,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs a cluster under faults and checks its history.
+    Run {
+        /// Nodes in the cluster.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(3..=5))]
+        nodes: u16,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Seconds of clients and faults.
+        #[arg(long, default_value_t = 60)]
+        duration_secs: u64,
+        /// What the clients do.
+        #[arg(long, value_enum, default_value_t = Workload::Registers)]
+        workload: Workload,
+        /// The fault kinds to draw from (comma-separated; none for a run without faults).
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = Fault::ALL)]
+        faults: Vec<Fault>,
+        /// Seeds every random choice of the clients and the nemesis.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The run's directory: history, faults, report, anomalies, the nodes' logs.
+        #[arg(long)]
+        out: PathBuf,
+        /// The first of the 60 loopback ports the cluster uses.
+        #[arg(long, default_value_t = 27000)]
+        base_port: u16,
+        /// Where kv-server and kvctl are (default: beside this program).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Seconds the search may spend on one key before it says "unknown".
+        #[arg(long, default_value_t = 30)]
+        key_budget_secs: u64,
+    },
     /// Checks a recorded history (JSON lines) again.
     Check {
         /// The history file.
@@ -33,7 +69,7 @@ enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
         /// The key prefix of the set workload's elements.
-        #[arg(long, default_value = "set/")]
+        #[arg(long, default_value = SET_PREFIX)]
         set_prefix: String,
         /// Seconds the search may spend on one key before it says "unknown".
         #[arg(long, default_value_t = 30)]
@@ -46,8 +82,39 @@ const EXIT_BAD_INPUT: u8 = 2;
 const EXIT_UNKNOWN: u8 = 3;
 
 fn main() -> ExitCode {
-    let Command::Check { history, out, set_prefix, key_budget_secs } = Cli::parse().command;
-    match check(&history, &out, &set_prefix, Duration::from_secs(key_budget_secs)) {
+    let outcome = match Cli::parse().command {
+        Command::Check { history, out, set_prefix, key_budget_secs } => {
+            let budget = Duration::from_secs(key_budget_secs);
+            check_history(&history, &out, &set_prefix, budget).map(|(verdict, text)| {
+                print!("{text}");
+                verdict
+            })
+        }
+        Command::Run {
+            nodes,
+            clients,
+            duration_secs,
+            workload,
+            faults,
+            seed,
+            out,
+            base_port,
+            bin_dir,
+            key_budget_secs,
+        } => run_command(RunArgs {
+            nodes: usize::from(nodes),
+            clients,
+            duration: Duration::from_secs(duration_secs),
+            workload,
+            faults,
+            seed,
+            out,
+            base_port,
+            bin_dir,
+            key_budget: Duration::from_secs(key_budget_secs),
+        }),
+    };
+    match outcome {
         Ok(Verdict::Valid) => ExitCode::SUCCESS,
         Ok(Verdict::Invalid) => ExitCode::from(EXIT_ANOMALY),
         Ok(Verdict::Unknown) => ExitCode::from(EXIT_UNKNOWN),
@@ -58,53 +125,55 @@ fn main() -> ExitCode {
     }
 }
 
-/// Checks the history in `path`, prints what it found, writes the anomalies to `out`.
-fn check(path: &Path, out: &Path, set_prefix: &str, per_key: Duration) -> Result<Verdict, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let events = read_events(std::io::BufReader::new(file))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let history = pair(&events).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (registers, rest): (Vec<_>, Vec<_>) =
-        history.iter().cloned().partition(|op| !op.key.starts_with(set_prefix));
-    let registers_report = linearizable::check(&registers, per_key).map_err(|e| e.to_string())?;
-    println!(
-        "registers: {:?} ({} keys, {} operations)",
-        registers_report.verdict,
-        registers_report.keys,
-        registers.len()
-    );
-    for key in &registers_report.unknown {
-        println!("  key {key:?}: the search ran out of budget (unknown)");
-    }
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    for (n, anomaly) in registers_report.anomalies.iter().enumerate() {
-        let text = report::anomaly_text(anomaly, &history);
-        print!("{text}");
-        let outlined: HashSet<usize> = anomaly.ops.iter().copied().collect();
-        let title = text.lines().next().unwrap_or_default();
-        let svg = report::timeline_svg(&report::around(anomaly, &history), &outlined, title);
-        write(&out.join(format!("anomaly-{n}.txt")), &text)?;
-        write(&out.join(format!("anomaly-{n}.svg")), &svg)?;
-    }
-    let mut verdict = registers_report.verdict;
-    if rest.iter().any(|op| op.f == Function::List) {
-        let set_report = sets::check(&rest, set_prefix)?;
-        println!(
-            "set: {:?} ({} lists, {} acknowledged adds, {} adds of unknown outcome present)",
-            set_report.verdict,
-            set_report.lists,
-            set_report.acknowledged,
-            set_report.unknown_present
-        );
-        for anomaly in &set_report.anomalies {
-            println!("  {anomaly:?}");
-        }
-        verdict = verdict.max(set_report.verdict);
-    }
-    println!("verdict: {verdict:?}");
-    Ok(verdict)
+struct RunArgs {
+    nodes: usize,
+    clients: usize,
+    duration: Duration,
+    workload: Workload,
+    faults: Vec<Fault>,
+    seed: Option<u64>,
+    out: PathBuf,
+    base_port: u16,
+    bin_dir: Option<PathBuf>,
+    key_budget: Duration,
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+fn run_command(args: RunArgs) -> Result<Verdict, String> {
+    let bin_dir = match args.bin_dir {
+        Some(dir) => dir,
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot find this program: {e}"))?
+            .parent()
+            .map(PathBuf::from)
+            .ok_or("this program has no directory")?,
+    };
+    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    println!("seed {seed} (replay with --seed {seed})");
+    let spec = RunSpec {
+        cluster: ClusterSpec {
+            nodes: args.nodes,
+            base_port: args.base_port,
+            dir: args.out.join("cluster"),
+            bin_dir,
+            server_flags: harness_server_flags(),
+        },
+        clients: args.clients,
+        duration: args.duration,
+        workload: args.workload,
+        faults: args.faults,
+        seed,
+        out: args.out,
+        key_budget: args.key_budget,
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("a runtime: {e}"))?;
+    let summary = runtime.block_on(run(&spec))?;
+    print!("{}", summary.text);
+    Ok(summary.verdict)
+}
+
+/// Short timeouts, so that faults lead to elections and snapshots within a short run.
+fn harness_server_flags() -> Vec<String> {
+    ["--tick-ms=50", "--election-ticks=10", "--request-timeout-ms=2000", "--snapshot-entries=2000"]
+        .map(String::from)
+        .to_vec()
 }
