@@ -111,6 +111,12 @@ pub struct Flags {
     /// How long a client call may wait for its outcome, in milliseconds.
     #[arg(long, env = "KV_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
     pub request_timeout_ms: u64,
+
+    /// A planted bug, for the test harness only (docs/testing.md): linearizable reads are
+    /// served from this node's state without ReadIndex, so a node cut off from the leader
+    /// answers stale reads. The harness must report them; never use it otherwise.
+    #[arg(long, hide = true)]
+    pub unsafe_local_reads: bool,
 }
 
 /// Whether the node bootstraps a cluster or joins one.

@@ -131,7 +131,11 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
             },
         })
         .collect();
-    let service = Service::new(node.clone(), members, flags.value_bytes_max);
+    let service = Service::new(node.clone(), members, flags.value_bytes_max)
+        .with_unsafe_local_reads(flags.unsafe_local_reads);
+    if flags.unsafe_local_reads {
+        tracing::warn!("--unsafe-local-reads: reads may be stale (a planted bug for the harness)");
+    }
     let mut server = Server::builder();
     if let Some(tls) = client_tls {
         server = server.tls_config(tls).map_err(|e| ServerError::ClientTls(e.to_string()))?;

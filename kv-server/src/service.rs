@@ -39,6 +39,8 @@ pub struct Service {
     node: NodeHandle,
     members: Arc<Vec<MemberInfo>>,
     value_bytes_max: usize,
+    /// The planted bug of `--unsafe-local-reads`: every read is served locally.
+    unsafe_local_reads: bool,
 }
 
 /// The answer to a write whose result is of another kind of write: only a client that sent
@@ -54,7 +56,13 @@ fn answered_another_kind(result: WriteResult) -> Status {
 impl Service {
     /// Serves `node`, whose members are `members`.
     pub fn new(node: NodeHandle, members: Vec<MemberInfo>, value_bytes_max: usize) -> Service {
-        Service { node, members: Arc::new(members), value_bytes_max }
+        Service { node, members: Arc::new(members), value_bytes_max, unsafe_local_reads: false }
+    }
+
+    /// Plants the bug of `--unsafe-local-reads` (for the test harness): linearizable reads
+    /// are served from local state, without ReadIndex.
+    pub fn with_unsafe_local_reads(self, unsafe_local_reads: bool) -> Service {
+        Service { unsafe_local_reads, ..self }
     }
 
     fn check_key(key: &[u8]) -> Result<(), Status> {
@@ -120,7 +128,8 @@ impl Service {
     }
 
     async fn read(&self, consistency: i32) -> Result<kv_fsm::KvState, Status> {
-        let linearizable = consistency != ReadConsistency::Serializable as i32;
+        let linearizable =
+            consistency != ReadConsistency::Serializable as i32 && !self.unsafe_local_reads;
         self.node.read(linearizable).await.map_err(|error| match error {
             ReadError::Timeout => Status::deadline_exceeded(error.to_string()),
             ReadError::NoLeader | ReadError::Busy | ReadError::Stopped => {

@@ -348,40 +348,70 @@ fn check_key(ops: &[KeyOp], time: Duration) -> Verdict {
 }
 
 /// Drops operations from a non-linearizable `ops` one at a time, as long as what is left is
-/// still not linearizable and every value read or compared is still written by one of them
-/// (so that the anomaly shown is the one found, not one made by dropping a write). Gives up
-/// dropping, with what it has, after `time`.
+/// still not linearizable and every value read or compared is still produced by one of them
+/// (so that the anomaly shown is the one found, not one made by dropping a write). Passes go
+/// from the last operation back (reads after a write go before the write) and repeat until
+/// none can be dropped. Gives up dropping, with what it has, after `time`.
 fn minimize(ops: &[KeyOp], time: Duration) -> Vec<KeyOp> {
     let deadline = Instant::now() + time;
     let mut kept = ops.to_vec();
-    let mut at = 0;
-    while at < kept.len() && Instant::now() < deadline {
-        let mut trial = kept.clone();
-        let dropped = trial.remove(at);
-        let left = deadline.saturating_duration_since(Instant::now());
-        if still_explains_its_reads(&trial, dropped) && check_key(&trial, left) == Verdict::Invalid
-        {
-            kept = trial;
-        } else {
-            at += 1;
+    let mut dropped_any = true;
+    while dropped_any && Instant::now() < deadline {
+        dropped_any = false;
+        for at in (0..kept.len()).rev() {
+            let mut trial = kept.clone();
+            let dropped = trial.remove(at);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if still_explains_its_reads(&trial, dropped)
+                && check_key(&trial, left) == Verdict::Invalid
+            {
+                kept = trial;
+                dropped_any = true;
+            }
         }
     }
     kept
 }
 
-/// Whether every value `ops` read or compared against is written by one of `ops`, given that
-/// they did before `dropped` was dropped.
+/// What an operation's result needs an earlier operation to have produced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// This value (a read of it, or a compare-and-set expecting it).
+    Value(u32),
+    /// The key absent (a delete; or the initial state, which is not counted).
+    Absent,
+    /// Some value (a delete that found the key there).
+    AnyValue,
+}
+
+fn need(op: &KeyOp) -> Option<Need> {
+    match op.action {
+        Action::Read(Some(v)) | Action::Cas { expected: Some(v), .. } => Some(Need::Value(v)),
+        Action::Read(None) | Action::Cas { expected: None, .. } => Some(Need::Absent),
+        Action::Delete { existed: Some(false) } => Some(Need::Absent),
+        Action::Delete { existed: Some(true) } => Some(Need::AnyValue),
+        Action::Write(_) | Action::Delete { existed: None } => None,
+    }
+}
+
+fn supplies(op: &KeyOp, need: Need) -> bool {
+    match (op.action, need) {
+        (Action::Write(v) | Action::Cas { new: v, .. }, Need::Value(wanted)) => v == wanted,
+        (Action::Write(_) | Action::Cas { .. }, Need::AnyValue) => true,
+        (Action::Delete { .. }, Need::Absent) => true,
+        _ => false,
+    }
+}
+
+/// Whether no result left in `ops` may have come from `dropped` (it was called before the
+/// result came back, and produces what the result needs). Dropping an operation that a
+/// result may depend on could make up an anomaly instead of showing the one found, even with
+/// another possible source left: the search might then have to pair them differently.
 fn still_explains_its_reads(ops: &[KeyOp], dropped: KeyOp) -> bool {
-    let written = match dropped.action {
-        Action::Write(value) | Action::Cas { new: value, .. } => value,
-        Action::Read(_) | Action::Delete { .. } => return true,
-    };
-    let writes_it = |op: &KeyOp| matches!(op.action, Action::Write(v) | Action::Cas { new: v, .. } if v == written);
-    let needs_it = |op: &KeyOp| {
-        matches!(op.action,
-            Action::Read(Some(v)) | Action::Cas { expected: Some(v), .. } if v == written)
-    };
-    ops.iter().any(writes_it) || !ops.iter().any(needs_it)
+    let could_supply = |consumer: &KeyOp| consumer.ret.is_none_or(|r| dropped.call < r);
+    !ops.iter().any(|consumer| {
+        need(consumer).is_some_and(|wanted| supplies(&dropped, wanted) && could_supply(consumer))
+    })
 }
 
 #[cfg(test)]
@@ -450,6 +480,28 @@ mod tests {
         ]);
         assert_eq!(verdict(&ops), Verdict::Invalid);
         assert_eq!(smallest(&ops), [0, 2, 3], "set a, set b, the stale read");
+    }
+
+    /// The smallest failing set keeps what its results may depend on. Here the delete found
+    /// the key there thanks to `set a`: dropping `set a` would leave {delete, set b, get b},
+    /// which fails only because the delete must then find `b` (an anomaly made up by the
+    /// dropping). What is shown is the stale read with the two writes before it.
+    #[test]
+    fn the_smallest_failing_set_keeps_what_its_results_may_depend_on() {
+        let ops = history(&[
+            (1, Invoke, Set, json!("a"), 0),
+            (1, Ok, Set, json!("a"), 10),
+            (2, Invoke, Delete, json!(null), 100),
+            (3, Invoke, Set, json!("b"), 110),
+            (2, Ok, Delete, json!(true), 200),
+            (2, Invoke, Get, json!(null), 210),
+            (2, Ok, Get, json!("b"), 220),
+            (3, Ok, Set, json!("b"), 300),
+            (4, Invoke, Get, json!(null), 400),
+            (4, Ok, Get, json!("a"), 410), // stale: a was deleted, and b written since
+        ]);
+        assert_eq!(verdict(&ops), Verdict::Invalid);
+        assert_eq!(smallest(&ops), [0, 2, 4], "set a, set b, the stale read");
     }
 
     /// An acknowledged write that a later read does not see, with nothing in between.

@@ -59,6 +59,9 @@ enum Command {
         /// Seconds the search may spend on one key before it says "unknown".
         #[arg(long, default_value_t = 30)]
         key_budget_secs: u64,
+        /// Runs the servers with a bug planted on purpose, to show the check finds it.
+        #[arg(long, value_enum)]
+        planted_bug: Option<PlantedBug>,
     },
     /// Checks a recorded history (JSON lines) again.
     Check {
@@ -75,6 +78,14 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         key_budget_secs: u64,
     },
+}
+
+/// Bugs the servers can be started with (hidden flags of kv-server).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PlantedBug {
+    /// Linearizable reads served from local state without ReadIndex (`--unsafe-local-reads`):
+    /// a node cut off from the leader answers stale reads.
+    LocalReads,
 }
 
 const EXIT_ANOMALY: u8 = 1;
@@ -101,6 +112,7 @@ fn main() -> ExitCode {
             base_port,
             bin_dir,
             key_budget_secs,
+            planted_bug,
         } => run_command(RunArgs {
             nodes: usize::from(nodes),
             clients,
@@ -112,6 +124,7 @@ fn main() -> ExitCode {
             base_port,
             bin_dir,
             key_budget: Duration::from_secs(key_budget_secs),
+            planted_bug,
         }),
     };
     match outcome {
@@ -136,6 +149,7 @@ struct RunArgs {
     base_port: u16,
     bin_dir: Option<PathBuf>,
     key_budget: Duration,
+    planted_bug: Option<PlantedBug>,
 }
 
 fn run_command(args: RunArgs) -> Result<Verdict, String> {
@@ -155,7 +169,7 @@ fn run_command(args: RunArgs) -> Result<Verdict, String> {
             base_port: args.base_port,
             dir: args.out.join("cluster"),
             bin_dir,
-            server_flags: harness_server_flags(),
+            server_flags: harness_server_flags(args.planted_bug),
         },
         clients: args.clients,
         duration: args.duration,
@@ -171,9 +185,17 @@ fn run_command(args: RunArgs) -> Result<Verdict, String> {
     Ok(summary.verdict)
 }
 
-/// Short timeouts, so that faults lead to elections and snapshots within a short run.
-fn harness_server_flags() -> Vec<String> {
-    ["--tick-ms=50", "--election-ticks=10", "--request-timeout-ms=2000", "--snapshot-entries=2000"]
-        .map(String::from)
-        .to_vec()
+/// Short timeouts, so that faults lead to elections and snapshots within a short run; and
+/// the planted bug's flag, if any.
+fn harness_server_flags(planted_bug: Option<PlantedBug>) -> Vec<String> {
+    let mut flags: Vec<String> =
+        ["--tick-ms=50", "--election-ticks=10", "--request-timeout-ms=2000"]
+            .into_iter()
+            .chain(["--snapshot-entries=2000"])
+            .map(String::from)
+            .collect();
+    if let Some(PlantedBug::LocalReads) = planted_bug {
+        flags.push("--unsafe-local-reads".into());
+    }
+    flags
 }

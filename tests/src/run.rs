@@ -118,7 +118,9 @@ async fn client_loop(
     }
 }
 
-/// Faults until the deadline: a quiet spell, a fault held a while, healed; again.
+/// Faults until the deadline: a quiet spell, a fault held a while, healed; again. The kinds
+/// come in rounds, each enabled kind once per round in a random order, so that a run of a
+/// few rounds has seen every kind.
 async fn run_nemesis(
     cluster: &mut Cluster,
     spec: &RunSpec,
@@ -127,13 +129,18 @@ async fn run_nemesis(
 ) -> Result<Vec<FaultWindow>, String> {
     let mut rng = fastrand::Rng::with_seed(spec.seed);
     let mut windows = Vec::new();
+    let mut round: Vec<Fault> = Vec::new();
     loop {
         let quiet = Duration::from_millis(rng.u64(1000..3000));
         tokio::time::sleep(quiet.min(deadline.saturating_duration_since(Instant::now()))).await;
         if Instant::now() >= deadline || spec.faults.is_empty() {
             break;
         }
-        let fault = spec.faults[rng.usize(..spec.faults.len())];
+        if round.is_empty() {
+            round = spec.faults.clone();
+            rng.shuffle(&mut round);
+        }
+        let fault = round.pop().expect("a round holds every enabled kind");
         let start = recorder.now();
         let (what, heal) = nemesis::apply(cluster, fault, &mut rng).await;
         let hold = Duration::from_millis(rng.u64(2000..5000));
