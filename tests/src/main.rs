@@ -62,6 +62,12 @@ enum Command {
         /// Runs the servers with a bug planted on purpose, to show the check finds it.
         #[arg(long, value_enum)]
         planted_bug: Option<PlantedBug>,
+        /// The longest a fault is held, in milliseconds (the shortest: half of it).
+        #[arg(long, default_value_t = 5000)]
+        fault_hold_ms: u64,
+        /// The longest quiet spell between faults, in milliseconds (the shortest: a third).
+        #[arg(long, default_value_t = 3000)]
+        fault_quiet_ms: u64,
     },
     /// Checks a recorded history (JSON lines) again.
     Check {
@@ -113,6 +119,8 @@ fn main() -> ExitCode {
             bin_dir,
             key_budget_secs,
             planted_bug,
+            fault_hold_ms,
+            fault_quiet_ms,
         } => run_command(RunArgs {
             nodes: usize::from(nodes),
             clients,
@@ -125,6 +133,8 @@ fn main() -> ExitCode {
             bin_dir,
             key_budget: Duration::from_secs(key_budget_secs),
             planted_bug,
+            fault_hold: Duration::from_millis(fault_hold_ms),
+            fault_quiet: Duration::from_millis(fault_quiet_ms),
         }),
     };
     match outcome {
@@ -150,6 +160,8 @@ struct RunArgs {
     bin_dir: Option<PathBuf>,
     key_budget: Duration,
     planted_bug: Option<PlantedBug>,
+    fault_hold: Duration,
+    fault_quiet: Duration,
 }
 
 fn run_command(args: RunArgs) -> Result<Verdict, String> {
@@ -178,6 +190,8 @@ fn run_command(args: RunArgs) -> Result<Verdict, String> {
         seed,
         out: args.out,
         key_budget: args.key_budget,
+        fault_hold: args.fault_hold,
+        fault_quiet: args.fault_quiet,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("a runtime: {e}"))?;
     let summary = runtime.block_on(run(&spec))?;

@@ -37,6 +37,10 @@ pub struct RunSpec {
     pub out: PathBuf,
     /// Seconds the linearizability search may spend on one key.
     pub key_budget: Duration,
+    /// The longest hold of a fault (the shortest is half of it).
+    pub fault_hold: Duration,
+    /// The longest quiet spell between faults (the shortest is a third of it).
+    pub fault_quiet: Duration,
 }
 
 /// What a run found.
@@ -131,7 +135,7 @@ async fn run_nemesis(
     let mut windows = Vec::new();
     let mut round: Vec<Fault> = Vec::new();
     loop {
-        let quiet = Duration::from_millis(rng.u64(1000..3000));
+        let quiet = between(&mut rng, spec.fault_quiet / 3, spec.fault_quiet);
         tokio::time::sleep(quiet.min(deadline.saturating_duration_since(Instant::now()))).await;
         if Instant::now() >= deadline || spec.faults.is_empty() {
             break;
@@ -143,7 +147,7 @@ async fn run_nemesis(
         let fault = round.pop().expect("a round holds every enabled kind");
         let start = recorder.now();
         let (what, heal) = nemesis::apply(cluster, fault, &mut rng).await;
-        let hold = Duration::from_millis(rng.u64(2000..5000));
+        let hold = between(&mut rng, spec.fault_hold / 2, spec.fault_hold);
         tokio::time::sleep(hold.min(deadline.saturating_duration_since(Instant::now()))).await;
         nemesis::heal(cluster, heal)?;
         windows.push(FaultWindow { fault, what, start, end: recorder.now() });
@@ -152,6 +156,12 @@ async fn run_nemesis(
         tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
     }
     Ok(windows)
+}
+
+/// A duration drawn from `[low, high]`.
+fn between(rng: &mut fastrand::Rng, low: Duration, high: Duration) -> Duration {
+    let (low, high) = (low.as_millis() as u64, high.as_millis() as u64);
+    Duration::from_millis(rng.u64(low..=high.max(low)))
 }
 
 /// Waits until a write through every node succeeds (not recorded: its key is the
