@@ -155,9 +155,22 @@ impl Connection {
 /// most once, and the answer is the first copy's result.
 pub fn one_write_session() -> kv_proto::kv::WriteSession {
     kv_proto::kv::WriteSession {
-        client_id: fastrand::u64(1..),
+        client_id: fastrand::u64(1..=kv_server::node::CLIENT_SESSION_ID_MAX),
         sequence: 1,
         acked_below: 1,
         opening: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Client ids above the maximum are the nodes' own, and refused from clients.
+    #[test]
+    fn one_write_sessions_use_client_ids_a_server_accepts() {
+        for _ in 0..10_000 {
+            let session = super::one_write_session();
+            assert!((1..=kv_server::node::CLIENT_SESSION_ID_MAX).contains(&session.client_id));
+            assert_eq!((session.sequence, session.acked_below, session.opening), (1, 1, true));
+        }
     }
 }

@@ -8,14 +8,15 @@ use crate::proxy::{self, Links};
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 /// What to start.
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
     /// Nodes: 3 or 5.
     pub nodes: usize,
-    /// The first port; the cluster uses `base` to `base + 60`.
+    /// The first port; the cluster uses `base` to `base + 44` (clients from `base`, peers
+    /// from `base + 20`, proxies from `base + 40`).
     pub base_port: u16,
     /// Certificates, data directories and logs go here.
     pub dir: PathBuf,
@@ -29,6 +30,9 @@ pub struct ClusterSpec {
 struct Node {
     child: Option<Child>,
     paused: bool,
+    /// Set once the node was removed and joined again as a new member: its
+    /// `--initial-cluster` (with ids, as `MemberJoin` answered) and the joining state.
+    joined: Option<String>,
 }
 
 /// The running cluster. Dropping it kills every node.
@@ -64,7 +68,8 @@ impl Cluster {
                 .await
                 .map_err(|e| format!("the proxy of n{} on {listen}: {e}", i + 1))?;
         }
-        let nodes = (0..spec.nodes).map(|_| Node { child: None, paused: false }).collect();
+        let nodes =
+            (0..spec.nodes).map(|_| Node { child: None, paused: false, joined: None }).collect();
         let mut cluster = Cluster { spec, nodes, links };
         for i in 0..cluster.spec.nodes {
             cluster.start_node(i)?;
@@ -80,6 +85,43 @@ impl Cluster {
     /// Where node `i` serves clients.
     pub fn client_address(&self, i: usize) -> SocketAddr {
         port(self.spec.base_port, i)
+    }
+
+    /// Node `i`'s advertised peer address: its proxy.
+    pub fn peer_address(&self, i: usize) -> SocketAddr {
+        port(self.spec.base_port, 40 + i)
+    }
+
+    /// The log file of node `i` (every run of it appends).
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.spec.dir.join(format!("n{}.log", i + 1))
+    }
+
+    /// From now on node `i` starts as a member that joined a running cluster whose members
+    /// (with ids) are `initial_cluster`; its data directory is emptied.
+    pub fn rejoin_as(&mut self, i: usize, initial_cluster: String) -> Result<(), String> {
+        let data = self.data_dir(i);
+        match std::fs::remove_dir_all(&data) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", data.display())),
+        }
+        self.nodes[i].joined = Some(initial_cluster);
+        Ok(())
+    }
+
+    /// Waits up to `within` for node `i`'s process to exit by itself; returns its status.
+    pub async fn wait_exit(&mut self, i: usize, within: std::time::Duration) -> Option<ExitStatus> {
+        let give_up = std::time::Instant::now() + within;
+        while std::time::Instant::now() < give_up {
+            let child = self.nodes[i].child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.nodes[i].child = None;
+                return Some(status);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        None
     }
 
     /// The certificates' directory (`ca.pem`, `client-jepsen.pem`, `client-jepsen-key.pem`).
@@ -110,9 +152,15 @@ impl Cluster {
             return Ok(());
         }
         let spec = &self.spec;
-        let initial: Vec<String> = (0..spec.nodes)
-            .map(|n| format!("n{}={}", n + 1, port(spec.base_port, 40 + n)))
-            .collect();
+        let (state, initial) = match &self.nodes[i].joined {
+            Some(initial) => ("existing", initial.clone()),
+            None => {
+                let members: Vec<String> = (0..spec.nodes)
+                    .map(|n| format!("n{}={}", n + 1, port(spec.base_port, 40 + n)))
+                    .collect();
+                ("new", members.join(","))
+            }
+        };
         let certs = self.certs();
         let cert = |file: String| certs.join(file).display().to_string();
         let name = format!("n{}", i + 1);
@@ -124,7 +172,8 @@ impl Cluster {
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
         let child = Command::new(spec.bin_dir.join("kv-server"))
             .arg(format!("--name={name}"))
-            .arg(format!("--initial-cluster={}", initial.join(",")))
+            .arg(format!("--initial-cluster={initial}"))
+            .arg(format!("--initial-cluster-state={state}"))
             .arg(format!("--data-dir={}", self.data_dir(i).display()))
             .arg(format!("--listen-peer-address={}", port(spec.base_port, 20 + i)))
             .arg(format!("--listen-client-address={}", port(spec.base_port, i)))
@@ -141,11 +190,12 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("starting {name}: {e}"))?;
-        self.nodes[i] = Node { child: Some(child), paused: false };
+        self.nodes[i].child = Some(child);
+        self.nodes[i].paused = false;
         Ok(())
     }
 
-    /// Kills node `i` with SIGKILL (resuming it first if paused, so it dies at once).
+    /// Kills node `i` with SIGKILL (which ends a paused process too).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
             let _ = child.kill();

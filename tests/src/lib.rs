@@ -8,13 +8,15 @@
 //! - [`report`]: anomalies as text and as an SVG timeline.
 //! - [`proxy`]: per-link network faults between the nodes, through proxies.
 //! - [`cluster`]: the `kv-server` processes; [`client`]: the recording clients;
-//!   [`workload`]: what they do; [`nemesis`]: the faults; [`run`]: a whole run.
+//!   [`workload`]: what they do; [`nemesis`]: the faults; [`run`]: a whole run;
+//!   [`plot`]: its throughput and latencies with the fault windows.
 
 pub mod client;
 pub mod cluster;
 pub mod history;
 pub mod linearizable;
 pub mod nemesis;
+pub mod plot;
 pub mod proxy;
 pub mod report;
 pub mod run;

@@ -408,7 +408,9 @@ fn supplies(op: &KeyOp, need: Need) -> bool {
 /// result may depend on could make up an anomaly instead of showing the one found, even with
 /// another possible source left: the search might then have to pair them differently.
 fn still_explains_its_reads(ops: &[KeyOp], dropped: KeyOp) -> bool {
-    let could_supply = |consumer: &KeyOp| consumer.ret.is_none_or(|r| dropped.call < r);
+    // At equal times the search takes the call first, so `<=`: a write called as a read
+    // returns may be what it read.
+    let could_supply = |consumer: &KeyOp| consumer.ret.is_none_or(|r| dropped.call <= r);
     !ops.iter().any(|consumer| {
         need(consumer).is_some_and(|wanted| supplies(&dropped, wanted) && could_supply(consumer))
     })

@@ -50,7 +50,7 @@ enum Command {
         /// The run's directory: history, faults, report, anomalies, the nodes' logs.
         #[arg(long)]
         out: PathBuf,
-        /// The first of the 60 loopback ports the cluster uses.
+        /// The first of the loopback ports the cluster uses (up to 45 from it).
         #[arg(long, default_value_t = 27000)]
         base_port: u16,
         /// Where kv-server and kvctl are (default: beside this program).
@@ -194,9 +194,33 @@ fn run_command(args: RunArgs) -> Result<Verdict, String> {
         fault_quiet: args.fault_quiet,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("a runtime: {e}"))?;
-    let summary = runtime.block_on(run(&spec))?;
+    // Interrupted, the run is dropped, and with it the cluster: every node is killed.
+    let summary = runtime.block_on(async {
+        tokio::select! {
+            summary = run(&spec) => summary,
+            () = interrupted() => Err("interrupted: every node was stopped".to_string()),
+        }
+    })?;
     print!("{}", summary.text);
     Ok(summary.verdict)
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    let term = async {
+        match terminate.as_mut() {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 /// Short timeouts, so that faults lead to elections and snapshots within a short run; and

@@ -5,10 +5,13 @@
 use crate::client::channel;
 use crate::cluster::Cluster;
 use crate::proxy::Link;
-use kv_proto::kv::kv_client::KvClient;
-use kv_proto::kv::GetServersRequest;
+use kv_proto::kv::cluster_client::ClusterClient;
+use kv_proto::kv::{
+    MemberJoinRequest, MemberLeaveRequest, StatusRequest, TransferLeadershipRequest,
+};
 use serde::Serialize;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// The kinds of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -35,11 +38,22 @@ pub enum Fault {
     Slow,
     /// Reset connections between the nodes at random (5% of reads).
     Lossy,
+    /// Remove a node (at random, or the leader) from the configuration; after the hold, join
+    /// it again as a fresh member with an empty data directory (a replacement).
+    Membership,
+    /// Hand leadership to another voter.
+    TransferLeader,
+    /// SIGKILL a node, cut its newest log segment inside its last record, restart it after
+    /// the hold: it must recover.
+    TornTail,
+    /// SIGKILL a node, flip a byte inside a committed record of its newest segment, start it:
+    /// it must refuse to start; after the hold it is replaced by a fresh member.
+    CorruptRecord,
 }
 
 impl Fault {
     /// Every kind.
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 14] = [
         Fault::Kill,
         Fault::KillLeader,
         Fault::Pause,
@@ -50,6 +64,10 @@ impl Fault {
         Fault::OneWay,
         Fault::Slow,
         Fault::Lossy,
+        Fault::Membership,
+        Fault::TransferLeader,
+        Fault::TornTail,
+        Fault::CorruptRecord,
     ];
 }
 
@@ -66,21 +84,23 @@ pub struct FaultWindow {
     pub end: u64,
 }
 
-/// The node that leads according to any node answering, if one does.
+/// The node that says it leads, in the highest term any node claims leadership in (an old
+/// leader back from a pause may still believe it leads, in an older term).
 pub async fn find_leader(cluster: &Cluster) -> Option<usize> {
+    let mut leader: Option<(u64, usize)> = None;
     for i in 0..cluster.size() {
         let Ok(channel) = channel(cluster.client_address(i), &cluster.certs()) else { continue };
-        let mut client = KvClient::new(channel);
-        let call = client.get_servers(GetServersRequest {});
-        let Ok(Ok(servers)) = tokio::time::timeout(Duration::from_millis(500), call).await else {
+        let mut client = ClusterClient::new(channel);
+        let call = client.status(StatusRequest {});
+        let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(500), call).await else {
             continue;
         };
-        let leader = servers.into_inner().servers.into_iter().find(|s| s.is_leader);
-        if let Some(index) = leader.and_then(|s| s.name.strip_prefix('n')?.parse::<usize>().ok()) {
-            return index.checked_sub(1).filter(|&i| i < cluster.size());
+        let status = status.into_inner();
+        if status.role == "leader" && leader.is_none_or(|(term, _)| status.term > term) {
+            leader = Some((status.term, i));
         }
     }
-    None
+    leader.map(|(_, i)| i)
 }
 
 /// Applies `fault` to `cluster`; returns what it did, in words, and how to heal it.
@@ -106,9 +126,12 @@ pub async fn apply(cluster: &mut Cluster, fault: Fault, rng: &mut fastrand::Rng)
             (format!("partitioned {} from the rest", names(minority)), Heal::Links)
         }
         Fault::IsolateLeader => {
-            let leader = find_leader(cluster).await.unwrap_or_else(|| random(rng));
-            cut_off(cluster, &[leader]);
-            (format!("isolated the leader n{}", leader + 1), Heal::Links)
+            let (node, who) = match find_leader(cluster).await {
+                Some(leader) => (leader, "the leader"),
+                None => (random(rng), "(no leader known) node"),
+            };
+            cut_off(cluster, &[node]);
+            (format!("isolated {who} n{}", node + 1), Heal::Links)
         }
         Fault::Bridge => {
             let mut nodes: Vec<usize> = (0..n).collect();
@@ -125,15 +148,51 @@ pub async fn apply(cluster: &mut Cluster, fault: Fault, rng: &mut fastrand::Rng)
             (what, Heal::Links)
         }
         Fault::OneWay => {
+            // One to n-1 links cut, never both directions of a pair.
+            let mut pairs: Vec<(usize, usize)> =
+                (0..n).flat_map(|a| (0..n).map(move |b| (a, b))).filter(|(a, b)| a < b).collect();
+            rng.shuffle(&mut pairs);
             let mut cut = Vec::new();
-            for _ in 0..n {
-                let (from, to) = (random(rng), random(rng));
-                if from != to {
-                    cluster.links.set(from, to, Link::Down);
-                    cut.push(format!("n{}->n{}", from + 1, to + 1));
-                }
+            for &(a, b) in &pairs[..rng.usize(1..n)] {
+                let (from, to) = if rng.bool() { (a, b) } else { (b, a) };
+                cluster.links.set(from, to, Link::Down);
+                cut.push(format!("n{}->n{}", from + 1, to + 1));
             }
-            (format!("cut {}", cut.join(", ")), Heal::Links)
+            (format!("cut {} (one way)", cut.join(", ")), Heal::Links)
+        }
+        Fault::Membership => {
+            let node = target(cluster, rng.bool(), rng).await;
+            match remove(cluster, node).await {
+                Ok(()) => (format!("removed n{}", node + 1), Heal::Rejoin(node)),
+                Err(e) => (format!("removing n{} was refused: {e}", node + 1), Heal::Nothing),
+            }
+        }
+        Fault::TransferLeader => {
+            let to = random(rng);
+            let name = format!("n{}", to + 1);
+            let answer = cluster_call(cluster, |mut c| {
+                let name = name.clone();
+                async move { c.transfer_leadership(TransferLeadershipRequest { name }).await }
+            })
+            .await;
+            let what = match answer {
+                Ok(answer) => format!("leadership handed to {}", answer.leader_name),
+                Err(e) => format!("handing leadership to {name} was refused: {e}"),
+            };
+            (what, Heal::Nothing)
+        }
+        Fault::TornTail => {
+            let node = random(rng);
+            cluster.kill(node);
+            let what = match cluster.newest_segment(node) {
+                Some(segment) => tear(&segment, rng),
+                None => "no segment to tear".to_string(),
+            };
+            (format!("killed n{}; {what}", node + 1), Heal::Restart(node))
+        }
+        Fault::CorruptRecord => {
+            let node = fullest_segment(cluster).unwrap_or_else(|| random(rng));
+            corrupt_a_record(cluster, node, rng).await
         }
         Fault::Slow | Fault::Lossy => {
             let link = match fault {
@@ -159,10 +218,16 @@ pub enum Heal {
     Resume(usize),
     /// Every link up.
     Links,
+    /// Join the removed node again, as a fresh member.
+    Rejoin(usize),
+    /// Remove the (stopped) node and join it again, as a fresh member.
+    Replace(usize),
+    /// Nothing to undo.
+    Nothing,
 }
 
 /// Undoes a fault.
-pub fn heal(cluster: &mut Cluster, heal: Heal) -> Result<(), String> {
+pub async fn heal(cluster: &mut Cluster, heal: Heal) -> Result<(), String> {
     match heal {
         Heal::Restart(node) => cluster.start_node(node),
         Heal::Resume(node) => {
@@ -173,7 +238,184 @@ pub fn heal(cluster: &mut Cluster, heal: Heal) -> Result<(), String> {
             cluster.links.heal();
             Ok(())
         }
+        Heal::Rejoin(node) => rejoin(cluster, node).await,
+        Heal::Replace(node) => {
+            remove(cluster, node).await?;
+            rejoin(cluster, node).await
+        }
+        Heal::Nothing => Ok(()),
     }
+}
+
+/// How long a membership request may keep being refused (no leader yet, a change in
+/// progress) before the harness gives up.
+const MEMBERSHIP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Sends a Cluster request to each node in turn until one (the leader) takes it, or one
+/// refuses it for good (the request itself is wrong: it names a member that exists, or none).
+async fn cluster_call<T, F, Fut>(cluster: &Cluster, call: F) -> Result<T, String>
+where
+    F: Fn(ClusterClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let give_up = Instant::now() + MEMBERSHIP_PATIENCE;
+    let mut last = String::from("no node answered");
+    while Instant::now() < give_up {
+        for i in 0..cluster.size() {
+            let channel = channel(cluster.client_address(i), &cluster.certs())?;
+            let answer =
+                tokio::time::timeout(Duration::from_secs(3), call(ClusterClient::new(channel)));
+            match answer.await {
+                Ok(Ok(answer)) => return Ok(answer.into_inner()),
+                Ok(Err(status)) if refused_for_good(&status) => {
+                    return Err(format!("n{}: {}", i + 1, status.message()));
+                }
+                Ok(Err(status)) => last = format!("n{}: {}", i + 1, status.message()),
+                Err(_) => last = format!("n{}: no answer in 3 s", i + 1),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Err(last)
+}
+
+fn refused_for_good(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(status.code(), Code::AlreadyExists | Code::NotFound | Code::InvalidArgument)
+}
+
+/// Removes node `node` from the configuration; it stops by itself once that is committed
+/// (it is killed if it has not within 10 s).
+async fn remove(cluster: &mut Cluster, node: usize) -> Result<(), String> {
+    let name = format!("n{}", node + 1);
+    cluster_call(cluster, |mut c| {
+        let name = name.clone();
+        async move { c.member_leave(MemberLeaveRequest { name }).await }
+    })
+    .await?;
+    if cluster.is_running(node) && cluster.wait_exit(node, Duration::from_secs(10)).await.is_none()
+    {
+        cluster.kill(node);
+    }
+    Ok(())
+}
+
+/// Joins node `node` again as a fresh member (a new id, an empty data directory).
+async fn rejoin(cluster: &mut Cluster, node: usize) -> Result<(), String> {
+    let name = format!("n{}", node + 1);
+    let (peer_address, client_address) =
+        (cluster.peer_address(node).to_string(), cluster.client_address(node).to_string());
+    let request =
+        MemberJoinRequest { name: name.clone(), peer_address, client_address, learner: false };
+    let joined = match join(cluster, &request).await {
+        Ok(joined) => joined,
+        Err(refused) if refused.contains("already has the name") => {
+            // A leader that removed itself leaves its row in the member table (it stepped
+            // down before it could delete it): a second MemberLeave at the new leader does.
+            cluster_call(cluster, |mut c| {
+                let name = name.clone();
+                async move { c.member_leave(MemberLeaveRequest { name }).await }
+            })
+            .await?;
+            join(cluster, &request).await?
+        }
+        Err(refused) => return Err(refused),
+    };
+    let mut members = joined.members;
+    members.extend(joined.member);
+    members.sort_by_key(|m| m.id);
+    members.dedup_by_key(|m| m.id);
+    let initial: Vec<String> =
+        members.iter().map(|m| format!("{}@{}={}", m.name, m.id, m.peer_address)).collect();
+    cluster.rejoin_as(node, initial.join(","))?;
+    cluster.start_node(node)
+}
+
+/// The node whose newest segment holds the most bytes of records.
+fn fullest_segment(cluster: &Cluster) -> Option<usize> {
+    let records = |i: usize| {
+        let bytes = cluster.newest_segment(i).and_then(|s| std::fs::read(s).ok());
+        bytes.map_or(0, |b| records_end(&b))
+    };
+    (0..cluster.size()).max_by_key(|&i| records(i))
+}
+
+async fn join(
+    cluster: &Cluster,
+    request: &MemberJoinRequest,
+) -> Result<kv_proto::kv::MemberJoinResponse, String> {
+    cluster_call(cluster, |mut c| {
+        let request = request.clone();
+        async move { c.member_join(request).await }
+    })
+    .await
+}
+
+/// Where the records of a segment end: the room after them is zeros.
+fn records_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1)
+}
+
+/// Cuts `segment` inside its last record (a torn write); says what it did.
+fn tear(segment: &Path, rng: &mut fastrand::Rng) -> String {
+    let Ok(bytes) = std::fs::read(segment) else { return "the segment could not be read".into() };
+    let end = records_end(&bytes);
+    if end == 0 {
+        return "the newest segment is empty".into();
+    }
+    let cut = end - rng.usize(1..=end.min(40));
+    let file = std::fs::OpenOptions::new().write(true).open(segment);
+    match file.and_then(|f| f.set_len(cut as u64)) {
+        Ok(()) => format!("cut {} at byte {cut} of {end}", segment.display()),
+        Err(e) => format!("cutting {} failed: {e}", segment.display()),
+    }
+}
+
+/// Kills `node`, flips a byte in the first half of its newest segment's records (a record
+/// that is surely followed by intact ones: damage, not a torn write) and starts it: it must
+/// refuse to start. Healed by replacing the node.
+async fn corrupt_a_record(
+    cluster: &mut Cluster,
+    node: usize,
+    rng: &mut fastrand::Rng,
+) -> (String, Heal) {
+    cluster.kill(node);
+    let name = format!("n{}", node + 1);
+    let Some(segment) = cluster.newest_segment(node) else {
+        return (format!("killed {name}: no segment to damage"), Heal::Restart(node));
+    };
+    let Ok(mut bytes) = std::fs::read(&segment) else {
+        return (format!("killed {name}: its segment could not be read"), Heal::Restart(node));
+    };
+    let end = records_end(&bytes);
+    if end < 256 {
+        return (format!("killed {name}: too few records to damage"), Heal::Restart(node));
+    }
+    let at = rng.usize(end / 4..end / 2);
+    bytes[at] ^= 0x5a;
+    if let Err(e) = std::fs::write(&segment, &bytes) {
+        return (format!("killed {name}: writing the damage failed: {e}"), Heal::Restart(node));
+    }
+    if let Err(e) = cluster.start_node(node) {
+        return (format!("killed {name}, damaged it, could not start it: {e}"), Heal::Nothing);
+    }
+    match cluster.wait_exit(node, Duration::from_secs(10)).await {
+        Some(status) if !status.success() => {
+            let said = last_line(&cluster.log_path(node));
+            let what =
+                format!("flipped byte {at} of {}; {name} refused: {said}", segment.display());
+            (what, Heal::Replace(node))
+        }
+        other => {
+            let what = format!("flipped byte {at}; {name} did NOT refuse to start ({other:?})");
+            (what, Heal::Nothing)
+        }
+    }
+}
+
+fn last_line(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
 }
 
 async fn target(cluster: &Cluster, leader: bool, rng: &mut fastrand::Rng) -> usize {

@@ -9,7 +9,7 @@ use crate::history::{pair, read_events, Function, Operation, Outcome};
 use crate::linearizable::{self, Verdict};
 use crate::nemesis::{self, Fault, FaultWindow};
 use crate::workload::{self, Counter, Generator, Workload, SET_PREFIX};
-use crate::{report, sets};
+use crate::{plot, report, sets};
 use kv_proto::kv::kv_client::KvClient;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -57,6 +57,13 @@ const RECOVERY_MAX: Duration = Duration::from_secs(60);
 
 /// Runs `spec` and checks its history.
 pub async fn run(spec: &RunSpec) -> Result<Summary, String> {
+    if spec.out.join("history.jsonl").exists() || spec.out.join("cluster").exists() {
+        // Its cluster's data would be read back as writes no operation of this run made.
+        return Err(format!(
+            "{} holds an earlier run: give an empty directory",
+            spec.out.display()
+        ));
+    }
     std::fs::create_dir_all(&spec.out).map_err(|e| format!("{}: {e}", spec.out.display()))?;
     let mut cluster = Cluster::start(spec.cluster.clone()).await?;
     wait_until_serving(&cluster, RECOVERY_MAX).await?;
@@ -83,6 +90,10 @@ pub async fn run(spec: &RunSpec) -> Result<Summary, String> {
     write_faults(&spec.out.join("faults.jsonl"), &faults)?;
     let (verdict, checked) =
         check_history(&spec.out.join("history.jsonl"), &spec.out, SET_PREFIX, spec.key_budget)?;
+    let history = load_history(&spec.out.join("history.jsonl"))?;
+    let title =
+        format!("{:?} workload, {} nodes, seed {}", spec.workload, spec.cluster.nodes, spec.seed);
+    write(&spec.out.join("plot.svg"), &plot::plot_svg(&history, &faults, &title))?;
     let text = summary_text(spec, &faults, &checked, verdict)?;
     std::fs::write(spec.out.join("report.txt"), &text)
         .map_err(|e| format!("{}: {e}", spec.out.display()))?;
@@ -149,7 +160,7 @@ async fn run_nemesis(
         let (what, heal) = nemesis::apply(cluster, fault, &mut rng).await;
         let hold = between(&mut rng, spec.fault_hold / 2, spec.fault_hold);
         tokio::time::sleep(hold.min(deadline.saturating_duration_since(Instant::now()))).await;
-        nemesis::heal(cluster, heal)?;
+        nemesis::heal(cluster, heal).await?;
         windows.push(FaultWindow { fault, what, start, end: recorder.now() });
     }
     if spec.faults.is_empty() {
@@ -205,13 +216,17 @@ async fn final_reads(
             .collect(),
         Workload::Set => vec![Op::List { prefix: SET_PREFIX.to_string() }],
     };
-    let process = u64::MAX / 2; // apart from every client's
+    let mut process = u64::MAX / 2; // apart from every client's
     for op in ops {
-        let mut tries = 0;
-        while !matches!(client::run(&mut client, recorder, process, &op).await, Completion::Ok(_)) {
-            tries += 1;
-            if tries == 20 {
-                return Err(format!("the final read {op:?} kept failing"));
+        let give_up = Instant::now() + RECOVERY_MAX;
+        loop {
+            match client::run(&mut client, recorder, process, &op).await {
+                Completion::Ok(_) => break,
+                Completion::Info => process += 1, // the unknown one stays open
+                Completion::Fail => {}
+            }
+            if Instant::now() >= give_up {
+                return Err(format!("the final read {op:?} kept failing for {RECOVERY_MAX:?}"));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -234,10 +249,7 @@ pub fn check_history(
     set_prefix: &str,
     per_key: Duration,
 ) -> Result<(Verdict, String), String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let events = read_events(std::io::BufReader::new(file))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let history = pair(&events).map_err(|e| format!("{}: {e}", path.display()))?;
+    let history = load_history(path)?;
     let (registers, set_ops): (Vec<Operation>, Vec<Operation>) =
         history.iter().cloned().partition(|op| !op.key.starts_with(set_prefix));
     let found = linearizable::check(&registers, per_key).map_err(|e| e.to_string())?;
@@ -286,6 +298,14 @@ pub fn check_history(
         count(Outcome::Info)
     );
     Ok((verdict, text))
+}
+
+/// Reads a history file and pairs its events into operations.
+pub fn load_history(path: &Path) -> Result<Vec<Operation>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let events = read_events(std::io::BufReader::new(file))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    pair(&events).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {

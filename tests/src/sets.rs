@@ -2,12 +2,13 @@
 //! (`set` of `<prefix><element>`), and linearizable lists of the prefix read the set back.
 //! A list must hold every element whose add was acknowledged before the list began (else
 //! the add was lost), everything an earlier list held (elements are never removed), and
-//! nothing that was never added or whose add surely failed.
+//! nothing that was never added or whose add surely failed. Each element missing is reported
+//! once, at the first list that misses it.
 
 use crate::history::{Function, Operation, Outcome};
 use crate::linearizable::Verdict;
 use serde_json::Value;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// One element a list got wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,24 +79,37 @@ pub fn check(history: &[Operation], prefix: &str) -> Result<SetReport, String> {
         }
     }
     let mut anomalies = Vec::new();
+    // Every element held by a list that ended before the current one began, with the
+    // first such list: lists by call time, the ended ones folded in by return time.
+    lists.sort_by_key(|(list, _)| list.call);
+    let mut by_return: Vec<usize> = (0..lists.len()).collect();
+    by_return.sort_by_key(|&i| lists[i].0.ret);
+    let (mut seen, mut folded) = (BTreeMap::new(), 0);
+    let (mut vanished, mut unexpected) = (BTreeSet::new(), BTreeSet::new());
     for (list, found) in &lists {
+        while folded < by_return.len() && lists[by_return[folded]].0.ret < Some(list.call) {
+            let (earlier, held) = &lists[by_return[folded]];
+            for key in held {
+                seen.entry(key.clone()).or_insert(earlier.id);
+            }
+            folded += 1;
+        }
         let anomaly = |key: &str, what| SetAnomaly { key: key.to_string(), list: list.id, what };
         for add in &adds {
             let acknowledged = add.outcome == Outcome::Ok && add.ret < Some(list.call);
-            if acknowledged && !found.contains(&add.key) {
+            if acknowledged && !found.contains(&add.key) && !vanished.contains(&add.key) {
                 anomalies.push(anomaly(&add.key, SetFault::Lost { add: add.id }));
+                vanished.insert(add.key.clone()); // reported once
             }
         }
-        for (earlier, held) in &lists {
-            if earlier.ret < Some(list.call) {
-                for key in held.difference(found) {
-                    anomalies.push(anomaly(key, SetFault::Vanished { seen_by: earlier.id }));
-                }
+        for (key, &seen_by) in &seen {
+            if !found.contains(key) && vanished.insert(key.clone()) {
+                anomalies.push(anomaly(key, SetFault::Vanished { seen_by }));
             }
         }
         for key in found {
             let tried = by_key.get(key.as_str()).is_some_and(|add| add.outcome != Outcome::Fail);
-            if !tried {
+            if !tried && unexpected.insert(key.clone()) {
                 anomalies.push(anomaly(key, SetFault::Unexpected));
             }
         }

@@ -53,18 +53,35 @@ fn stdout(output: &Output) -> String {
     )
 }
 
+/// Every fault kind, by its name in faults.jsonl.
+const FAULT_KINDS: [&str; 14] = [
+    "kill",
+    "kill-leader",
+    "pause",
+    "pause-leader",
+    "partition",
+    "isolate-leader",
+    "bridge",
+    "one-way",
+    "slow",
+    "lossy",
+    "membership",
+    "transfer-leader",
+    "torn-tail",
+    "corrupt-record",
+];
+
 #[test]
 fn registers_stay_linearizable_through_every_fault_kind() {
-    let (output, dir) = run(27100, &["--duration-secs", "32", "--clients", "8"]);
+    let (output, dir) = run(27100, &["--duration-secs", "70", "--clients", "8"]);
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(0), "{text}");
     let faults = std::fs::read_to_string(dir.path().join("faults.jsonl")).unwrap();
-    for kind in ["\"kill\"", "\"kill-leader\"", "\"pause\"", "\"pause-leader\"", "\"partition\""] {
-        assert!(faults.contains(kind), "{kind} never injected:\n{faults}");
+    for kind in FAULT_KINDS {
+        assert!(faults.contains(&format!("\"{kind}\"")), "{kind} never injected:\n{faults}");
     }
-    for kind in ["\"isolate-leader\"", "\"bridge\"", "\"one-way\"", "\"slow\"", "\"lossy\""] {
-        assert!(faults.contains(kind), "{kind} never injected:\n{faults}");
-    }
+    assert!(!faults.contains("did NOT refuse"), "a damaged log was served:\n{faults}");
+    assert!(faults.contains("refused:"), "no damaged node refused to start:\n{faults}");
     assert!(text.contains("registers: Valid"), "{text}");
     assert!(dir.path().join("history.jsonl").exists() && dir.path().join("report.txt").exists());
 }
