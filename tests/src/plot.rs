@@ -1,6 +1,7 @@
 //! The run's picture (`plot.svg`): completed operations per second on top, each operation's
-//! latency below (one dot per operation, log scale, green ok, grey fail, orange unknown at
-//! the top edge), and the fault windows shaded across both, labelled with their kind.
+//! latency below (one dot per operation, sampled evenly in a long run; log scale; green ok,
+//! grey fail, orange unknown at the top edge), and the fault windows shaded across both,
+//! labelled with their kind.
 
 use crate::history::{Operation, Outcome};
 use crate::nemesis::FaultWindow;
@@ -76,14 +77,24 @@ fn throughput(svg: &mut String, history: &[Operation], seconds: f64, x: &dyn Fn(
     );
 }
 
-/// One dot per operation at its completion time and latency.
+/// Dots drawn at most: a long run's operations are sampled evenly down to this (operations of
+/// unknown outcome are always drawn), so that the picture stays a few megabytes.
+const DOTS_MAX: usize = 60_000;
+
+/// One dot per operation (or per sampled operation) at its completion time and latency.
 fn latencies(svg: &mut String, history: &[Operation], x: &dyn Fn(u64) -> f64) {
     let (top, bottom) = BOTTOM_PANEL;
     let (low, high) = (LATENCY_RANGE_MS.0.log10(), LATENCY_RANGE_MS.1.log10());
     let y = |ms: f64| {
         bottom - (ms.max(LATENCY_RANGE_MS.0).log10() - low) / (high - low) * (bottom - top)
     };
-    for op in history {
+    let stride = history.len().div_ceil(DOTS_MAX).max(1);
+    let drawn = history
+        .iter()
+        .enumerate()
+        .filter(|(i, op)| i % stride == 0 || op.outcome == Outcome::Info)
+        .map(|(_, op)| op);
+    for op in drawn {
         let (at, fill, ms) = match (op.ret, op.outcome) {
             (Some(ret), Outcome::Ok) => (ret, "#3a9a3a", (ret - op.call) as f64 / 1e6),
             (Some(ret), _) => (ret, "#909090", (ret - op.call) as f64 / 1e6),
@@ -157,6 +168,10 @@ mod tests {
         }];
         let svg = plot_svg(&history, &faults, "run");
         assert_eq!(svg.matches("<circle").count(), 3);
+        let many: Vec<Operation> =
+            (0..DOTS_MAX * 3).map(|i| op(i, Outcome::Ok, 0, Some(1_000_000))).collect();
+        let sampled = plot_svg(&many, &[], "many").matches("<circle").count();
+        assert_eq!(sampled, DOTS_MAX, "a long run is sampled");
         assert_eq!(svg.matches("#f2d0d0").count(), 1);
         assert!(svg.contains("killed n1") && svg.contains("Kill"));
     }
