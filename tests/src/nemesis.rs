@@ -249,7 +249,7 @@ pub async fn heal(cluster: &mut Cluster, heal: Heal) -> Result<(), String> {
 
 /// How long a membership request may keep being refused (no leader yet, a change in
 /// progress) before the harness gives up.
-const MEMBERSHIP_PATIENCE: Duration = Duration::from_secs(30);
+const MEMBERSHIP_PATIENCE: Duration = Duration::from_secs(45);
 
 /// Sends a Cluster request to each node in turn until one (the leader) takes it, or one
 /// refuses it for good (the request itself is wrong: it names a member that exists, or none).
@@ -259,9 +259,9 @@ where
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let give_up = Instant::now() + MEMBERSHIP_PATIENCE;
-    let mut last = String::from("no node answered");
+    let mut answers: Vec<String> = vec!["no node answered".into(); cluster.size()];
     while Instant::now() < give_up {
-        for i in 0..cluster.size() {
+        for (i, last) in answers.iter_mut().enumerate() {
             let channel = channel(cluster.client_address(i), &cluster.certs())?;
             let answer =
                 tokio::time::timeout(Duration::from_secs(3), call(ClusterClient::new(channel)));
@@ -270,13 +270,13 @@ where
                 Ok(Err(status)) if refused_for_good(&status) => {
                     return Err(format!("n{}: {}", i + 1, status.message()));
                 }
-                Ok(Err(status)) => last = format!("n{}: {}", i + 1, status.message()),
-                Err(_) => last = format!("n{}: no answer in 3 s", i + 1),
+                Ok(Err(status)) => *last = format!("n{}: {}", i + 1, status.message()),
+                Err(_) => *last = format!("n{}: no answer in 3 s", i + 1),
             }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    Err(last)
+    Err(answers.join("; "))
 }
 
 fn refused_for_good(status: &tonic::Status) -> bool {
@@ -288,11 +288,17 @@ fn refused_for_good(status: &tonic::Status) -> bool {
 /// (it is killed if it has not within 10 s).
 async fn remove(cluster: &mut Cluster, node: usize) -> Result<(), String> {
     let name = format!("n{}", node + 1);
-    cluster_call(cluster, |mut c| {
+    let left = cluster_call(cluster, |mut c| {
         let name = name.clone();
         async move { c.member_leave(MemberLeaveRequest { name }).await }
     })
-    .await?;
+    .await;
+    match left {
+        Ok(_) => {}
+        // Removed already (a heal tried again after its removal went through).
+        Err(e) if e.contains("no member named") => {}
+        Err(e) => return Err(e),
+    }
     if cluster.is_running(node) && cluster.wait_exit(node, Duration::from_secs(10)).await.is_none()
     {
         cluster.kill(node);

@@ -145,6 +145,7 @@ async fn run_nemesis(
     let mut rng = fastrand::Rng::with_seed(spec.seed);
     let mut windows = Vec::new();
     let mut round: Vec<Fault> = Vec::new();
+    let mut unhealed = Vec::new();
     loop {
         let quiet = between(&mut rng, spec.fault_quiet / 3, spec.fault_quiet);
         tokio::time::sleep(quiet.min(deadline.saturating_duration_since(Instant::now()))).await;
@@ -160,11 +161,21 @@ async fn run_nemesis(
         let (what, heal) = nemesis::apply(cluster, fault, &mut rng).await;
         let hold = between(&mut rng, spec.fault_hold / 2, spec.fault_hold);
         tokio::time::sleep(hold.min(deadline.saturating_duration_since(Instant::now()))).await;
-        nemesis::heal(cluster, heal).await?;
+        let what = match nemesis::heal(cluster, heal).await {
+            Ok(()) => what,
+            Err(e) => {
+                // Tried again once the faults stop (below), with nothing else going on.
+                unhealed.push(heal);
+                format!("{what}; healing failed for now: {e}")
+            }
+        };
         windows.push(FaultWindow { fault, what, start, end: recorder.now() });
     }
     if spec.faults.is_empty() {
         tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
+    }
+    for heal in unhealed {
+        nemesis::heal(cluster, heal).await.map_err(|e| format!("healing {heal:?}: {e}"))?;
     }
     Ok(windows)
 }
