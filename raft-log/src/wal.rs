@@ -428,8 +428,9 @@ impl Wal {
     fn roll(&mut self, first: Index) -> Result<(), WalError> {
         if let Some(active) = self.segments.last_mut() {
             active.segment.seal()?;
-            let active = self.segments.last().expect("just sealed");
-            self.write_index(active.first, active.segment.len(), &active.index.locations())?;
+        }
+        if let Some(sealed) = self.segments.last() {
+            self.write_index(sealed.first, sealed.segment.len(), &sealed.index.locations())?;
         }
         let path = segment_path(&self.dir, first);
         let segment = Segment::create(&*self.vfs, &path)?;

@@ -28,47 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs a cluster under faults and checks its history.
-    Run {
-        /// Nodes in the cluster.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(3..=5))]
-        nodes: u16,
-        /// Concurrent clients.
-        #[arg(long, default_value_t = 10)]
-        clients: usize,
-        /// Seconds of clients and faults.
-        #[arg(long, default_value_t = 60)]
-        duration_secs: u64,
-        /// What the clients do.
-        #[arg(long, value_enum, default_value_t = Workload::Registers)]
-        workload: Workload,
-        /// The fault kinds to draw from (comma-separated; none for a run without faults).
-        #[arg(long, value_enum, value_delimiter = ',', default_values_t = Fault::ALL)]
-        faults: Vec<Fault>,
-        /// Seeds every random choice of the clients and the nemesis.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// The run's directory: history, faults, report, anomalies, the nodes' logs.
-        #[arg(long)]
-        out: PathBuf,
-        /// The first of the loopback ports the cluster uses (up to 45 from it).
-        #[arg(long, default_value_t = 27000)]
-        base_port: u16,
-        /// Where kv-server and kvctl are (default: beside this program).
-        #[arg(long)]
-        bin_dir: Option<PathBuf>,
-        /// Seconds the search may spend on one key before it says "unknown".
-        #[arg(long, default_value_t = 30)]
-        key_budget_secs: u64,
-        /// Runs the servers with a bug planted on purpose, to show the check finds it.
-        #[arg(long, value_enum)]
-        planted_bug: Option<PlantedBug>,
-        /// The longest a fault is held, in milliseconds (the shortest: half of it).
-        #[arg(long, default_value_t = 5000)]
-        fault_hold_ms: u64,
-        /// The longest quiet spell between faults, in milliseconds (the shortest: a third).
-        #[arg(long, default_value_t = 3000)]
-        fault_quiet_ms: u64,
-    },
+    Run(RunArgs),
     /// Checks a recorded history (JSON lines) again.
     Check {
         /// The history file.
@@ -107,35 +67,7 @@ fn main() -> ExitCode {
                 verdict
             })
         }
-        Command::Run {
-            nodes,
-            clients,
-            duration_secs,
-            workload,
-            faults,
-            seed,
-            out,
-            base_port,
-            bin_dir,
-            key_budget_secs,
-            planted_bug,
-            fault_hold_ms,
-            fault_quiet_ms,
-        } => run_command(RunArgs {
-            nodes: usize::from(nodes),
-            clients,
-            duration: Duration::from_secs(duration_secs),
-            workload,
-            faults,
-            seed,
-            out,
-            base_port,
-            bin_dir,
-            key_budget: Duration::from_secs(key_budget_secs),
-            planted_bug,
-            fault_hold: Duration::from_millis(fault_hold_ms),
-            fault_quiet: Duration::from_millis(fault_quiet_ms),
-        }),
+        Command::Run(args) => run_command(args),
     };
     match outcome {
         Ok(Verdict::Valid) => ExitCode::SUCCESS,
@@ -148,20 +80,48 @@ fn main() -> ExitCode {
     }
 }
 
+/// The flags of `run`.
+#[derive(clap::Args)]
 struct RunArgs {
-    nodes: usize,
-    clients: usize,
-    duration: Duration,
-    workload: Workload,
-    faults: Vec<Fault>,
-    seed: Option<u64>,
-    out: PathBuf,
-    base_port: u16,
-    bin_dir: Option<PathBuf>,
-    key_budget: Duration,
-    planted_bug: Option<PlantedBug>,
-    fault_hold: Duration,
-    fault_quiet: Duration,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(3..=5))]
+    pub nodes: u16,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 10)]
+    pub clients: usize,
+    /// Seconds of clients and faults.
+    #[arg(long, default_value_t = 60)]
+    pub duration_secs: u64,
+    /// What the clients do.
+    #[arg(long, value_enum, default_value_t = Workload::Registers)]
+    pub workload: Workload,
+    /// The fault kinds to draw from (comma-separated; none for a run without faults).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Fault::ALL)]
+    pub faults: Vec<Fault>,
+    /// Seeds every random choice of the clients and the nemesis.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// The run's directory: history, faults, report, anomalies, the nodes' logs.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The first of the loopback ports the cluster uses (up to 45 from it).
+    #[arg(long, default_value_t = 27000)]
+    pub base_port: u16,
+    /// Where kv-server and kvctl are (default: beside this program).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Seconds the search may spend on one key before it says "unknown".
+    #[arg(long, default_value_t = 30)]
+    pub key_budget_secs: u64,
+    /// Runs the servers with a bug planted on purpose, to show the check finds it.
+    #[arg(long, value_enum)]
+    pub planted_bug: Option<PlantedBug>,
+    /// The longest a fault is held, in milliseconds (the shortest: half of it).
+    #[arg(long, default_value_t = 5000)]
+    pub fault_hold_ms: u64,
+    /// The longest quiet spell between faults, in milliseconds (the shortest: a third).
+    #[arg(long, default_value_t = 3000)]
+    pub fault_quiet_ms: u64,
 }
 
 fn run_command(args: RunArgs) -> Result<Verdict, String> {
@@ -177,50 +137,32 @@ fn run_command(args: RunArgs) -> Result<Verdict, String> {
     println!("seed {seed} (replay with --seed {seed})");
     let spec = RunSpec {
         cluster: ClusterSpec {
-            nodes: args.nodes,
+            nodes: usize::from(args.nodes),
             base_port: args.base_port,
             dir: args.out.join("cluster"),
             bin_dir,
             server_flags: harness_server_flags(args.planted_bug),
         },
         clients: args.clients,
-        duration: args.duration,
+        duration: Duration::from_secs(args.duration_secs),
         workload: args.workload,
         faults: args.faults,
         seed,
         out: args.out,
-        key_budget: args.key_budget,
-        fault_hold: args.fault_hold,
-        fault_quiet: args.fault_quiet,
+        key_budget: Duration::from_secs(args.key_budget_secs),
+        fault_hold: Duration::from_millis(args.fault_hold_ms),
+        fault_quiet: Duration::from_millis(args.fault_quiet_ms),
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("a runtime: {e}"))?;
     // Interrupted, the run is dropped, and with it the cluster: every node is killed.
     let summary = runtime.block_on(async {
         tokio::select! {
             summary = run(&spec) => summary,
-            () = interrupted() => Err("interrupted: every node was stopped".to_string()),
+            () = kv_server::server::shutdown_signal() => Err("interrupted: every node was stopped".to_string()),
         }
     })?;
     print!("{}", summary.text);
     Ok(summary.verdict)
-}
-
-/// Waits for SIGINT or SIGTERM.
-async fn interrupted() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).ok();
-    let term = async {
-        match terminate.as_mut() {
-            Some(signal) => {
-                signal.recv().await;
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }
 
 /// Short timeouts, so that faults lead to elections and snapshots within a short run; and
