@@ -1,6 +1,7 @@
 //! Membership changes on real kv-server processes: a wiped member leaves and rejoins through
-//! a snapshot, the leader removes itself, and a learner that asked to vote is promoted by
-//! whichever node leads once it has caught up.
+//! a snapshot, the leader removes itself, a learner that asked to vote is promoted by
+//! whichever node leads once it has caught up, and a newcomer follows a leader that its
+//! snapshot predates.
 
 mod common;
 
@@ -201,4 +202,46 @@ async fn a_node_back_from_downtime_follows_a_leader_that_joined_while_it_was_awa
     assert_eq!(get(&cluster, 3, "from-the-returned").await.as_deref(), Some("3"));
     let log = cluster.log(away);
     assert!(log.contains("taken on at the address it announced"), "{log}");
+}
+
+/// Found by the harness (kv-jepsen, seed 7): a member that joined leads before it has taken
+/// a snapshot of its own, so the newest snapshot it holds is the one it caught up from,
+/// whose configuration names neither it nor any later member. A second member joins and
+/// catches up from that snapshot. Going by the snapshot's configuration alone, the newcomer
+/// would drop its leader from its peers and refuse its connections for good; it keeps the
+/// members its flags name until it holds a configuration that names itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_follows_a_leader_its_snapshot_predates() {
+    let mut cluster = Cluster::with_spares(3, 2);
+    for node in 0..3 {
+        cluster.spawn(node);
+    }
+    let leader = cluster.leader().await;
+    for i in 0..250 {
+        set(&cluster, leader, &format!("k{i:03}"), "v").await;
+    }
+    // n4 joins, catches up from a snapshot that predates it, and is promoted.
+    let joined = join(&cluster, 3, "n4").await;
+    start_joined(&mut cluster, 3, "n4", &joined);
+    let deadline = Instant::now() + WAIT;
+    while !members_at(&cluster, leader).await.contains(&("n4".to_string(), false)) {
+        assert!(Instant::now() < deadline, "n4 was never promoted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cluster.log(3).contains("installed the leader's snapshot"), "{}", cluster.log(3));
+    // n4 leads, with no snapshot newer than the one it caught up from.
+    transfer(&cluster, leader, 3).await;
+    // n5 joins; n4's log starts after that snapshot, so n5 catches up from it too.
+    let joined = join(&cluster, 4, "n5").await;
+    start_joined(&mut cluster, 4, "n5", &joined);
+    let deadline = Instant::now() + WAIT;
+    while !members_at(&cluster, 3).await.contains(&("n5".to_string(), false)) {
+        let log = cluster.log(4);
+        assert!(Instant::now() < deadline, "n5 was never promoted; its log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!cluster.log(3).contains("written in"), "n4 took a snapshot of its own");
+    assert!(cluster.log(4).contains("installed the leader's snapshot"), "{}", cluster.log(4));
+    set(&cluster, 4, "through-n5", "yes").await;
+    assert_eq!(get(&cluster, 4, "k249").await.as_deref(), Some("v"));
 }

@@ -7,7 +7,8 @@ use crate::cluster::Cluster;
 use crate::proxy::Link;
 use kv_proto::kv::cluster_client::ClusterClient;
 use kv_proto::kv::{
-    MemberJoinRequest, MemberLeaveRequest, StatusRequest, TransferLeadershipRequest,
+    MemberJoinRequest, MemberLeaveRequest, MemberListRequest, StatusRequest,
+    TransferLeadershipRequest,
 };
 use serde::Serialize;
 use std::path::Path;
@@ -334,7 +335,36 @@ async fn rejoin(cluster: &mut Cluster, node: usize) -> Result<(), String> {
     let initial: Vec<String> =
         members.iter().map(|m| format!("{}@{}={}", m.name, m.id, m.peer_address)).collect();
     cluster.rejoin_as(node, initial.join(","))?;
-    cluster.start_node(node)
+    cluster.start_node(node)?;
+    wait_until_voter(cluster, &name).await
+}
+
+/// Waits until a member list shows `name` as a voter. A rejoined node is healed once it
+/// votes again, as an operator would wait before touching the next node: a fault that
+/// struck one of the two voters while the third still caught up as a learner would leave no
+/// majority, and no way to replace the node.
+async fn wait_until_voter(cluster: &Cluster, name: &str) -> Result<(), String> {
+    let give_up = Instant::now() + MEMBERSHIP_PATIENCE;
+    loop {
+        let listed =
+            cluster_call(cluster, |mut c| async move { c.member_list(MemberListRequest {}).await })
+                .await?;
+        if listed.members.iter().any(|m| m.name == name && !m.is_learner) {
+            return Ok(());
+        }
+        if Instant::now() >= give_up {
+            let members: Vec<String> = listed
+                .members
+                .iter()
+                .map(|m| format!("{}{}", m.name, if m.is_learner { " (learner)" } else { "" }))
+                .collect();
+            return Err(format!(
+                "{name} was not a voter within {MEMBERSHIP_PATIENCE:?}; members: {}",
+                members.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The node whose newest segment holds the most bytes of records.

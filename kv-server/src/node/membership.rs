@@ -123,12 +123,32 @@ impl Core {
         // leader removing itself must still hear the acknowledgements of the entry that
         // removes it, which followers append (and may apply the previous entry) before it
         // commits.
+        let given_at_join = self.given_at_join();
         for id in self.transport.peers() {
             let member = |m: &raft_core::Membership| m.contains(id);
             let known = member(self.raw.membership()) || member(self.raw.committed_membership());
-            if !known && id < newer_than_known {
+            if !known && id < newer_than_known && !given_at_join.contains(&id) {
                 self.transport.remove_peer(id);
             }
+        }
+    }
+
+    /// The members the flags name, while this node has not caught up to its own addition:
+    /// none of its configurations names it yet, so the members it was given when it joined
+    /// are newer than any configuration it holds. A snapshot it catches up from can predate
+    /// its leader's addition (the leader joined, then led before taking a snapshot of its
+    /// own); going by that snapshot alone, the node would refuse its leader for good.
+    ///
+    /// Empty once a configuration has named this node: from then on its configurations
+    /// are at least as new as its join.
+    fn given_at_join(&self) -> &[NodeId] {
+        let me = self.config.id;
+        let named =
+            self.raw.membership().contains(me) || self.raw.committed_membership().contains(me);
+        if self.was_member || named {
+            &[]
+        } else {
+            &self.config.voters
         }
     }
 
