@@ -11,6 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", root.join(proto).display());
     }
     let descriptors = protox::compile(PROTOS, [root])?;
+    // The encoded descriptors, served by gRPC reflection so that generic tools (grpcurl) can
+    // list and call the API.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("descriptors.bin"), prost::Message::encode_to_vec(&descriptors))?;
     let mut config = prost_build::Config::new();
     // Payloads are shared, not copied, from the frame they arrive in.
     config.bytes(["."]);

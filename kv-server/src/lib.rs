@@ -3,6 +3,7 @@
 //! on a tokio runtime, and serves the gRPC API of `proto/kv/v1/kv.proto`.
 
 pub mod flags;
+pub mod health;
 mod incoming;
 pub mod node;
 pub mod server;

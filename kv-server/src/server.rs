@@ -2,6 +2,7 @@
 //! server, and a clean stop on SIGTERM or SIGINT (leadership handed over first).
 
 use crate::flags::Settings;
+use crate::health;
 use crate::node::{self, NodeConfig, NodeHandle};
 use crate::service::{MemberInfo, Service};
 use kv_proto::kv::cluster_server::ClusterServer;
@@ -159,12 +160,22 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
             () = loop_ended.notified() => {}
         }
     };
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let health = health::start(node.clone(), health_reporter).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kv_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Failed(format!("gRPC reflection: {e}")))?;
     let served = server
         .add_service(KvServer::new(service.clone()))
         .add_service(ClusterServer::new(service))
+        .add_service(health_service)
+        .add_service(reflection)
         .serve_with_shutdown(address, stop_serving)
         .await
         .map_err(|e| ServerError::Serve { address, reason: e.to_string() });
+    health.abort();
     stop(&node).await;
     transport.shutdown();
     served?;

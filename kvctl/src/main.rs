@@ -9,6 +9,7 @@ mod bench;
 mod certs;
 mod client;
 mod dev;
+mod status;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -110,8 +111,12 @@ enum Cmd {
     },
     /// Removes a member by name.
     MemberLeave { name: String },
-    /// The status of the first reachable node.
-    Status,
+    /// The status of the first reachable node, or with --all of every member.
+    Status {
+        /// Ask every member (at its advertised client address), one row each.
+        #[arg(long)]
+        all: bool,
+    },
     /// Hands leadership to a member (or the most caught-up voter).
     TransferLeader {
         #[arg(default_value = "")]
@@ -386,35 +391,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .await?;
             print_members(json, &response.members);
         }
-        Cmd::Status => {
-            let s = connection
-                .send(api::StatusRequest {}, |c, r| async move {
-                    Connection::cluster(c).status(r).await
-                })
-                .await?;
-            if json {
-                println!(
-                    "{}",
-                    json!({ "name": s.name, "id": s.id, "role": s.role, "term": s.term, "leader": s.leader_name,
-                            "commit": s.commit_index, "applied": s.applied_index,
-                            "log_first": s.log_first_index, "log_last": s.log_last_index })
-                );
-            } else {
-                println!("NAME\tID\tROLE\tTERM\tLEADER\tCOMMIT\tAPPLIED\tLOG");
-                println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}..{}",
-                    s.name,
-                    s.id,
-                    s.role,
-                    s.term,
-                    s.leader_name,
-                    s.commit_index,
-                    s.applied_index,
-                    s.log_first_index,
-                    s.log_last_index
-                );
-            }
-        }
+        Cmd::Status { all: false } => status::one(&connection, json).await?,
+        Cmd::Status { all: true } => status::all(&connection, json).await?,
         Cmd::TransferLeader { name } => {
             let request = api::TransferLeadershipRequest { name };
             let response = connection

@@ -157,6 +157,17 @@ fn the_dev_cluster_serves_every_command_and_stops_on_ctrl_c() {
     assert!(members.contains("leader"), "{members}");
     let status = dev.kvctl(&["status"]);
     assert!(status.status.success(), "{}", stderr(&status));
+    // status --all: a header and one row per member, each asked at its own address.
+    let all = stdout(&dev.kvctl(&["status", "--all"]));
+    let rows: Vec<&str> = all.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{all}");
+    for (i, row) in rows.iter().enumerate() {
+        let columns: Vec<&str> = row.split('\t').collect();
+        assert_eq!(columns[0], format!("n{}", i + 1), "{all}");
+        assert!(["leader", "follower"].contains(&columns[2]), "{all}");
+        assert!(columns[7].parse::<u64>().is_ok(), "a lag: {all}");
+    }
+    assert_eq!(rows.iter().filter(|r| r.contains("\tleader\t")).count(), 1, "{all}");
     // Failover: the first endpoint is down; the next one answers.
     let endpoints = format!("127.0.0.1:1,{}", dev.endpoints());
     let failover = dev.kvctl_with(&endpoints, true, &["get", "greeting"]);

@@ -19,6 +19,9 @@ pub mod kv {
     include!(concat!(env!("OUT_DIR"), "/kv.v1.rs"));
 }
 
+/// The encoded `FileDescriptorSet` of every `.proto` file here, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 mod convert;
 
 pub use convert::WireError;
