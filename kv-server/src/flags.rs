@@ -12,6 +12,11 @@ use std::time::Duration;
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 pub struct Flags {
+    /// A TOML file with any of these flags, by their long names (`data-dir = "/var/lib/kv"`).
+    /// A flag on the command line, then its environment variable, win over the file.
+    #[arg(long, env = "KV_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+
     /// This node's name: must appear in --initial-cluster.
     #[arg(long, env = "KV_NAME")]
     pub name: String,

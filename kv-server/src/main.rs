@@ -1,7 +1,6 @@
 //! The kv-server binary: flags, logging, the runtime, then `server::run`.
 
-use clap::Parser;
-use kv_server::flags::Flags;
+use kv_server::config_file;
 use std::process::ExitCode;
 
 /// mimalloc: the servers allocate and free many small buffers per request (HTTP/2 frames,
@@ -11,7 +10,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     kv_server::init_logging();
-    let settings = match Flags::parse().check() {
+    let flags = config_file::parse_flags(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let settings = match flags.check() {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("kv-server: {error}");

@@ -206,10 +206,7 @@ fn main() -> ExitCode {
     };
     if let Cmd::Node { args } = &cli.command {
         let argv = std::iter::once("kv-server".to_string()).chain(args.iter().cloned());
-        let flags = match <kv_server::flags::Flags as Parser>::try_parse_from(argv) {
-            Ok(flags) => flags,
-            Err(error) => error.exit(),
-        };
+        let flags = kv_server::config_file::parse_flags(argv).unwrap_or_else(|e| e.exit());
         let settings = match flags.check() {
             Ok(settings) => settings,
             Err(error) => {
