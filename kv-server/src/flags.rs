@@ -59,6 +59,11 @@ pub struct Flags {
     #[arg(long, env = "KV_LISTEN_CLIENT_ADDRESS")]
     pub listen_client_address: SocketAddr,
 
+    /// Where to serve Prometheus metrics over plain HTTP at /metrics (ip:port); none when
+    /// unset.
+    #[arg(long, env = "KV_LISTEN_METRICS_ADDRESS")]
+    pub listen_metrics_address: Option<SocketAddr>,
+
     /// The client address to give clients (host:port); defaults to --listen-client-address.
     #[arg(long, env = "KV_ADVERTISE_CLIENT_ADDRESS")]
     pub advertise_client_address: Option<String>,

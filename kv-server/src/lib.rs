@@ -3,9 +3,11 @@
 //! on a tokio runtime, and serves the gRPC API of `proto/kv/v1/kv.proto`.
 
 pub mod config_file;
+mod connections;
 pub mod flags;
 pub mod health;
 mod incoming;
+pub mod metrics;
 pub mod node;
 pub mod server;
 pub mod service;

@@ -1,8 +1,10 @@
 //! Starting and stopping a node: TLS material, the transport, the node loop, the gRPC
 //! server, and a clean stop on SIGTERM or SIGINT (leadership handed over first).
 
+use crate::connections;
 use crate::flags::Settings;
 use crate::health;
+use crate::metrics::{self, Metrics};
 use crate::node::{self, NodeConfig, NodeHandle};
 use crate::service::{MemberInfo, Service};
 use kv_proto::kv::cluster_server::ClusterServer;
@@ -115,9 +117,15 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
             promote: false, // the state machine keeps the flag of the row's join
         },
     };
+    let metrics = Arc::new(Metrics::new());
+    let metrics_listener = match flags.listen_metrics_address {
+        Some(address) => Some(metrics::bind(address).await.map_err(ServerError::Failed)?),
+        None => None,
+    };
     let transport = Arc::new(transport);
+    let runtime = tokio::runtime::Handle::current();
     let (node, thread) =
-        node::start(node_config, transport.clone(), events, tokio::runtime::Handle::current())?;
+        node::start(node_config, transport.clone(), events, runtime, metrics.clone())?;
     let members = settings
         .members
         .iter()
@@ -132,16 +140,27 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
             },
         })
         .collect();
-    let service = Service::new(node.clone(), members, flags.value_bytes_max)
+    let service = Service::new(node.clone(), members, flags.value_bytes_max, metrics.clone())
         .with_unsafe_local_reads(flags.unsafe_local_reads);
     if flags.unsafe_local_reads {
         tracing::warn!("--unsafe-local-reads: reads may be stale (a planted bug for the harness)");
     }
-    let mut server = Server::builder();
+    let metrics_server = metrics_listener.map(|listener| {
+        tracing::info!("serving metrics on http://{:?}/metrics", listener.local_addr().ok());
+        let served = metrics::serve(metrics.clone(), listener, std::future::pending());
+        tokio::spawn(async move {
+            if let Err(error) = served.await {
+                tracing::error!("the metrics endpoint stopped: {error}");
+            }
+        })
+    });
+    let mut server = Server::builder().layer(metrics::CountRequests::new(metrics.clone()));
     if let Some(tls) = client_tls {
         server = server.tls_config(tls).map_err(|e| ServerError::ClientTls(e.to_string()))?;
     }
     let address = flags.listen_client_address;
+    let incoming = connections::incoming(address, &metrics)
+        .map_err(|e| ServerError::Serve { address, reason: e.to_string() })?;
     tracing::info!(name = %flags.name, id = %settings.id, "serving clients on {address}, peers on {}", flags.listen_peer_address);
     // The loop thread is watched too: if it stops on its own (a disk error), the server
     // stops serving and the process exits with the error, instead of answering UNAVAILABLE
@@ -172,10 +191,13 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
         .add_service(ClusterServer::new(service))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_shutdown(address, stop_serving)
+        .serve_with_incoming_shutdown(incoming, stop_serving)
         .await
         .map_err(|e| ServerError::Serve { address, reason: e.to_string() });
     health.abort();
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     stop(&node).await;
     transport.shutdown();
     served?;

@@ -1,8 +1,10 @@
 //! The gRPC services of `proto/kv/v1/kv.proto`: requests are checked here, then handed to
 //! the node; its answers become responses or status codes (docs/api.md).
 
+use crate::metrics::{observe, Metrics, OutcomeLabel};
 use crate::node::{
-    ConfChangeRefused, NodeHandle, NodeStatus, ReadError, WriteError, CLIENT_SESSION_ID_MAX,
+    role_name, ConfChangeRefused, NodeHandle, NodeStatus, ReadError, WriteError,
+    CLIENT_SESSION_ID_MAX,
 };
 use bytes::Bytes;
 use kv_fsm::WriteResult;
@@ -39,6 +41,7 @@ pub struct Service {
     node: NodeHandle,
     members: Arc<Vec<MemberInfo>>,
     value_bytes_max: usize,
+    metrics: Arc<Metrics>,
     /// The planted bug of `--unsafe-local-reads`: every read is served locally.
     unsafe_local_reads: bool,
 }
@@ -54,9 +57,15 @@ fn answered_another_kind(result: WriteResult) -> Status {
 }
 
 impl Service {
-    /// Serves `node`, whose members are `members`.
-    pub fn new(node: NodeHandle, members: Vec<MemberInfo>, value_bytes_max: usize) -> Service {
-        Service { node, members: Arc::new(members), value_bytes_max, unsafe_local_reads: false }
+    /// Serves `node`, whose members are `members`, counting into `metrics`.
+    pub fn new(
+        node: NodeHandle,
+        members: Vec<MemberInfo>,
+        value_bytes_max: usize,
+        metrics: Arc<Metrics>,
+    ) -> Service {
+        let members = Arc::new(members);
+        Service { node, members, value_bytes_max, metrics, unsafe_local_reads: false }
     }
 
     /// Plants the bug of `--unsafe-local-reads` (for the test harness): linearizable reads
@@ -117,7 +126,20 @@ impl Service {
     /// Replicates `op`, under the client's session if it sent one.
     async fn write_in(&self, op: Op, session: Option<WriteSession>) -> Result<WriteResult, Status> {
         Service::check_session(session.as_ref())?;
-        self.node.write(op, session).await.map_err(|error| match error {
+        let started = std::time::Instant::now();
+        let written = self.node.write(op, session).await;
+        observe(&self.metrics.proposal_seconds, started.elapsed());
+        let outcome = match &written {
+            Ok(_) => "applied",
+            Err(WriteError::NoLeader) => "no_leader",
+            Err(WriteError::Stopped) => "stopped",
+            Err(WriteError::Busy(_)) => "busy",
+            Err(WriteError::Timeout) => "timeout",
+            Err(WriteError::Forgotten { .. }) => "forgotten",
+            Err(WriteError::Superseded) => "superseded",
+        };
+        self.metrics.proposals.get_or_create(&OutcomeLabel { outcome: outcome.into() }).inc();
+        written.map_err(|error| match error {
             WriteError::NoLeader | WriteError::Stopped | WriteError::Busy(_) => {
                 Status::unavailable(error.to_string())
             }
@@ -130,7 +152,12 @@ impl Service {
     async fn read(&self, consistency: i32) -> Result<kv_fsm::KvState, Status> {
         let linearizable =
             consistency != ReadConsistency::Serializable as i32 && !self.unsafe_local_reads;
-        self.node.read(linearizable).await.map_err(|error| match error {
+        let started = std::time::Instant::now();
+        let read = self.node.read(linearizable).await;
+        if linearizable {
+            observe(&self.metrics.read_index_seconds, started.elapsed());
+        }
+        read.map_err(|error| match error {
             ReadError::Timeout => Status::deadline_exceeded(error.to_string()),
             ReadError::NoLeader | ReadError::Busy | ReadError::Stopped => {
                 Status::unavailable(error.to_string())
@@ -341,15 +368,6 @@ fn check_member_text(field: &str, text: &str) -> Result<(), Status> {
         )));
     }
     Ok(())
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Follower => "follower",
-        Role::PreCandidate => "pre-candidate",
-        Role::Candidate => "candidate",
-        Role::Leader => "leader",
-    }
 }
 
 type ListStream = Pin<Box<dyn Stream<Item = Result<api::KeyValue, Status>> + Send>>;

@@ -109,3 +109,88 @@ async fn reflection_lists_the_services() {
         assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
     }
 }
+
+/// Slot `node`'s metrics: each sample line's name with its labels, and its value.
+fn scrape(cluster: &Cluster, node: usize) -> Vec<(String, f64)> {
+    use std::io::{Read, Write};
+    let address = format!("127.0.0.1:{}", cluster.metrics_ports[node]);
+    let mut stream = std::net::TcpStream::connect(&address).expect("the metrics endpoint");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    body.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.rsplit_once(' '))
+        .map(|(name, value)| (name.to_string(), value.parse().expect("a number")))
+        .collect()
+}
+
+/// The value of the sample named exactly `name` (with its labels), 0 if absent.
+fn sample(samples: &[(String, f64)], name: &str) -> f64 {
+    samples.iter().find(|(n, _)| n == name).map_or(0.0, |(_, v)| *v)
+}
+
+/// A scrape of a running node: the values move when writes happen (commit and applied
+/// index, proposals, log batches, gRPC requests) and when the leader changes (term, leader
+/// changes, role).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_writes_and_leader_changes() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    set(&cluster, leader, "warm", "up").await;
+    let before = scrape(&cluster, leader);
+    assert_eq!(sample(&before, "kv_raft_role{role=\"leader\"}"), 1.0, "{before:?}");
+    assert_eq!(sample(&before, "kv_raft_role{role=\"follower\"}"), 0.0);
+    for i in 0..20 {
+        set(&cluster, leader, &format!("m{i}"), "v").await;
+    }
+    assert_eq!(get(&cluster, leader, "m19").await.as_deref(), Some("v"));
+    let after = scrape(&cluster, leader);
+    let moved = |name: &str, by: f64| {
+        let (old, new) = (sample(&before, name), sample(&after, name));
+        assert!(new >= old + by, "{name}: {old} -> {new}");
+    };
+    moved("kv_raft_commit_index", 20.0);
+    moved("kv_raft_applied_index", 20.0);
+    moved("kv_proposals_total{outcome=\"applied\"}", 20.0);
+    moved("kv_proposal_duration_seconds_count", 20.0);
+    moved("kv_wal_sync_duration_seconds_count", 1.0);
+    moved("kv_wal_batch_entries_count", 1.0);
+    moved("kv_read_index_duration_seconds_count", 1.0);
+    moved("kv_grpc_requests_total{method=\"/kv.v1.KV/Set\",code=\"Ok\"}", 20.0);
+    moved("kv_grpc_requests_total{method=\"/kv.v1.KV/Get\",code=\"Ok\"}", 1.0);
+    moved("kv_peer_transport_events_total{event=\"messages_sent\"}", 20.0);
+    moved("kv_peer_transport_events_total{event=\"messages_received\"}", 20.0);
+    let open = sample(&after, "kv_grpc_client_connections");
+    assert!(open >= 1.0, "the test's own connection is open: {open}");
+    let lagging = after.iter().filter(|(n, _)| n.starts_with("kv_raft_replication_lag_entries"));
+    assert_eq!(lagging.count(), 2, "a lag per follower: {after:?}");
+    // A refused request is counted with its code.
+    let mut client = cluster.kv(leader).await;
+    let empty = kv_proto::kv::SetRequest { key: "".into(), value: "v".into(), session: None };
+    assert!(client.set(empty).await.is_err());
+    let refused = scrape(&cluster, leader);
+    let invalid = "kv_grpc_requests_total{method=\"/kv.v1.KV/Set\",code=\"InvalidArgument\"}";
+    assert_eq!(sample(&refused, invalid), 1.0, "{refused:?}");
+    // Leadership moves: the new leader's term and leader changes move, and its role.
+    let to = (leader + 1) % 3;
+    let follower_before = scrape(&cluster, to);
+    let mut admin = ClusterClient::new(cluster.channel(leader).await);
+    let request = kv_proto::kv::TransferLeadershipRequest { name: format!("n{}", to + 1) };
+    admin.transfer_leadership(request).await.expect("transfer");
+    let deadline = Instant::now() + WAIT;
+    while cluster.leader().await != to {
+        assert!(Instant::now() < deadline, "leadership never moved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let follower_after = scrape(&cluster, to);
+    assert_eq!(sample(&follower_after, "kv_raft_role{role=\"leader\"}"), 1.0);
+    let term = |s: &[(String, f64)]| sample(s, "kv_raft_term");
+    assert!(term(&follower_after) > term(&follower_before), "the term moved");
+    let changes = |s: &[(String, f64)]| sample(s, "kv_raft_leader_changes_total");
+    assert!(changes(&follower_after) > changes(&follower_before), "leader changes moved");
+}

@@ -15,6 +15,7 @@
 //! once too.
 
 use crate::incoming::Incoming;
+use crate::metrics::{gauge_value, observe, Metrics, PeerLabel};
 use bytes::Bytes;
 use kv_fsm::{ApplyError, KvState, WriteResult};
 use kv_proto::kv::{command::Op, Command, WriteSession as ClientSession};
@@ -323,6 +324,9 @@ struct Core {
     applied_bytes_since_snapshot: u64,
     /// The snapshot being written by its own thread, and when it started.
     snapshot_in_flight: Option<(SnapshotOutcome, Instant)>,
+    metrics: Arc<Metrics>,
+    /// The transport's counters when last added to the metrics.
+    transport_counted: raft_net::Stats,
 }
 
 /// Client session ids below this are clients' ([`CLIENT_SESSION_ID_MAX`]); from it on,
@@ -331,6 +335,20 @@ const NODE_SESSION_ID_MIN: u64 = 1 << 63;
 
 /// The largest session id a client may use (docs/api.md).
 pub const CLIENT_SESSION_ID_MAX: u64 = NODE_SESSION_ID_MIN - 1;
+
+/// A role as the API and the metrics name it.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Follower => "follower",
+        Role::PreCandidate => "pre-candidate",
+        Role::Candidate => "candidate",
+        Role::Leader => "leader",
+    }
+}
+
+fn peer_label(id: NodeId) -> PeerLabel {
+    PeerLabel { peer: id.0.to_string() }
+}
 
 /// A new random session id for this node's own writes.
 fn node_session_id() -> u64 {
@@ -343,6 +361,7 @@ pub fn start(
     transport: Arc<Transport>,
     events: tokio::sync::mpsc::Receiver<Event>,
     runtime: tokio::runtime::Handle,
+    metrics: Arc<Metrics>,
 ) -> Result<(NodeHandle, std::thread::JoinHandle<Result<(), String>>), StartError> {
     let wal = Wal::open(&config.data_dir, WalOptions::default())?;
     let report = wal.recovery_report().clone();
@@ -395,6 +414,8 @@ pub fn start(
         applied_bytes_since_snapshot: 0,
         snapshot_in_flight: None,
         config,
+        metrics,
+        transport_counted: raft_net::Stats::default(),
     };
     core.connect_members();
     let thread = std::thread::Builder::new()
@@ -445,6 +466,10 @@ impl Core {
             if now >= next_tick {
                 self.raw.tick();
                 self.promote_caught_up_learners();
+                self.measure_replication_lag();
+                let stats = self.transport.stats();
+                self.metrics.count_transport(&self.transport_counted, &stats);
+                self.transport_counted = stats;
                 next_tick = (next_tick + tick).max(now);
             }
             self.retry_and_expire(now);
@@ -670,16 +695,22 @@ impl Core {
     fn handle_ready(&mut self, ready: Ready) -> Result<(), String> {
         if let Some(soft) = ready.soft_state {
             tracing::info!(node = %self.config.id, term = %self.raw.term(), "leader is now {:?} (this node: {:?})", soft.leader, soft.role);
+            self.metrics.set_role(role_name(soft.role));
+            self.metrics.leader_changes.inc();
         }
+        self.metrics.term.set(gauge_value(self.raw.term().0));
         self.send(ready.messages);
         if let Some(meta) = &ready.snapshot {
             self.install_snapshot(meta)?;
         }
         if ready.hard_state.is_some() || !ready.entries.is_empty() {
+            let started = Instant::now();
             self.raw
                 .store_mut()
                 .write(ready.hard_state, &ready.entries)
                 .map_err(|e| format!("writing the log: {e}"))?;
+            observe(&self.metrics.wal_sync_seconds, started.elapsed());
+            self.metrics.wal_batch_entries.observe(ready.entries.len() as f64);
         }
         self.send(ready.messages_after_persist);
         self.raw.on_persisted(ready.number);
@@ -704,6 +735,22 @@ impl Core {
                 }
             } else if self.transport.send(&message).is_err() {
                 self.raw.report_unreachable(to);
+                self.metrics.messages_dropped.get_or_create(&peer_label(to)).inc();
+            }
+        }
+    }
+
+    /// On the leader: how many entries each other member's log lags behind this one.
+    fn measure_replication_lag(&self) {
+        if self.raw.role() != Role::Leader {
+            self.metrics.replication_lag.clear();
+            return;
+        }
+        let last = self.raw.last_index().0;
+        for id in self.raw.membership().members() {
+            if let (true, Some(progress)) = (id != self.config.id, self.raw.progress(id)) {
+                let lag = last.saturating_sub(progress.match_index.0);
+                self.metrics.replication_lag.get_or_create(&peer_label(id)).set(gauge_value(lag));
             }
         }
     }
@@ -728,6 +775,8 @@ impl Core {
             }
         }
         self.raw.on_applied(last);
+        self.metrics.applied_index.set(gauge_value(last.0));
+        self.metrics.commit_index.set(gauge_value(self.raw.commit().0));
         self.maybe_snapshot()
     }
 

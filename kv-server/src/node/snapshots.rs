@@ -102,6 +102,8 @@ impl Core {
         };
         let took = started.elapsed();
         self.snapshot_in_flight = None;
+        self.metrics.snapshots.inc();
+        crate::metrics::observe(&self.metrics.snapshot_seconds, took);
         let written = written.map_err(|e| format!("writing a snapshot: {e}"))?;
         let index = written.meta().index;
         let wal = self.raw.store_mut();

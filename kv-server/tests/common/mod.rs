@@ -39,6 +39,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub peer_ports: Vec<u16>,
     pub client_ports: Vec<u16>,
+    /// Where each slot serves Prometheus metrics (plain HTTP, /metrics).
+    pub metrics_ports: Vec<u16>,
     pub children: Vec<Option<Child>>,
     /// The slots of the initial cluster (the first ones); later slots are spares for joins.
     initial: usize,
@@ -70,6 +72,7 @@ impl Cluster {
             dir,
             peer_ports: (0..slots).map(|_| free_port()).collect(),
             client_ports: (0..slots).map(|_| free_port()).collect(),
+            metrics_ports: (0..slots).map(|_| free_port()).collect(),
             children: (0..slots).map(|_| None).collect(),
             initial: size,
             extra_flags: Vec::new(),
@@ -107,6 +110,7 @@ impl Cluster {
             .arg(format!("--data-dir={}", self.data_dir(node).display()))
             .arg(format!("--listen-peer-address=127.0.0.1:{}", self.peer_ports[node]))
             .arg(format!("--listen-client-address=127.0.0.1:{}", self.client_ports[node]))
+            .arg(format!("--listen-metrics-address=127.0.0.1:{}", self.metrics_ports[node]))
             .arg(format!("--peer-cert-file={}", dir.join("peer.pem").display()))
             .arg(format!("--peer-key-file={}", dir.join("peer-key.pem").display()))
             .arg(format!("--peer-trusted-ca-file={}", dir.join("ca.pem").display()))

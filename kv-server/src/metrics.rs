@@ -1,0 +1,347 @@
+//! Prometheus metrics (prometheus-client), served as text on `--listen-metrics-address` at
+//! `/metrics` (docs/operations.md#metrics).
+//!
+//! Every metric is an atomic, updated where the thing happens: the node loop (role, term,
+//! indexes, the log's write and fdatasync, replication lag, snapshots, dropped messages), the
+//! gRPC services (requests by method and code, proposal and ReadIndex latency) and the
+//! client listener (open connections). Nothing here takes a lock on those paths.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Labels naming a Raft role.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabel {
+    /// follower, pre-candidate, candidate or leader.
+    pub role: String,
+}
+
+/// Labels naming a peer by id.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    /// The peer's member id.
+    pub peer: String,
+}
+
+/// Labels of a gRPC request: its method and the status code it was answered with.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The method, such as `Get` or `MemberJoin`.
+    pub method: String,
+    /// The gRPC status code, such as `Ok` or `Unavailable`.
+    pub code: String,
+}
+
+/// Labels of a proposal's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `applied`, or why not (`no_leader`, `timeout`, ...).
+    pub outcome: String,
+}
+
+/// Every metric of a node.
+pub struct Metrics {
+    registry: Registry,
+    /// 1 for the node's current role, 0 for the others.
+    pub role: Family<RoleLabel, Gauge>,
+    /// The current term.
+    pub term: Gauge,
+    /// How often the known leader changed (to another node or to none).
+    pub leader_changes: Counter,
+    /// The commit index.
+    pub commit_index: Gauge,
+    /// The applied index.
+    pub applied_index: Gauge,
+    /// Client writes by outcome.
+    pub proposals: Family<OutcomeLabel, Counter>,
+    /// Seconds from a client write's arrival to its answer.
+    pub proposal_seconds: Histogram,
+    /// Seconds to write one batch to the log and fdatasync it.
+    pub wal_sync_seconds: Histogram,
+    /// Entries per log batch (one fdatasync each).
+    pub wal_batch_entries: Histogram,
+    /// On the leader: entries each member's log lags behind the leader's.
+    pub replication_lag: Family<PeerLabel, Gauge>,
+    /// Messages to each peer that the transport refused (its queue full or no connection).
+    pub messages_dropped: Family<PeerLabel, Counter>,
+    /// Snapshots taken.
+    pub snapshots: Counter,
+    /// Seconds to write a snapshot (beside the loop).
+    pub snapshot_seconds: Histogram,
+    /// Seconds a linearizable read waited for ReadIndex (and for applying up to it).
+    pub read_index_seconds: Histogram,
+    /// gRPC requests by method and status code.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Client connections open now.
+    pub client_connections: Gauge,
+    /// The peer transport's counters (raft-net `Stats`), by event.
+    pub transport: Family<EventLabel, Counter>,
+}
+
+/// Labels naming a transport event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    /// Such as `messages_sent` or `connections_refused`.
+    pub event: String,
+}
+
+/// Buckets from 100 µs doubling up to about 100 s.
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_1, 2.0, 21)
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric at zero, registered under the prefix `kv`.
+    pub fn new() -> Metrics {
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("kv"),
+            role: Family::default(),
+            term: Gauge::default(),
+            leader_changes: Counter::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            proposals: Family::default(),
+            proposal_seconds: Histogram::new(seconds_buckets()),
+            wal_sync_seconds: Histogram::new(seconds_buckets()),
+            wal_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            replication_lag: Family::default(),
+            messages_dropped: Family::default(),
+            snapshots: Counter::default(),
+            snapshot_seconds: Histogram::new(seconds_buckets()),
+            read_index_seconds: Histogram::new(seconds_buckets()),
+            requests: Family::default(),
+            client_connections: Gauge::default(),
+            transport: Family::default(),
+        };
+        metrics.register();
+        metrics
+    }
+
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register("raft_role", "1 for this node's Raft role", self.role.clone());
+        r.register("raft_term", "The current term", self.term.clone());
+        r.register(
+            "raft_leader_changes",
+            "Changes of the known leader",
+            self.leader_changes.clone(),
+        );
+        r.register("raft_commit_index", "The commit index", self.commit_index.clone());
+        r.register("raft_applied_index", "The applied index", self.applied_index.clone());
+        r.register("proposals", "Client writes by outcome", self.proposals.clone());
+        r.register(
+            "proposal_duration_seconds",
+            "From a client write's arrival to its answer",
+            self.proposal_seconds.clone(),
+        );
+        r.register(
+            "wal_sync_duration_seconds",
+            "Writing one batch to the log and fdatasync-ing it",
+            self.wal_sync_seconds.clone(),
+        );
+        r.register(
+            "wal_batch_entries",
+            "Entries per log batch (one fdatasync each)",
+            self.wal_batch_entries.clone(),
+        );
+        r.register(
+            "raft_replication_lag_entries",
+            "On the leader: entries each member's log lags behind",
+            self.replication_lag.clone(),
+        );
+        r.register(
+            "peer_messages_dropped",
+            "Messages to a peer the transport refused (queue full or no connection)",
+            self.messages_dropped.clone(),
+        );
+        r.register("snapshots", "Snapshots taken", self.snapshots.clone());
+        r.register(
+            "snapshot_duration_seconds",
+            "Writing a snapshot",
+            self.snapshot_seconds.clone(),
+        );
+        r.register(
+            "read_index_duration_seconds",
+            "A linearizable read's wait for ReadIndex and for applying up to it",
+            self.read_index_seconds.clone(),
+        );
+        r.register("grpc_requests", "gRPC requests by method and code", self.requests.clone());
+        r.register(
+            "peer_transport_events",
+            "The peer transport's counters: messages, writes, connections, dials",
+            self.transport.clone(),
+        );
+        r.register(
+            "grpc_client_connections",
+            "Client connections open now",
+            self.client_connections.clone(),
+        );
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Counts a gRPC request answered with `code`.
+    pub fn request(&self, method: &str, code: tonic::Code) {
+        let labels = RequestLabels { method: method.into(), code: format!("{code:?}") };
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Adds to the transport counters what happened between `before` and `now`.
+    pub fn count_transport(&self, before: &raft_net::Stats, now: &raft_net::Stats) {
+        let events = [
+            ("messages_sent", before.messages_sent, now.messages_sent),
+            ("messages_received", before.messages_received, now.messages_received),
+            ("messages_dropped", before.messages_dropped, now.messages_dropped),
+            ("writes", before.writes, now.writes),
+            ("connections_accepted", before.connections_accepted, now.connections_accepted),
+            ("connections_refused", before.connections_refused, now.connections_refused),
+            (
+                "connections_closed_for_bad_input",
+                before.connections_closed_for_bad_input,
+                now.connections_closed_for_bad_input,
+            ),
+            ("dials_failed", before.dials_failed, now.dials_failed),
+        ];
+        for (event, before, now) in events {
+            let label = EventLabel { event: event.into() };
+            self.transport.get_or_create(&label).inc_by(now.saturating_sub(before));
+        }
+    }
+
+    /// Sets the role gauges: 1 for `role`, 0 for every other.
+    pub fn set_role(&self, role: &str) {
+        for other in ["follower", "pre-candidate", "candidate", "leader"] {
+            let value = i64::from(other == role);
+            self.role.get_or_create(&RoleLabel { role: other.into() }).set(value);
+        }
+    }
+}
+
+/// A gauge's value from a u64 index or count (saturating: an index never nears 2^63).
+pub fn gauge_value(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Observes `took` in `histogram`, in seconds.
+pub fn observe(histogram: &Histogram, took: Duration) {
+    histogram.observe(took.as_secs_f64());
+}
+
+/// Serves `metrics` at `http://address/metrics` until `stop` completes.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+                ([(CONTENT_TYPE, content_type)], metrics.encode())
+            }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(stop).await
+}
+
+/// Binds the metrics listener, naming the flag if it cannot.
+pub async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("--listen-metrics-address {address}: {e}"))
+}
+
+/// A tower layer around the gRPC server that counts each request by its method and the
+/// status code it was answered with (`kv_grpc_requests_total`).
+///
+/// The code is read from the response's headers, where a failed call carries it
+/// (`grpc-status`, "trailers-only"); a response without it is counted `Ok` (its status
+/// follows in the trailers: a stream that fails midway is counted `Ok`). A path no service
+/// serves is counted as method `unknown`, so that clients cannot grow the label set.
+#[derive(Clone)]
+pub struct CountRequests {
+    metrics: Arc<Metrics>,
+}
+
+impl CountRequests {
+    /// Counts into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> CountRequests {
+        CountRequests { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for CountRequests {
+    type Service = Counted<S>;
+
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted { inner, metrics: self.metrics.clone() }
+    }
+}
+
+/// The service [`CountRequests`] wraps.
+#[derive(Clone)]
+pub struct Counted<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+type BoxedFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Counted<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxedFuture<S::Response, S::Error>;
+
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_string();
+        let metrics = self.metrics.clone();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answer = answer.await;
+            if let Ok(response) = &answer {
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from);
+                let method = if code == tonic::Code::Unimplemented { "unknown" } else { &path };
+                metrics.request(method, code);
+            }
+            answer
+        })
+    }
+}
