@@ -92,6 +92,12 @@ pub struct Flags {
     #[arg(long, env = "KV_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
 
+    /// Access control (docs/security.md): a TOML policy granting roles to users (the Common
+    /// Name of their client certificate) and permissions to roles; default deny. Needs
+    /// --trusted-ca-file. Reloaded on SIGHUP.
+    #[arg(long, env = "KV_AUTH_POLICY_FILE")]
+    pub auth_policy_file: Option<PathBuf>,
+
     /// Milliseconds per Raft tick.
     #[arg(long, env = "KV_TICK_MS", default_value_t = 100)]
     pub tick_ms: u64,
@@ -273,6 +279,13 @@ impl Flags {
                 "client certificates need TLS: set --cert-file and --key-file",
             ));
         }
+        if self.auth_policy_file.is_some() && self.trusted_ca_file.is_none() {
+            return Err(flag_error(
+                "auth-policy-file",
+                "users are known by their client certificates: set --trusted-ca-file (and \
+                 --cert-file, --key-file)",
+            ));
+        }
         if self.listen_peer_address == self.listen_client_address {
             return Err(flag_error("listen-client-address", "the same as --listen-peer-address"));
         }
@@ -365,6 +378,7 @@ mod tests {
             (&["--advertise-peer-address=127.0.0.1:9"], "--advertise-peer-address"),
             (&["--cert-file=x.pem"], "--key-file"),
             (&["--trusted-ca-file=ca.pem"], "--trusted-ca-file"),
+            (&["--auth-policy-file=p.toml"], "--auth-policy-file"),
             (&["--listen-client-address=127.0.0.1:7002"], "--listen-client-address"),
             (&["--tick-ms=0"], "--tick-ms"),
             (&["--election-ticks=1"], "--election-ticks"),

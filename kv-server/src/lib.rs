@@ -2,6 +2,7 @@
 //! raft-log (its durable log), raft-net (the peer transport) and kv-fsm (the state machine)
 //! on a tokio runtime, and serves the gRPC API of `proto/kv/v1/kv.proto`.
 
+pub mod auth;
 pub mod config_file;
 mod connections;
 pub mod flags;

@@ -1,6 +1,7 @@
 //! Starting and stopping a node: TLS material, the transport, the node loop, the gRPC
 //! server, and a clean stop on SIGTERM or SIGINT (leadership handed over first).
 
+use crate::auth::{self, Authorizer};
 use crate::connections;
 use crate::flags::Settings;
 use crate::health;
@@ -117,6 +118,14 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
             promote: false, // the state machine keeps the flag of the row's join
         },
     };
+    let authorizer = match &flags.auth_policy_file {
+        Some(path) => {
+            let loaded = Authorizer::load(path).map_err(|e| ServerError::Failed(e.to_string()))?;
+            tracing::info!("access control: {}", path.display());
+            Some(Arc::new(loaded))
+        }
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let metrics_listener = match flags.listen_metrics_address {
         Some(address) => Some(metrics::bind(address).await.map_err(ServerError::Failed)?),
@@ -140,7 +149,9 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
             },
         })
         .collect();
+    let reload = authorizer.clone().map(|auth| tokio::spawn(auth::reload_on_hangup(auth)));
     let service = Service::new(node.clone(), members, flags.value_bytes_max, metrics.clone())
+        .with_auth(authorizer)
         .with_unsafe_local_reads(flags.unsafe_local_reads);
     if flags.unsafe_local_reads {
         tracing::warn!("--unsafe-local-reads: reads may be stale (a planted bug for the harness)");
@@ -195,6 +206,9 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
         .await
         .map_err(|e| ServerError::Serve { address, reason: e.to_string() });
     health.abort();
+    if let Some(reload) = reload {
+        reload.abort();
+    }
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();
     }

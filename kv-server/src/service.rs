@@ -1,6 +1,7 @@
 //! The gRPC services of `proto/kv/v1/kv.proto`: requests are checked here, then handed to
 //! the node; its answers become responses or status codes (docs/api.md).
 
+use crate::auth::{Authorizer, Permission};
 use crate::metrics::{observe, Metrics, OutcomeLabel};
 use crate::node::{
     role_name, ConfChangeRefused, NodeHandle, NodeStatus, ReadError, WriteError,
@@ -42,6 +43,8 @@ pub struct Service {
     members: Arc<Vec<MemberInfo>>,
     value_bytes_max: usize,
     metrics: Arc<Metrics>,
+    /// The access policy (`--auth-policy-file`); everything is allowed without one.
+    auth: Option<Arc<Authorizer>>,
     /// The planted bug of `--unsafe-local-reads`: every read is served locally.
     unsafe_local_reads: bool,
 }
@@ -65,7 +68,21 @@ impl Service {
         metrics: Arc<Metrics>,
     ) -> Service {
         let members = Arc::new(members);
-        Service { node, members, value_bytes_max, metrics, unsafe_local_reads: false }
+        Service { node, members, value_bytes_max, metrics, auth: None, unsafe_local_reads: false }
+    }
+
+    /// Checks every call against `auth` before it reaches the node.
+    pub fn with_auth(self, auth: Option<Arc<Authorizer>>) -> Service {
+        Service { auth, ..self }
+    }
+
+    /// Whether the client of `request` may do what `permission` names (always, without a
+    /// policy).
+    fn allow<T>(&self, request: &Request<T>, permission: Permission<'_>) -> Result<(), Status> {
+        match &self.auth {
+            Some(auth) => auth.check(request, permission),
+            None => Ok(()),
+        }
     }
 
     /// Plants the bug of `--unsafe-local-reads` (for the test harness): linearizable reads
@@ -378,6 +395,7 @@ impl Kv for Service {
         &self,
         request: Request<api::GetRequest>,
     ) -> Result<Response<api::GetResponse>, Status> {
+        self.allow(&request, Permission::Read(&request.get_ref().key))?;
         let request = request.into_inner();
         Service::check_key(&request.key)?;
         let state = self.read(request.consistency).await?;
@@ -396,6 +414,7 @@ impl Kv for Service {
         &self,
         request: Request<api::SetRequest>,
     ) -> Result<Response<api::SetResponse>, Status> {
+        self.allow(&request, Permission::Write(&request.get_ref().key))?;
         let request = request.into_inner();
         Service::check_key(&request.key)?;
         self.check_value(&request.value)?;
@@ -410,6 +429,7 @@ impl Kv for Service {
         &self,
         request: Request<api::DeleteRequest>,
     ) -> Result<Response<api::DeleteResponse>, Status> {
+        self.allow(&request, Permission::Write(&request.get_ref().key))?;
         let request = request.into_inner();
         Service::check_key(&request.key)?;
         let op = Op::Delete(api::Delete { key: request.key });
@@ -425,6 +445,9 @@ impl Kv for Service {
         &self,
         request: Request<api::CompareAndSetRequest>,
     ) -> Result<Response<api::CompareAndSetResponse>, Status> {
+        // A refused compare-and-set answers the current value: it reads too.
+        self.allow(&request, Permission::Read(&request.get_ref().key))?;
+        self.allow(&request, Permission::Write(&request.get_ref().key))?;
         let request = request.into_inner();
         Service::check_key(&request.key)?;
         self.check_value(&request.value)?;
@@ -447,6 +470,7 @@ impl Kv for Service {
         &self,
         request: Request<api::ListRequest>,
     ) -> Result<Response<ListStream>, Status> {
+        self.allow(&request, Permission::Read(&request.get_ref().prefix))?;
         let request = request.into_inner();
         if request.prefix.len() > KEY_BYTES_MAX || request.start_after.len() > KEY_BYTES_MAX {
             return Err(Status::invalid_argument(format!(
@@ -475,8 +499,9 @@ impl Kv for Service {
 
     async fn get_servers(
         &self,
-        _: Request<api::GetServersRequest>,
+        request: Request<api::GetServersRequest>,
     ) -> Result<Response<api::GetServersResponse>, Status> {
+        self.allow(&request, Permission::Known)?;
         let status = self.status().await?;
         let servers = self
             .members_of(&status)
@@ -498,8 +523,9 @@ impl Kv for Service {
 impl Cluster for Service {
     async fn member_list(
         &self,
-        _: Request<api::MemberListRequest>,
+        request: Request<api::MemberListRequest>,
     ) -> Result<Response<api::MemberListResponse>, Status> {
+        self.allow(&request, Permission::Known)?;
         let status = self.status().await?;
         Ok(Response::new(api::MemberListResponse { members: self.members_of(&status) }))
     }
@@ -508,6 +534,7 @@ impl Cluster for Service {
         &self,
         request: Request<api::MemberJoinRequest>,
     ) -> Result<Response<api::MemberJoinResponse>, Status> {
+        self.allow(&request, Permission::Admin)?;
         let request = request.into_inner();
         let id = self.join(&request).await?;
         let status = self.status().await?;
@@ -520,14 +547,16 @@ impl Cluster for Service {
         &self,
         request: Request<api::MemberLeaveRequest>,
     ) -> Result<Response<api::MemberLeaveResponse>, Status> {
+        self.allow(&request, Permission::Admin)?;
         let members = self.leave(&request.into_inner().name).await?;
         Ok(Response::new(api::MemberLeaveResponse { members }))
     }
 
     async fn status(
         &self,
-        _: Request<api::StatusRequest>,
+        request: Request<api::StatusRequest>,
     ) -> Result<Response<api::StatusResponse>, Status> {
+        self.allow(&request, Permission::Known)?;
         let status = Service::status(self).await?;
         let name = |id: NodeId| self.describe(&status, id).name;
         Ok(Response::new(api::StatusResponse {
@@ -548,6 +577,7 @@ impl Cluster for Service {
         &self,
         request: Request<api::TransferLeadershipRequest>,
     ) -> Result<Response<api::TransferLeadershipResponse>, Status> {
+        self.allow(&request, Permission::Admin)?;
         let name = request.into_inner().name;
         let status = Service::status(self).await?;
         let to = if name.is_empty() {

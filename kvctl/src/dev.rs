@@ -14,6 +14,9 @@ fn ports(base: u16, i: u16) -> (u16, u16) {
     (base + i, base + 10 + i)
 }
 
+/// The example access policy shipped in `config/auth-policy.toml`.
+const EXAMPLE_POLICY: &str = include_str!("../../config/auth-policy.toml");
+
 /// Runs the cluster until Ctrl-C or SIGTERM, or until a node exits.
 pub async fn run(dir: &Path, nodes: u16, base_port: u16) -> Result<(), String> {
     let certs_dir = dir.join("certs");
@@ -22,7 +25,13 @@ pub async fn run(dir: &Path, nodes: u16, base_port: u16) -> Result<(), String> {
     for name in &names {
         certs::node(&certs_dir, &ca, name, &[]).map_err(|e| e.to_string())?;
     }
-    certs::client(&certs_dir, &ca, "root").map_err(|e| e.to_string())?;
+    for user in ["root", "app", "auditor"] {
+        certs::client(&certs_dir, &ca, user).map_err(|e| e.to_string())?;
+    }
+    // The repository's example policy: root may do everything, app read and write under
+    // app/, auditor read; anyone else nothing (docs/security.md).
+    let policy = dir.join("auth-policy.toml");
+    std::fs::write(&policy, EXAMPLE_POLICY).map_err(|e| format!("{}: {e}", policy.display()))?;
     let initial_cluster: Vec<String> =
         (1..=nodes).map(|i| format!("n{i}=127.0.0.1:{}", ports(base_port, i).1)).collect();
     let initial_cluster = initial_cluster.join(",");
@@ -73,6 +82,7 @@ fn spawn(
         .arg(format!("--cert-file={}", cert(&format!("{name}.pem"))))
         .arg(format!("--key-file={}", cert(&format!("{name}-key.pem"))))
         .arg(format!("--trusted-ca-file={}", cert("ca.pem")))
+        .arg(format!("--auth-policy-file={}", dir.join("auth-policy.toml").display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -97,6 +107,12 @@ fn print_help(dir: &Path, certs_dir: &Path, nodes: u16, base_port: u16) {
     println!("  cargo run --release -p kvctl -- set greeting hello");
     println!("  cargo run --release -p kvctl -- get greeting");
     println!("  cargo run --release -p kvctl -- member-list");
+    println!();
+    println!(
+        "Access control is on ({}): the root certificate may do everything; client-app \
+         may read and write under app/, client-auditor may read.",
+        dir.join("auth-policy.toml").display()
+    );
     println!();
     println!("Ctrl-C stops every node.");
 }

@@ -168,6 +168,19 @@ fn the_dev_cluster_serves_every_command_and_stops_on_ctrl_c() {
         assert!(columns[7].parse::<u64>().is_ok(), "a lag: {all}");
     }
     assert_eq!(rows.iter().filter(|r| r.contains("\tleader\t")).count(), 1, "{all}");
+    // The example policy is in force: app may write under app/ only.
+    let certs = dev.certs();
+    let (app_cert, app_key) = (certs.join("client-app.pem"), certs.join("client-app-key.pem"));
+    let as_app = |args: &[&str]| {
+        let mut all =
+            vec!["--cert", app_cert.to_str().unwrap(), "--key", app_key.to_str().unwrap()];
+        all.extend_from_slice(args);
+        dev.kvctl(&all)
+    };
+    assert!(as_app(&["set", "app/1", "v"]).status.success());
+    let denied = as_app(&["set", "greeting", "v"]);
+    assert!(!denied.status.success());
+    assert!(stderr(&denied).contains("PermissionDenied"), "{}", stderr(&denied));
     // Failover: the first endpoint is down; the next one answers.
     let endpoints = format!("127.0.0.1:1,{}", dev.endpoints());
     let failover = dev.kvctl_with(&endpoints, true, &["get", "greeting"]);

@@ -26,6 +26,7 @@ pub fn certificates(dir: &Path) {
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("ca-key.pem"), ca.key().serialize_pem()).unwrap();
     let key = KeyPair::generate().unwrap();
     let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
         .unwrap()
@@ -279,4 +280,19 @@ where
         assert!(Instant::now() < deadline, "no leader took the membership change");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A client certificate for `user` (its Common Name), signed by the cluster's CA in `dir`:
+/// `client-<user>.pem` and `client-<user>-key.pem`.
+pub fn client_certificate(dir: &Path, user: &str) {
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca-key.pem")).unwrap());
+    let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    let ca = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key.unwrap()).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, user);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    std::fs::write(dir.join(format!("client-{user}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("client-{user}-key.pem")), key.serialize_pem()).unwrap();
 }
