@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Labels naming a Raft role.
@@ -83,6 +83,10 @@ pub struct Metrics {
     pub client_connections: Gauge,
     /// The peer transport's counters (raft-net `Stats`), by event.
     pub transport: Family<EventLabel, Counter>,
+    /// Where the transport counters come from, and their values when last counted: they
+    /// are brought up to date at each scrape.
+    transport_source: OnceLock<Arc<raft_net::Transport>>,
+    transport_counted: Mutex<raft_net::Stats>,
 }
 
 /// Labels naming a transport event.
@@ -125,6 +129,8 @@ impl Metrics {
             requests: Family::default(),
             client_connections: Gauge::default(),
             transport: Family::default(),
+            transport_source: OnceLock::new(),
+            transport_counted: Mutex::new(raft_net::Stats::default()),
         };
         metrics.register();
         metrics
@@ -191,8 +197,19 @@ impl Metrics {
         );
     }
 
+    /// Counts `transport`'s counters from now on (at each scrape).
+    pub fn watch_transport(&self, transport: Arc<raft_net::Transport>) {
+        let _ = self.transport_source.set(transport);
+    }
+
     /// The metrics in the OpenMetrics text format.
     pub fn encode(&self) -> String {
+        if let Some(transport) = self.transport_source.get() {
+            let now = transport.stats();
+            let mut counted = self.transport_counted.lock().unwrap_or_else(|p| p.into_inner());
+            self.count_transport(&counted, &now);
+            *counted = now;
+        }
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
@@ -206,7 +223,7 @@ impl Metrics {
     }
 
     /// Adds to the transport counters what happened between `before` and `now`.
-    pub fn count_transport(&self, before: &raft_net::Stats, now: &raft_net::Stats) {
+    fn count_transport(&self, before: &raft_net::Stats, now: &raft_net::Stats) {
         let events = [
             ("messages_sent", before.messages_sent, now.messages_sent),
             ("messages_received", before.messages_received, now.messages_received),

@@ -132,6 +132,7 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
         None => None,
     };
     let transport = Arc::new(transport);
+    metrics.watch_transport(transport.clone());
     let runtime = tokio::runtime::Handle::current();
     let (node, thread) =
         node::start(node_config, transport.clone(), events, runtime, metrics.clone())?;

@@ -325,8 +325,6 @@ struct Core {
     /// The snapshot being written by its own thread, and when it started.
     snapshot_in_flight: Option<(SnapshotOutcome, Instant)>,
     metrics: Arc<Metrics>,
-    /// The transport's counters when last added to the metrics.
-    transport_counted: raft_net::Stats,
 }
 
 /// Client session ids below this are clients' ([`CLIENT_SESSION_ID_MAX`]); from it on,
@@ -415,7 +413,6 @@ pub fn start(
         snapshot_in_flight: None,
         config,
         metrics,
-        transport_counted: raft_net::Stats::default(),
     };
     core.connect_members();
     let thread = std::thread::Builder::new()
@@ -467,9 +464,6 @@ impl Core {
                 self.raw.tick();
                 self.promote_caught_up_learners();
                 self.measure_replication_lag();
-                let stats = self.transport.stats();
-                self.metrics.count_transport(&self.transport_counted, &stats);
-                self.transport_counted = stats;
                 next_tick = (next_tick + tick).max(now);
             }
             self.retry_and_expire(now);
