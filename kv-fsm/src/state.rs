@@ -140,6 +140,15 @@ impl KvState {
         &self.members
     }
 
+    /// Empties the member table, for a state restored from a backup into a new cluster:
+    /// the new cluster's members write their own rows as they start. Ids stay unique: none
+    /// below `first_free` (past the new cluster's own), nor below any the backup used, is
+    /// allocated again.
+    pub fn forget_members(&mut self, first_free: u64) {
+        self.members = OrdMap::new();
+        self.next_member_id = self.next_member_id.max(first_free);
+    }
+
     /// The client sessions.
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
@@ -424,6 +433,33 @@ mod tests {
         let remove = Op::RemoveMember(RemoveMember { id: 5 });
         state.apply(4, &command(0, 0, remove)).unwrap();
         assert_eq!(id_of(state.apply(5, &command(0, 0, join("c", 5)))), 6, "5 is never reused");
+    }
+
+    /// A restored state has no member rows, keeps its keys, and allocates no id below
+    /// either the backup's next id or the new cluster's first free one.
+    #[test]
+    fn forgetting_members_keeps_keys_and_ids_unique() {
+        use kv_proto::kv::SetMember;
+        let mut state = KvState::new();
+        let row = SetMember {
+            name: "old".into(),
+            peer_address: "h:1".into(),
+            allocate: true,
+            min_id: 7,
+            ..SetMember::default()
+        };
+        state.apply(1, &command(0, 0, Op::SetMember(row))).unwrap();
+        state.apply(2, &command(0, 0, put("k", "v"))).unwrap();
+        let mut restored = state.clone();
+        restored.forget_members(4);
+        assert!(restored.members().is_empty());
+        assert_eq!(
+            restored.get(b"k").map(|s| s.value.clone()),
+            state.get(b"k").map(|s| s.value.clone())
+        );
+        assert_eq!(restored.next_member_id(), 8, "the backup's ids stay used");
+        restored.forget_members(20);
+        assert_eq!(restored.next_member_id(), 20, "past the new cluster's ids");
     }
 
     #[test]

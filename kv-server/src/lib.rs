@@ -3,6 +3,7 @@
 //! on a tokio runtime, and serves the gRPC API of `proto/kv/v1/kv.proto`.
 
 pub mod auth;
+mod backup;
 pub mod config_file;
 mod connections;
 pub mod flags;

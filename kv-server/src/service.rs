@@ -573,6 +573,18 @@ impl Cluster for Service {
         }))
     }
 
+    type SnapshotSaveStream = crate::backup::SnapshotStream;
+
+    async fn snapshot_save(
+        &self,
+        request: Request<api::SnapshotSaveRequest>,
+    ) -> Result<Response<Self::SnapshotSaveStream>, Status> {
+        // A copy of every key: it needs read on all of them.
+        self.allow(&request, Permission::Read(b""))?;
+        let state = self.read(ReadConsistency::Linearizable as i32).await?;
+        Ok(Response::new(crate::backup::stream(state)))
+    }
+
     async fn transfer_leadership(
         &self,
         request: Request<api::TransferLeadershipRequest>,

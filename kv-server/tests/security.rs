@@ -8,7 +8,7 @@ use kv_proto::kv::cluster_client::ClusterClient;
 use kv_proto::kv::kv_client::KvClient;
 use kv_proto::kv::{
     CompareAndSetRequest, GetRequest, ListRequest, MemberJoinRequest, MemberLeaveRequest,
-    SetRequest, StatusRequest,
+    SetRequest, SnapshotSaveRequest, StatusRequest,
 };
 use std::path::Path;
 use std::process::Command;
@@ -159,6 +159,12 @@ async fn calls_are_allowed_exactly_where_the_policy_grants_them() {
             assert_eq!(code(status), wanted_status, "{user} status");
             let leave = admin.member_leave(MemberLeaveRequest { name: "ghost".into() }).await;
             assert_eq!(code(leave.map(|_| ())), wanted_admin, "{user} member-leave");
+        }
+        // A backup copies every key: read on all of them.
+        for (user, wanted) in [("app", Code::PermissionDenied), ("auditor", Code::Ok)] {
+            let channel = channel_as(&cluster, node, &format!("client-{user}")).await;
+            let saved = ClusterClient::new(channel).snapshot_save(SnapshotSaveRequest {}).await;
+            assert_eq!(code(saved.map(|_| ())), wanted, "{user} snapshot save");
         }
         let mut app = ClusterClient::new(channel_as(&cluster, node, "client-app").await);
         let join = MemberJoinRequest {

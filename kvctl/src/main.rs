@@ -9,6 +9,7 @@ mod bench;
 mod certs;
 mod client;
 mod dev;
+mod snapshot;
 mod status;
 
 use bytes::Bytes;
@@ -117,6 +118,11 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
+    /// Backs the key space up to a file, or seeds a new cluster's data directory from one.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
     /// Hands leadership to a member (or the most caught-up voter).
     TransferLeader {
         #[arg(default_value = "")]
@@ -155,6 +161,24 @@ enum Cmd {
     Node {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotAction {
+    /// Saves a consistent copy of every key (as of a linearizable read) to FILE.
+    Save { file: PathBuf },
+    /// Seeds an empty data directory for a member of a new cluster from FILE: run it for
+    /// every member's directory with the same --initial-cluster, then start the members
+    /// with that --initial-cluster and --initial-cluster-state new.
+    Restore {
+        file: PathBuf,
+        /// The member's data directory (absent or empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new cluster, as kv-server's --initial-cluster.
+        #[arg(long)]
+        initial_cluster: String,
     },
 }
 
@@ -390,6 +414,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Status { all: false } => status::one(&connection, json).await?,
         Cmd::Status { all: true } => status::all(&connection, json).await?,
+        Cmd::Snapshot { action: SnapshotAction::Save { file } } => {
+            let saved = snapshot::save(&connection, &file).await?;
+            print_saved(json, "saved", &file, &saved);
+        }
+        Cmd::Snapshot { action: SnapshotAction::Restore { file, data_dir, initial_cluster } } => {
+            let members = kv_server::flags::parse_initial_cluster(&initial_cluster)
+                .map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
+            let ids: Vec<_> = members.iter().map(|m| m.id).collect();
+            let restored =
+                snapshot::restore(&file, &data_dir, &ids).map_err(|e| Failure(EXIT_FAILED, e))?;
+            print_saved(json, "restored", &data_dir, &restored);
+        }
         Cmd::TransferLeader { name } => {
             let request = api::TransferLeadershipRequest { name };
             let response = connection
@@ -424,6 +460,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Node { .. } => unreachable!("handled before the runtime"),
     }
     Ok(())
+}
+
+fn print_saved(json: bool, what: &str, path: &std::path::Path, saved: &snapshot::Saved) {
+    if json {
+        println!(
+            "{}",
+            json!({ what: path.display().to_string(), "keys": saved.keys, "index": saved.applied,
+                    "bytes": saved.bytes, "crc32": format!("{:08x}", saved.crc32) })
+        );
+    } else {
+        println!(
+            "{what} {}: {} keys as of index {}; backup {} bytes, crc32 {:08x}",
+            path.display(),
+            saved.keys,
+            saved.applied,
+            saved.bytes,
+            saved.crc32
+        );
+    }
 }
 
 fn print_revision(json: bool, revision: u64) {

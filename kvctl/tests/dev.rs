@@ -34,8 +34,31 @@ struct Dev {
 
 impl Dev {
     fn start() -> Dev {
+        Dev::start_in(tempfile::tempdir().unwrap(), free_base_port())
+    }
+
+    /// A new cluster whose members' data directories are seeded from `backup` first.
+    fn start_restored(backup: &Path) -> Dev {
         let dir = tempfile::tempdir().unwrap();
         let base = free_base_port();
+        let initial: Vec<String> =
+            (1..=3).map(|i| format!("n{i}=127.0.0.1:{}", base + 10 + i)).collect();
+        for i in 1..=3 {
+            let data_dir = dir.path().join("cluster").join(format!("n{i}"));
+            let restored = Command::new(KVCTL)
+                .args(["snapshot", "restore"])
+                .arg(backup)
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .args(["--initial-cluster", &initial.join(",")])
+                .output()
+                .unwrap();
+            assert!(restored.status.success(), "{}", stderr(&restored));
+        }
+        Dev::start_in(dir, base)
+    }
+
+    fn start_in(dir: tempfile::TempDir, base: u16) -> Dev {
         let child = Command::new(KVCTL)
             .args(["dev", "--base-port", &base.to_string(), "--dir"])
             .arg(dir.path().join("cluster"))
@@ -248,4 +271,41 @@ fn certs_makes_a_ca_nodes_and_clients_and_reuses_the_ca() {
         key: certs.join("c-key.pem"),
     };
     raft_net::TlsIdentity::load(&paths).unwrap();
+}
+
+/// A backup saved from one cluster seeds a new one (other ports, another CA): every key
+/// comes back with its value and revision, a deleted key stays deleted, and the new cluster
+/// takes writes. A non-empty data directory is refused.
+#[test]
+fn a_backup_of_one_cluster_seeds_a_new_one() {
+    let mut old = Dev::start();
+    old.set_eventually("greeting", "hello");
+    for i in 0..50 {
+        assert!(old.kvctl(&["set", &format!("k{i:02}"), &format!("v{i}")]).status.success());
+    }
+    assert!(old.kvctl(&["delete", "k07"]).status.success());
+    let listed = stdout(&old.kvctl(&["--output", "json", "list"]));
+    assert_eq!(listed.lines().count(), 50, "{listed}");
+    let backup = old.dir.path().join("backup.snap");
+    let saved = old.kvctl(&["snapshot", "save", backup.to_str().unwrap()]);
+    assert!(saved.status.success(), "{}", stderr(&saved));
+    assert!(stdout(&saved).contains(": 50 keys as of index"), "{}", stdout(&saved));
+    old.stop_with("-INT");
+    // Seeding over existing data is refused.
+    let used = old.dir.path().join("cluster").join("n1");
+    let refused = Command::new(KVCTL)
+        .args(["snapshot", "restore", backup.to_str().unwrap(), "--data-dir"])
+        .arg(&used)
+        .args(["--initial-cluster", "n1=127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("not empty"), "{}", stderr(&refused));
+    let new = Dev::start_restored(&backup);
+    new.set_eventually("after", "restore");
+    let relisted = stdout(&new.kvctl(&["--output", "json", "list"]));
+    let without_new: Vec<&str> = relisted.lines().filter(|l| !l.contains("\"after\"")).collect();
+    assert_eq!(without_new, listed.lines().collect::<Vec<_>>(), "every key, value and revision");
+    let got = new.kvctl(&["get", "k07"]);
+    assert_eq!(got.status.code(), Some(3), "k07 stays deleted");
 }
