@@ -45,6 +45,8 @@ pub struct Service {
     metrics: Arc<Metrics>,
     /// The access policy (`--auth-policy-file`); everything is allowed without one.
     auth: Option<Arc<Authorizer>>,
+    /// Permits for backups streamed at once.
+    backups: Arc<tokio::sync::Semaphore>,
     /// The planted bug of `--unsafe-local-reads`: every read is served locally.
     unsafe_local_reads: bool,
 }
@@ -68,7 +70,16 @@ impl Service {
         metrics: Arc<Metrics>,
     ) -> Service {
         let members = Arc::new(members);
-        Service { node, members, value_bytes_max, metrics, auth: None, unsafe_local_reads: false }
+        let backups = Arc::new(tokio::sync::Semaphore::new(crate::backup::BACKUPS_MAX));
+        Service {
+            node,
+            members,
+            value_bytes_max,
+            metrics,
+            auth: None,
+            backups,
+            unsafe_local_reads: false,
+        }
     }
 
     /// Checks every call against `auth` before it reaches the node.
@@ -581,8 +592,14 @@ impl Cluster for Service {
     ) -> Result<Response<Self::SnapshotSaveStream>, Status> {
         // A copy of every key: it needs read on all of them.
         self.allow(&request, Permission::Read(b""))?;
+        let permit = self.backups.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{} backups are being streamed already; try again when one is done",
+                crate::backup::BACKUPS_MAX
+            ))
+        })?;
         let state = self.read(ReadConsistency::Linearizable as i32).await?;
-        Ok(Response::new(crate::backup::stream(state)))
+        Ok(Response::new(crate::backup::stream(state, permit)))
     }
 
     async fn transfer_leadership(

@@ -194,3 +194,42 @@ async fn metrics_move_with_writes_and_leader_changes() {
     let changes = |s: &[(String, f64)]| sample(s, "kv_raft_leader_changes_total");
     assert!(changes(&follower_after) > changes(&follower_before), "leader changes moved");
 }
+
+/// At most two backups stream at once (each holds a thread and a copy of the key space): a
+/// third is refused while two clients leave theirs unread, and taken once one is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_stream_at_most_two_at_once() {
+    use kv_proto::kv::SnapshotSaveRequest;
+    let cluster = Cluster::start(1);
+    let big = "x".repeat(500_000);
+    for i in 0..40 {
+        // 20 MB: far more than the channel and HTTP/2 windows hold, so an unread backup
+        // keeps its writer (and permit) waiting.
+        set(&cluster, 0, &format!("b{i:02}"), &big).await;
+    }
+    let save = || async {
+        let mut client = ClusterClient::new(cluster.channel(0).await);
+        client.snapshot_save(SnapshotSaveRequest {}).await
+    };
+    let first = save().await.expect("a first backup");
+    let _second = save().await.expect("a second backup");
+    let third = save().await.expect_err("a third one at once");
+    assert_eq!(third.code(), tonic::Code::ResourceExhausted, "{third:?}");
+    drop(first);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match save().await {
+            Ok(mut stream) => {
+                let mut bytes = 0;
+                while let Some(chunk) = stream.get_mut().message().await.expect("chunks") {
+                    bytes += chunk.data.len();
+                }
+                assert!(bytes > 20_000_000, "the whole copy: {bytes} bytes");
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), tonic::Code::ResourceExhausted),
+        }
+        assert!(Instant::now() < deadline, "the first backup's permit never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -425,6 +425,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let restored =
                 snapshot::restore(&file, &data_dir, &ids).map_err(|e| Failure(EXIT_FAILED, e))?;
             print_saved(json, "restored", &data_dir, &restored);
+            if !json {
+                // The same line on every member: a typo in one --initial-cluster shows.
+                let voters: Vec<String> = ids.iter().map(|id| id.0.to_string()).collect();
+                println!("voters {} (run the same restore for each of them)", voters.join(","));
+            }
         }
         Cmd::TransferLeader { name } => {
             let request = api::TransferLeadershipRequest { name };

@@ -29,7 +29,24 @@ pub struct Saved {
 /// Streams a snapshot from the first endpoint that answers into `file` (through
 /// `file.part`, synced, checked, then renamed).
 pub async fn save(connection: &Connection, file: &Path) -> Result<Saved, CallError> {
+    if file.exists() {
+        let reason = "exists already; a backup never replaces another: give a new name";
+        return Err(CallError::Local(format!("{}: {reason}", file.display())));
+    }
     let part = part_path(file);
+    let saved = save_through(connection, file, &part).await;
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&part); // nothing half-written is left behind
+    }
+    saved
+}
+
+async fn save_through(
+    connection: &Connection,
+    file: &Path,
+    part: &Path,
+) -> Result<Saved, CallError> {
+    let part = part.to_path_buf();
     let local = |e: std::io::Error| CallError::Local(format!("{}: {e}", part.display()));
     connection
         .call(|channel| {
@@ -62,7 +79,12 @@ pub async fn save(connection: &Connection, file: &Path) -> Result<Saved, CallErr
 /// order) from the backup `file`: the log holds the backup as its snapshot, with the new
 /// cluster's configuration; every member is seeded from the same file, so all start equal.
 pub fn restore(file: &Path, data_dir: &Path, members: &[NodeId]) -> Result<Saved, String> {
-    if std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
+    let empty = match std::fs::read_dir(data_dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
+        Err(error) => return Err(format!("{}: {error}", data_dir.display())),
+    };
+    if !empty {
         return Err(format!(
             "{}: not empty; a restore seeds a new member's empty data directory",
             data_dir.display()

@@ -325,6 +325,8 @@ struct Core {
     /// The snapshot being written by its own thread, and when it started.
     snapshot_in_flight: Option<(SnapshotOutcome, Instant)>,
     metrics: Arc<Metrics>,
+    /// The leader last reported, for counting leader changes.
+    leader_seen: Option<NodeId>,
 }
 
 /// Client session ids below this are clients' ([`CLIENT_SESSION_ID_MAX`]); from it on,
@@ -413,6 +415,7 @@ pub fn start(
         snapshot_in_flight: None,
         config,
         metrics,
+        leader_seen: None,
     };
     core.connect_members();
     let thread = std::thread::Builder::new()
@@ -690,7 +693,10 @@ impl Core {
         if let Some(soft) = ready.soft_state {
             tracing::info!(node = %self.config.id, term = %self.raw.term(), "leader is now {:?} (this node: {:?})", soft.leader, soft.role);
             self.metrics.set_role(role_name(soft.role));
-            self.metrics.leader_changes.inc();
+            if soft.leader != self.leader_seen {
+                self.leader_seen = soft.leader;
+                self.metrics.leader_changes.inc();
+            }
         }
         self.metrics.term.set(gauge_value(self.raw.term().0));
         self.send(ready.messages);
@@ -736,8 +742,9 @@ impl Core {
 
     /// On the leader: how many entries each other member's log lags behind this one.
     fn measure_replication_lag(&self) {
+        // Refilled whole: a member removed since leaves no stale value behind.
+        self.metrics.replication_lag.clear();
         if self.raw.role() != Role::Leader {
-            self.metrics.replication_lag.clear();
             return;
         }
         let last = self.raw.last_index().0;
