@@ -327,6 +327,8 @@ struct Core {
     metrics: Arc<Metrics>,
     /// The leader last reported, for counting leader changes.
     leader_seen: Option<NodeId>,
+    /// The members whose replication lag was last measured.
+    lag_measured: Vec<NodeId>,
 }
 
 /// Client session ids below this are clients' ([`CLIENT_SESSION_ID_MAX`]); from it on,
@@ -416,6 +418,7 @@ pub fn start(
         config,
         metrics,
         leader_seen: None,
+        lag_measured: Vec::new(),
     };
     core.connect_members();
     let thread = std::thread::Builder::new()
@@ -740,20 +743,25 @@ impl Core {
         }
     }
 
-    /// On the leader: how many entries each other member's log lags behind this one.
-    fn measure_replication_lag(&self) {
-        // Refilled whole: a member removed since leaves no stale value behind.
-        self.metrics.replication_lag.clear();
-        if self.raw.role() != Role::Leader {
-            return;
-        }
-        let last = self.raw.last_index().0;
-        for id in self.raw.membership().members() {
-            if let (true, Some(progress)) = (id != self.config.id, self.raw.progress(id)) {
-                let lag = last.saturating_sub(progress.match_index.0);
-                self.metrics.replication_lag.get_or_create(&peer_label(id)).set(gauge_value(lag));
+    /// On the leader: how many entries each other member's log lags behind this one. A
+    /// member no longer measured (removed, or this node no longer leads) loses its gauge.
+    fn measure_replication_lag(&mut self) {
+        let mut measured = Vec::new();
+        if self.raw.role() == Role::Leader {
+            let last = self.raw.last_index().0;
+            for id in self.raw.membership().members() {
+                if let (true, Some(progress)) = (id != self.config.id, self.raw.progress(id)) {
+                    let lag = last.saturating_sub(progress.match_index.0);
+                    let gauge = self.metrics.replication_lag.get_or_create(&peer_label(id));
+                    gauge.set(gauge_value(lag));
+                    measured.push(id);
+                }
             }
         }
+        for gone in self.lag_measured.iter().filter(|id| !measured.contains(id)) {
+            self.metrics.replication_lag.remove(&peer_label(*gone));
+        }
+        self.lag_measured = measured;
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
