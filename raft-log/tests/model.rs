@@ -189,10 +189,10 @@ fn show(hard_state: &HardState) -> String {
 
 fn membership(serial: u64) -> Membership {
     let mut membership = Membership::new((1..=1 + serial % 5).map(NodeId));
-    if serial % 2 == 0 {
+    if serial.is_multiple_of(2) {
         membership.learners.insert(NodeId(9));
     }
-    if serial % 3 == 0 {
+    if serial.is_multiple_of(3) {
         membership.voters_outgoing = (2..=4).map(NodeId).collect();
     }
     membership
@@ -386,7 +386,7 @@ impl Harness {
 
     fn compact(&mut self, at: u8) -> Result<(), String> {
         let covered = self.model.snapshot().index.0;
-        let index = if at % 3 == 0 { covered } else { pick(at, 0, covered) };
+        let index = if at.is_multiple_of(3) { covered } else { pick(at, 0, covered) };
         self.note(format!("compact to {index}"));
         self.wal.compact(Index(index)).map_err(|e| format!("compact({index}) refused: {e}"))?;
         self.model.compact(Index(index)).map_err(|e| format!("model: {e}"))

@@ -237,7 +237,7 @@ impl<'a> Search<'a> {
                 return Verdict::Valid;
             }
             steps += 1;
-            if steps % 1024 == 0 && Instant::now() >= budget.deadline {
+            if steps.is_multiple_of(1024) && Instant::now() >= budget.deadline {
                 return Verdict::Unknown;
             }
             let Entry { op, is_call } = self.entries[e];

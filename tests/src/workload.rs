@@ -68,7 +68,7 @@ impl Generator {
         self.drawn += 1;
         match self.workload {
             Workload::Registers => self.register_op(total / OPS_PER_GENERATION),
-            Workload::Set if self.drawn % LIST_EVERY == 0 => {
+            Workload::Set if self.drawn.is_multiple_of(LIST_EVERY) => {
                 Op::List { prefix: SET_PREFIX.to_string() }
             }
             Workload::Set => {
