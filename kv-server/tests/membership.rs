@@ -80,14 +80,25 @@ fn start_joined(cluster: &mut Cluster, slot: usize, name: &str, joined: &MemberJ
     cluster.spawn_as(slot, name, &initial.join(","), "existing");
 }
 
-/// Has `leader` hand leadership to slot `to`, and waits until `to` leads.
+/// Has `leader` hand leadership to slot `to`, and waits until `to` leads. A transfer the
+/// leader gives up (the target did not catch up within an election timeout) is asked again,
+/// as an operator would, every 2 s.
 async fn transfer(cluster: &Cluster, leader: usize, to: usize) {
-    let mut client = ClusterClient::new(cluster.channel(leader).await);
-    let request = TransferLeadershipRequest { name: format!("n{}", to + 1) };
-    client.transfer_leadership(request).await.expect("transfer accepted");
     let deadline = Instant::now() + WAIT;
-    while cluster.leader().await != to {
+    let mut asked: Option<Instant> = None;
+    loop {
+        let current = cluster.leader().await;
+        if current == to {
+            return;
+        }
         assert!(Instant::now() < deadline, "leadership never moved to n{}", to + 1);
+        if asked.is_none_or(|at| at.elapsed() >= Duration::from_secs(2)) {
+            let from = if asked.is_none() { leader } else { current };
+            let mut client = ClusterClient::new(cluster.channel(from).await);
+            let request = TransferLeadershipRequest { name: format!("n{}", to + 1) };
+            let _ = client.transfer_leadership(request).await; // refused: asked again later
+            asked = Some(Instant::now());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
