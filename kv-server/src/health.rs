@@ -28,9 +28,7 @@ const RECONFIRM: Duration = Duration::from_secs(1);
 /// Reports NOT_SERVING (tonic-health starts the whole server as SERVING), then keeps
 /// `reporter` up to date with `node`'s health in a task, until the task is aborted.
 pub async fn start(node: NodeHandle, reporter: HealthReporter) -> JoinHandle<()> {
-    for service in SERVICES {
-        reporter.set_service_status(service, ServingStatus::NotServing).await;
-    }
+    report(&reporter, ServingStatus::NotServing).await;
     tokio::spawn(watch(node, reporter))
 }
 
@@ -52,12 +50,17 @@ async fn watch(node: NodeHandle, reporter: HealthReporter) {
         let serving = caught_up && leader_known;
         if reported != Some(serving) {
             let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
-            for service in SERVICES {
-                reporter.set_service_status(service, status).await;
-            }
+            report(&reporter, status).await;
             tracing::info!(caught_up, leader_known, "health: {status:?}");
             reported = Some(serving);
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Reports `status` for every service of [`SERVICES`].
+async fn report(reporter: &HealthReporter, status: ServingStatus) {
+    for service in SERVICES {
+        reporter.set_service_status(service, status).await;
     }
 }

@@ -343,7 +343,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().to_string();
+        let uri = request.uri().clone(); // shares the request's bytes, no copy
         let metrics = self.metrics.clone();
         let answer = self.inner.call(request);
         Box::pin(async move {
@@ -355,7 +355,8 @@ where
                     .and_then(|value| value.to_str().ok())
                     .and_then(|value| value.parse::<i32>().ok())
                     .map_or(tonic::Code::Ok, tonic::Code::from);
-                let method = if code == tonic::Code::Unimplemented { "unknown" } else { &path };
+                let method =
+                    if code == tonic::Code::Unimplemented { "unknown" } else { uri.path() };
                 metrics.request(method, code);
             }
             answer

@@ -80,6 +80,33 @@ fn start_joined(cluster: &mut Cluster, slot: usize, name: &str, joined: &MemberJ
     cluster.spawn_as(slot, name, &initial.join(","), "existing");
 }
 
+/// Waits until slot `at` lists `name` as a voter; on failure, shows the list and the log of
+/// slot `slot` (the member's own).
+async fn wait_promoted(cluster: &Cluster, at: usize, name: &str, slot: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let members = members_at(cluster, at).await;
+        if members.contains(&(name.to_string(), false)) {
+            return;
+        }
+        let log = cluster.log(slot);
+        assert!(
+            Instant::now() < deadline,
+            "{name} was never promoted: {members:?}; its log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A cluster of the initial three, running, with `spares` slots for members that join.
+fn start_initial(spares: usize) -> Cluster {
+    let mut cluster = Cluster::with_spares(3, spares);
+    for node in 0..3 {
+        cluster.spawn(node);
+    }
+    cluster
+}
+
 /// Has `leader` hand leadership to slot `to`, and waits until `to` leads. A transfer the
 /// leader gives up (the target did not catch up within an election timeout) is asked again,
 /// as an operator would, every 2 s.
@@ -148,10 +175,7 @@ async fn the_leader_removes_itself_steps_down_and_the_others_go_on() {
 /// the wish to vote is in the replicated member table, not in the old leader's memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_that_asked_to_vote_is_promoted_by_whoever_leads_when_it_catches_up() {
-    let mut cluster = Cluster::with_spares(3, 1);
-    for node in 0..3 {
-        cluster.spawn(node);
-    }
+    let mut cluster = start_initial(1);
     let leader = cluster.leader().await;
     for i in 0..50 {
         set(&cluster, leader, &format!("k{i:02}"), "v").await;
@@ -165,15 +189,7 @@ async fn a_learner_that_asked_to_vote_is_promoted_by_whoever_leads_when_it_catch
     assert!(still_learner.contains(&("n4".to_string(), true)), "{still_learner:?}");
     // n4 starts, catches up, and the new leader promotes it.
     start_joined(&mut cluster, 3, "n4", &joined);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let members = members_at(&cluster, target).await;
-        if members.contains(&("n4".to_string(), false)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "n4 was never promoted: {members:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_promoted(&cluster, target, "n4", 3).await;
     assert!(cluster.log(target).contains("learner"), "the new leader did the promotion");
     assert_eq!(get(&cluster, 3, "k49").await.as_deref(), Some("v"));
 }
@@ -183,21 +199,14 @@ async fn a_learner_that_asked_to_vote_is_promoted_by_whoever_leads_when_it_catch
 /// node accepts since the id is newer than any it knows, and it catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_back_from_downtime_follows_a_leader_that_joined_while_it_was_away() {
-    let mut cluster = Cluster::with_spares(3, 1);
-    for node in 0..3 {
-        cluster.spawn(node);
-    }
+    let mut cluster = start_initial(1);
     let leader = cluster.leader().await;
     set(&cluster, leader, "before", "1").await;
     let away = (leader + 1) % 3;
     cluster.kill(away);
     let joined = join(&cluster, 3, "n4").await;
     start_joined(&mut cluster, 3, "n4", &joined);
-    let deadline = Instant::now() + WAIT;
-    while !members_at(&cluster, leader).await.contains(&("n4".to_string(), false)) {
-        assert!(Instant::now() < deadline, "n4 was never promoted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_promoted(&cluster, leader, "n4", 3).await;
     transfer(&cluster, leader, 3).await;
     set(&cluster, 3, "while-away", "2").await;
     // The old leader restarts, so that no append it queued for the away node before the
@@ -223,10 +232,7 @@ async fn a_node_back_from_downtime_follows_a_leader_that_joined_while_it_was_awa
 /// members its flags name until it holds a configuration that names itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newcomer_follows_a_leader_its_snapshot_predates() {
-    let mut cluster = Cluster::with_spares(3, 2);
-    for node in 0..3 {
-        cluster.spawn(node);
-    }
+    let mut cluster = start_initial(2);
     let leader = cluster.leader().await;
     for i in 0..250 {
         set(&cluster, leader, &format!("k{i:03}"), "v").await;
@@ -234,23 +240,14 @@ async fn a_newcomer_follows_a_leader_its_snapshot_predates() {
     // n4 joins, catches up from a snapshot that predates it, and is promoted.
     let joined = join(&cluster, 3, "n4").await;
     start_joined(&mut cluster, 3, "n4", &joined);
-    let deadline = Instant::now() + WAIT;
-    while !members_at(&cluster, leader).await.contains(&("n4".to_string(), false)) {
-        assert!(Instant::now() < deadline, "n4 was never promoted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_promoted(&cluster, leader, "n4", 3).await;
     assert!(cluster.log(3).contains("installed the leader's snapshot"), "{}", cluster.log(3));
     // n4 leads, with no snapshot newer than the one it caught up from.
     transfer(&cluster, leader, 3).await;
     // n5 joins; n4's log starts after that snapshot, so n5 catches up from it too.
     let joined = join(&cluster, 4, "n5").await;
     start_joined(&mut cluster, 4, "n5", &joined);
-    let deadline = Instant::now() + WAIT;
-    while !members_at(&cluster, 3).await.contains(&("n5".to_string(), false)) {
-        let log = cluster.log(4);
-        assert!(Instant::now() < deadline, "n5 was never promoted; its log:\n{log}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_promoted(&cluster, 3, "n5", 4).await;
     assert!(!cluster.log(3).contains("written in"), "n4 took a snapshot of its own");
     assert!(cluster.log(4).contains("installed the leader's snapshot"), "{}", cluster.log(4));
     set(&cluster, 4, "through-n5", "yes").await;

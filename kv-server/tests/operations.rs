@@ -170,8 +170,17 @@ async fn metrics_move_with_writes_and_leader_changes() {
     let open = sample(&after, "kv_grpc_client_connections");
     assert!(open >= 1.0, "the held connection is open: {open}");
     drop(held);
-    let lagging = after.iter().filter(|(n, _)| n.starts_with("kv_raft_replication_lag_entries"));
-    assert_eq!(lagging.count(), 2, "a lag per follower: {after:?}");
+    // The lag is measured once per tick: scraped until a tick has measured both followers.
+    let lagging = |samples: &[(String, f64)]| {
+        samples.iter().filter(|(n, _)| n.starts_with("kv_raft_replication_lag_entries")).count()
+    };
+    let deadline = Instant::now() + WAIT;
+    let mut measured = after.clone();
+    while lagging(&measured) != 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        measured = scrape(&cluster, leader);
+    }
+    assert_eq!(lagging(&measured), 2, "a lag per follower: {measured:?}");
     // A refused request is counted with its code.
     let mut client = cluster.kv(leader).await;
     let empty = kv_proto::kv::SetRequest { key: "".into(), value: "v".into(), session: None };
