@@ -28,6 +28,9 @@ pub enum RecordKind {
     Entry = 1,
     /// The hard state (term, vote, commit).
     HardState = 2,
+    /// The start of a batch (one `write`, one `fdatasync`); empty payload. At open it tells a
+    /// torn last batch from a damaged durable one: see `segment.rs`.
+    BatchStart = 3,
 }
 
 impl RecordKind {
@@ -35,6 +38,7 @@ impl RecordKind {
         match byte {
             1 => Some(RecordKind::Entry),
             2 => Some(RecordKind::HardState),
+            3 => Some(RecordKind::BatchStart),
             _ => None,
         }
     }

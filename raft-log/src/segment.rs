@@ -3,11 +3,12 @@
 //!
 //! - a record cut short at the end of the *last* segment is a torn write: it is truncated
 //!   away and reported;
-//! - damage that no intact record follows, at the end of the last segment, is a torn write
-//!   too (a crash can leave garbage where a record was being written);
-//! - any other damage (in a sealed segment, or followed by intact records) is a damaged
-//!   committed record: opening fails with the file, the offset and the reason, and nothing is
-//!   dropped silently.
+//! - damage in the last batch of the last segment is a torn write too: a power cut during
+//!   the batch's write-back can leave any of its sectors unwritten or garbage, intact ones
+//!   after them included (see [`is_torn_write`]);
+//! - any other damage (in a sealed segment, or in a batch that a later batch follows) is a
+//!   damaged committed record: opening fails with the file, the offset and the reason, and
+//!   nothing is dropped silently.
 //!
 //! The newest segment may end in zeros: room reserved ahead of the appends (see
 //! [`Segment::append`]), so that an `fdatasync` does not also have to write the file's new
@@ -213,7 +214,9 @@ fn intact_len(path: &Path, bytes: &[u8], last: bool) -> Result<usize, SegmentErr
             offset,
             CorruptRecord::InvalidHeader("a sealed segment ends inside a record"),
         )),
-        ScanEnd::Corrupt { offset, .. } if last && !intact_record_after(bytes, offset) => Ok(valid),
+        ScanEnd::Corrupt { offset, .. } if last && is_torn_write(bytes, &records, offset) => {
+            Ok(valid)
+        }
         ScanEnd::Corrupt { offset, reason } => Err(corrupt(offset, reason)),
     }
 }
@@ -222,17 +225,31 @@ fn all_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&byte| byte == 0)
 }
 
-/// Whether an intact record starts anywhere after `offset`: then the damage at `offset` is
-/// not a torn tail but a damaged record in the middle. A record's header holds a non-zero
-/// kind byte, so none starts in a tail of zeros (room reserved for appends), which is not
-/// searched.
-fn intact_record_after(bytes: &[u8], offset: usize) -> bool {
+/// Whether the damaged record at `offset` of the last segment is what a crash in the middle
+/// of the last batch leaves (a torn write), rather than a durable record damaged later.
+///
+/// A batch is one `write` then one `fdatasync`, and the next batch is written only once that
+/// sync returned: only the last batch can be torn. Within it, a power cut may have kept any
+/// of its sectors, in any order, so a hole (zeros or garbage) may come before intact records
+/// of the same batch. Every batch starts with a batch-start record (`before` holds the intact
+/// records before the damage, from the segment's start), so the damage is torn exactly when
+/// no intact batch start follows it: one that did would be a batch written after the damaged
+/// one was synced.
+///
+/// A segment whose first record is not a batch start was written before batches were
+/// marked; there the damaged record must be the last record of all.
+fn is_torn_write(bytes: &[u8], before: &[record::ScannedRecord<'_>], offset: usize) -> bool {
+    let marked = before.first().is_none_or(|first| first.kind == RecordKind::BatchStart);
+    !intact_record_after(bytes, offset, |kind| !marked || kind == RecordKind::BatchStart)
+}
+
+/// Whether an intact record of a `wanted` kind starts anywhere after `offset`. A record's
+/// header holds a non-zero kind byte, so none starts in a tail of zeros (room reserved for
+/// appends), which is not searched.
+fn intact_record_after(bytes: &[u8], offset: usize, wanted: impl Fn(RecordKind) -> bool) -> bool {
     let last_non_zero = bytes.iter().rposition(|&byte| byte != 0).unwrap_or(0);
     (offset + 1..=last_non_zero).any(|at| {
-        matches!(
-            record::decode(&bytes[at..]),
-            Ok(Decoded::Record { kind: RecordKind::Entry | RecordKind::HardState, .. })
-        )
+        matches!(record::decode(&bytes[at..]), Ok(Decoded::Record { kind, .. }) if wanted(kind))
     })
 }
 
@@ -354,16 +371,16 @@ mod tests {
         assert!(Segment::open(&StdVfs, &path, SEALED).is_err());
     }
 
-    /// A flipped bit is never ignored. In the last record of the last segment it cannot be
+    /// A flipped bit is never ignored. In the last batch of the last segment it cannot be
     /// told from a torn write (a crash can leave a full-length record with garbage in it), so
-    /// that record is truncated and reported; anywhere else, and in any sealed segment,
-    /// opening fails with the offset.
+    /// the batch is cut from the damage on and the cut reported; anywhere else, and in any
+    /// sealed segment, opening fails with the offset.
     #[test]
     fn flipped_bits_are_corruption_unless_in_the_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let bytes = records(&[b"first", b"second", b"third"]);
+        let bytes = batches(&[&[b"first"], &[b"second"], &[b"third"]]);
         let (all, _) = record::scan(&bytes);
-        let last_start = all[2].offset;
+        let last_start = all[4].offset;
         for bit in 0..bytes.len() * 8 {
             let mut damaged = bytes.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
@@ -372,8 +389,8 @@ mod tests {
             let opened = Segment::open(&StdVfs, &path, LAST);
             if bit / 8 >= last_start {
                 let (_, read, recovery) = opened.unwrap();
-                assert_eq!(read, bytes[..last_start], "bit {bit}");
-                assert!(recovery.torn_bytes > 0);
+                assert_eq!(read, bytes[..read.len()], "bit {bit}");
+                assert!(read.len() >= last_start && recovery.torn_bytes > 0, "bit {bit}");
             } else {
                 let error = opened.err().expect("damage in the middle must not open");
                 assert!(matches!(error, SegmentError::Corrupt { .. }), "bit {bit}: {error}");
@@ -383,6 +400,95 @@ mod tests {
                 Segment::open(&StdVfs, &path, SEALED).is_err(),
                 "bit {bit} in a sealed segment"
             );
+        }
+    }
+
+    /// A segment that does not start with a batch start was not framed in batches: there a
+    /// damaged record is a torn write only if no intact record at all follows it.
+    #[test]
+    fn records_without_batch_starts_keep_the_last_record_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = records(&[b"first", b"second", b"third"]);
+        let (all, _) = record::scan(&bytes);
+        let path = dir.path().join("unbatched.seg");
+        let mut damaged = bytes.clone();
+        damaged[all[1].offset + record::HEADER_LEN] ^= 1;
+        write(&path, &damaged);
+        assert!(Segment::open(&StdVfs, &path, LAST).is_err(), "an intact record follows");
+        let mut damaged = bytes.clone();
+        damaged[all[2].offset + record::HEADER_LEN] ^= 1;
+        write(&path, &damaged);
+        let (_, read, _) = Segment::open(&StdVfs, &path, LAST).unwrap();
+        assert_eq!(read, bytes[..all[2].offset]);
+    }
+
+    /// Records framed as the log writes them: each batch a batch start, then its records.
+    fn batches(batches: &[&[&[u8]]]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for batch in batches {
+            record::encode(RecordKind::BatchStart, &[], &mut buf);
+            buf.extend(records(batch));
+        }
+        buf
+    }
+
+    /// A power cut while the last batch is written back may keep any of its sectors, in any
+    /// order: holes of zeros or garbage with intact records of the same batch after them.
+    /// The segment always opens, with the durable batches and an intact prefix of the last.
+    #[test]
+    fn a_last_batch_torn_anywhere_opens_at_an_intact_prefix() {
+        let durable = batches(&[&[b"one", b"two"], &[&[5; 40]]]);
+        let last = batches(&[&[b"three", &[6; 30], b"four", &[7; 50], b"five"]]);
+        let whole = [&durable[..], &last[..]].concat();
+        let (all, _) = record::scan(&whole);
+        let path = Path::new("/log/1.seg");
+        let mut holes_before_intact_records = 0;
+        for seed in 0..500 {
+            let vfs = crate::vfs::FakeVfs::new();
+            vfs.set_contents(path, durable.clone());
+            let mut file = vfs.open(path).unwrap();
+            file.write_at(&last, durable.len() as u64).unwrap();
+            let image = vfs.crash_torn(seed, 8);
+            let on_disk = image.contents(path).unwrap();
+            let (_, end) = record::scan(&on_disk);
+            let hole = match end {
+                ScanEnd::Corrupt { offset, .. } => Some(offset),
+                _ => None,
+            };
+            if hole.is_some_and(|hole| intact_record_after(&on_disk, hole, |_| true)) {
+                holes_before_intact_records += 1;
+            }
+            let (_, read, _) = Segment::open(&image, path, LAST)
+                .unwrap_or_else(|error| panic!("seed {seed}: a torn last batch refused: {error}"));
+            let (kept, end) = record::scan(&read);
+            assert_eq!(end, ScanEnd::Clean, "seed {seed}");
+            assert!(read.len() >= durable.len(), "seed {seed}: a durable batch was cut");
+            assert_eq!(kept, all[..kept.len()], "seed {seed}");
+        }
+        assert!(holes_before_intact_records > 50, "{holes_before_intact_records} holes");
+    }
+
+    /// Damage in a batch that a later batch follows is damage to durable records, whatever
+    /// the bytes after it: the later batch was written only after this one was synced.
+    #[test]
+    fn damage_in_a_batch_followed_by_another_batch_is_refused() {
+        let bytes = batches(&[&[b"one", b"two"], &[&[5; 40], b"three"], &[b"four"]]);
+        let (all, _) = record::scan(&bytes);
+        let last_start = all.iter().rev().find(|r| r.kind == RecordKind::BatchStart).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for bit in 0..bytes.len() * 8 {
+            let mut damaged = bytes.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            let path = dir.path().join(format!("bit-{bit}.seg"));
+            write(&path, &damaged);
+            let opened = Segment::open(&StdVfs, &path, LAST);
+            if bit / 8 >= last_start.offset {
+                let (_, read, _) = opened.unwrap();
+                assert!(read.len() >= last_start.offset, "bit {bit}");
+            } else {
+                let error = opened.err().expect("damage in a durable batch must not open");
+                assert!(matches!(error, SegmentError::Corrupt { .. }), "bit {bit}: {error}");
+            }
         }
     }
 

@@ -10,7 +10,8 @@
 //! - a created, renamed or removed name is durable once its directory is synced.
 //!
 //! [`FakeVfs::crash`] returns the disk as a power cut would leave it: only what those two rules
-//! made durable. [`FakeVfs::fail_syncs`] makes every later sync fail, as a dying disk does.
+//! made durable. [`FakeVfs::crash_torn`] adds what a power cut during write-back can leave:
+//! any mix of the unsynced sectors, old, new or garbage. [`FakeVfs::fail_syncs`] makes every later sync fail, as a dying disk does.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -193,25 +194,35 @@ impl FakeVfs {
 
     /// The disk after a power cut now: only synced bytes and names remain.
     pub fn crash(&self) -> FakeVfs {
-        self.image(true)
+        self.image(true, |inode| inode.synced.clone())
+    }
+
+    /// The disk after a power cut that came while unsynced data was being written back: the
+    /// names and synced bytes of [`FakeVfs::crash`], and of each `sector`-byte block written
+    /// since its file's last sync, the old block, the new one or garbage in its changed bytes,
+    /// in any mix (picked from `seed`), so a later block may have reached the disk and an
+    /// earlier one not. A file whose length changed since its last sync has the old length or
+    /// the new one.
+    pub fn crash_torn(&self, seed: u64, sector: usize) -> FakeVfs {
+        let mut random = SplitMix(seed);
+        self.image(true, |inode| torn_bytes(inode, sector.max(1), &mut random))
     }
 
     /// The disk after the process was killed now: everything written remains (the kernel
     /// still has it), and a reboot would not lose it either.
     pub fn kill(&self) -> FakeVfs {
-        self.image(false)
+        self.image(false, |inode| inode.written.clone())
     }
 
-    /// A new disk holding, as written and synced, either only what is durable now
-    /// (`power_cut`) or everything written.
-    fn image(&self, power_cut: bool) -> FakeVfs {
+    /// A new disk holding, as written and synced, the durable names (`power_cut`) or all of
+    /// them, each file with the bytes `bytes` picks from its inode.
+    fn image(&self, power_cut: bool, mut bytes: impl FnMut(&Inode) -> Vec<u8>) -> FakeVfs {
         let disk = self.disk();
         let names = if power_cut { &disk.durable_names } else { &disk.names };
         let mut after = FakeDisk::default();
         for (name, &inode) in names {
-            let inode = &disk.inodes[inode];
-            let bytes = if power_cut { &inode.synced } else { &inode.written };
-            after.inodes.push(Inode { written: bytes.clone(), synced: bytes.clone() });
+            let bytes = bytes(&disk.inodes[inode]);
+            after.inodes.push(Inode { written: bytes.clone(), synced: bytes });
             after.names.insert(name.clone(), after.inodes.len() - 1);
         }
         after.durable_names = after.names.clone();
@@ -257,6 +268,49 @@ impl FakeVfs {
 
     fn file(&self, inode: usize) -> Box<dyn VfsFile> {
         Box::new(FakeFile { disk: self.disk.clone(), inode })
+    }
+}
+
+/// A file's bytes after a power cut during write-back (see [`FakeVfs::crash_torn`]).
+fn torn_bytes(inode: &Inode, sector: usize, random: &mut SplitMix) -> Vec<u8> {
+    let (old, new) = (&inode.synced, &inode.written);
+    let len = if random.next_u64().is_multiple_of(2) { old.len() } else { new.len() };
+    let mut bytes = old.clone();
+    bytes.resize(len, 0);
+    for start in (0..len).step_by(sector) {
+        let block = start..(start + sector).min(len);
+        let new_byte = |at: usize| new.get(at).copied().unwrap_or(0);
+        if block.clone().all(|at| bytes[at] == new_byte(at)) {
+            continue; // unchanged since the last sync
+        }
+        match random.next_u64() % 10 {
+            0..=3 => {} // the old block stayed
+            4..=8 => block.for_each(|at| bytes[at] = new_byte(at)),
+            // Garbage only where the block changed: a partial overwrite leaves the rest of
+            // its sector as it was (the disk's "powersafe overwrite", as SQLite calls it).
+            _ => {
+                for at in block.filter(|&at| old.get(at) != new.get(at)) {
+                    bytes[at] = random.next_u64() as u8;
+                }
+            }
+        }
+    }
+    bytes
+}
+
+/// A small deterministic generator (splitmix64), for torn crash images and the tests that
+/// need reproducible picks.
+#[derive(Clone, Debug)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 }
 
@@ -414,6 +468,28 @@ mod tests {
         assert_eq!(vfs.crash().list(dir).unwrap(), vec![b.clone()]);
         vfs.remove(&b).unwrap();
         assert_eq!(vfs.crash().list(dir).unwrap(), vec![b]);
+    }
+
+    /// A torn power cut keeps every synced byte and any mix of the unsynced blocks: across
+    /// seeds, a later block reaches the disk while an earlier one does not.
+    #[test]
+    fn a_torn_crash_keeps_synced_bytes_and_any_mix_of_unsynced_blocks() {
+        let vfs = FakeVfs::new();
+        let path = Path::new("/log/a");
+        let mut file = vfs.create_new(path).unwrap();
+        vfs.sync_dir(Path::new("/log")).unwrap();
+        file.write_at(&[1; 64], 0).unwrap();
+        file.sync().unwrap();
+        file.write_at(&[2; 64], 64).unwrap();
+        let mut later_without_earlier = false;
+        for seed in 0..200 {
+            let bytes = vfs.crash_torn(seed, 16).contents(path).unwrap();
+            assert!(bytes.len() == 64 || bytes.len() == 128, "seed {seed}: {}", bytes.len());
+            assert_eq!(bytes[..64], [1; 64], "seed {seed}: a synced byte changed");
+            let new: Vec<bool> = bytes[64..].chunks(16).map(|block| block == [2; 16]).collect();
+            later_without_earlier |= new.len() == 4 && !new[0] && new[3];
+        }
+        assert!(later_without_earlier, "no seed kept a later block without an earlier one");
     }
 
     #[test]

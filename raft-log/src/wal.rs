@@ -328,6 +328,7 @@ impl Wal {
                     let payload_len = scanned.payload.len() as u32;
                     locations.push(Location { term: entry.term, offset, payload_len });
                 }
+                RecordKind::BatchStart => {} // matters only to the recovery rules
             }
         }
         Ok(locations)

@@ -407,9 +407,18 @@ fn tear(segment: &Path, rng: &mut fastrand::Rng) -> String {
     }
 }
 
-/// Kills `node`, flips a byte in the first half of its newest segment's records (a record
-/// that is surely followed by intact ones: damage, not a torn write) and starts it: it must
-/// refuse to start. Healed by replacing the node.
+/// Where the last batch of a segment's records starts (0 if there is none): every byte
+/// before it is in a batch that a later one follows, so it was durable when the node died.
+fn last_batch_start(bytes: &[u8]) -> usize {
+    use raft_log::record::{scan, RecordKind};
+    let (records, _) = scan(bytes);
+    let last = records.iter().rev().find(|r| r.kind == RecordKind::BatchStart);
+    last.map_or(0, |start| start.offset)
+}
+
+/// Kills `node`, flips a byte in the first half of its newest segment's durable batches
+/// (before the last batch, which the log could not tell from a torn write) and starts it: it
+/// must refuse to start. Healed by replacing the node.
 async fn corrupt_a_record(
     cluster: &mut Cluster,
     node: usize,
@@ -423,11 +432,11 @@ async fn corrupt_a_record(
     let Ok(mut bytes) = std::fs::read(&segment) else {
         return (format!("killed {name}: its segment could not be read"), Heal::Restart(node));
     };
-    let end = records_end(&bytes);
-    if end < 256 {
+    let durable = last_batch_start(&bytes);
+    if durable < 256 {
         return (format!("killed {name}: too few records to damage"), Heal::Restart(node));
     }
-    let at = rng.usize(end / 4..end / 2);
+    let at = rng.usize(durable / 4..durable / 2);
     bytes[at] ^= 0x5a;
     if let Err(e) = std::fs::write(&segment, &bytes) {
         return (format!("killed {name}: writing the damage failed: {e}"), Heal::Restart(node));

@@ -117,14 +117,17 @@ impl Wal {
         Ok(self.vote_file.save(vote)?)
     }
 
-    /// Frames a batch: the hard-state record first if wanted, then every entry. Returns the
-    /// bytes and where each entry will be.
+    /// Frames a batch: a batch-start record, the hard-state record if wanted, then every
+    /// entry. Returns the bytes and where each entry will be.
     fn encode_batch(
         &self,
         with_hard_state: bool,
         entries: &[Entry],
     ) -> Result<(Vec<u8>, Vec<Location>), WalError> {
-        let mut buf = Vec::with_capacity(entries.iter().map(|e| e.data.len() + 40).sum());
+        let capacity = entries.iter().map(|e| e.data.len() + 40).sum::<usize>() + 64;
+        let mut buf = Vec::with_capacity(capacity);
+        // Tells a torn batch from damaged durable records at open (`segment.rs`).
+        record::encode(RecordKind::BatchStart, &[], &mut buf);
         if with_hard_state {
             let hard_state = self.hard_state();
             record::encode_with(RecordKind::HardState, &mut buf, |out| {
