@@ -112,7 +112,7 @@ impl TransportConfig {
     }
 }
 
-/// Exponential backoff with full jitter: each delay is drawn from `[d/2, d]` where `d`
+/// Exponential backoff with "equal" jitter: each delay is drawn from `[d/2, d]` where `d`
 /// doubles per failure up to the maximum, so that nodes restarting together do not redial in
 /// lockstep.
 #[derive(Debug)]

@@ -11,7 +11,8 @@ use crate::{frame, BoxStream, HELLO_BYTES_MAX, PROTOCOL_VERSION};
 use kv_proto::peer::{peer_frame::Frame, Hello, HelloReply, PeerFrame, SnapshotChunk};
 use raft_core::{Message, MessageBody, NodeId};
 use rustls_pki_types::CertificateDer;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,9 +23,68 @@ use tokio::sync::Notify;
 /// `handshake_timeout` each.
 const HANDSHAKES_MAX: usize = 128;
 
+/// Connections in their handshake at most from one IP address, so that one host holding
+/// silent connections open cannot take every handshake slot and keep the peers out. A peer
+/// dials one connection at a time; a host running several nodes still fits many times over.
+const HANDSHAKES_PER_ADDRESS_MAX: usize = 16;
+
+/// The handshake slots: a node-wide bound and a bound per source address.
+struct Handshakes {
+    all: Arc<tokio::sync::Semaphore>,
+    by_address: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// A connection's place among the handshakes, given back when it is dropped.
+struct HandshakeSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    address: IpAddr,
+    by_address: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Handshakes {
+    fn new() -> Handshakes {
+        Handshakes {
+            all: Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX)),
+            by_address: Arc::default(),
+        }
+    }
+
+    /// A slot for a connection from `address`, or why there is none.
+    fn take(&self, address: IpAddr) -> Result<HandshakeSlot, String> {
+        let mut by_address = lock(&self.by_address);
+        let count = by_address.entry(address).or_insert(0);
+        if *count >= HANDSHAKES_PER_ADDRESS_MAX {
+            return Err(format!(
+                "{HANDSHAKES_PER_ADDRESS_MAX} connections from this address are already in \
+                 their handshake"
+            ));
+        }
+        let Ok(permit) = self.all.clone().try_acquire_owned() else {
+            return Err(format!("{HANDSHAKES_MAX} connections are already in their handshake"));
+        };
+        *count += 1;
+        let by_address = self.by_address.clone();
+        Ok(HandshakeSlot { _permit: permit, address, by_address })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut by_address = lock(&self.by_address);
+        if let Some(count) = by_address.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                by_address.remove(&self.address);
+            }
+        }
+    }
+}
+
 /// Accepts connections until the transport shuts down.
 pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
+    let handshakes = Handshakes::new();
+    // Refusals for want of a slot come in floods: one is logged per episode.
+    let mut refusing = false;
     loop {
         let accepted = tokio::select! {
             () = shared.shutdown.cancelled() => return,
@@ -32,12 +92,20 @@ pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((tcp, remote)) => {
-                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                    bump(&shared.counters.connections_refused, 1);
-                    continue; // dropped: closed at once
+                let slot = match handshakes.take(remote.ip()) {
+                    Ok(slot) => slot,
+                    Err(reason) => {
+                        if !std::mem::replace(&mut refusing, true) {
+                            shared.record_refusal(format!("from {remote}: {reason}"));
+                        } else {
+                            bump(&shared.counters.connections_refused, 1);
+                        }
+                        continue; // dropped: closed at once
+                    }
                 };
+                refusing = false;
                 let _ = tcp.set_nodelay(true);
-                tokio::spawn(serve(shared.clone(), tcp, remote, permit));
+                tokio::spawn(serve(shared.clone(), tcp, remote, slot));
             }
             Err(e) => {
                 // Out of file descriptors, say: wait a little rather than spin.
@@ -59,12 +127,7 @@ struct Speaker {
 /// The peer and the connection's halves.
 type Authenticated = (Speaker, FrameReader<ReadHalf<BoxStream>>, WriteHalf<BoxStream>);
 
-async fn serve(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    remote: SocketAddr,
-    handshake: tokio::sync::OwnedSemaphorePermit,
-) {
+async fn serve(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr, handshake: HandshakeSlot) {
     let accepted = tokio::select! {
         () = shared.shutdown.cancelled() => return,
         accepted = tokio::time::timeout(shared.config.handshake_timeout, accept(&shared, tcp)) => accepted,

@@ -1,6 +1,6 @@
 //! The writer of one peer: dials it, says hello, then writes whatever is queued, coalescing
-//! every queued frame into one flush. A lost connection drops what was queued (and reports
-//! the peer unreachable), then the writer redials with backoff.
+//! every queued frame into one flush. A lost connection drops what was queued and the batch
+//! being written (the peer is reported unreachable), then the writer redials with backoff.
 
 use crate::config::Backoff;
 use crate::frame::{self, FrameReader};
@@ -32,7 +32,7 @@ pub(crate) async fn run(shared: Arc<Shared>, peer: Arc<Peer>) {
         if !is_current(&shared, &peer) {
             return; // removed or replaced while dialling: the new writer takes over
         }
-        let reason = match dialled {
+        let (reason, lost) = match dialled {
             Ok(connection) => {
                 backoff.reset();
                 *lock(&peer.last_error) = None;
@@ -41,7 +41,7 @@ pub(crate) async fn run(shared: Arc<Shared>, peer: Arc<Peer>) {
             }
             Err(reason) => {
                 bump(&shared.counters.dials_failed, 1);
-                reason
+                (reason, 0)
             }
         };
         if shared.shutdown.is_cancelled() || !is_current(&shared, &peer) {
@@ -52,7 +52,7 @@ pub(crate) async fn run(shared: Arc<Shared>, peer: Arc<Peer>) {
             tracing::warn!(node = %config.node_id, peer = %peer.id, "peer {}: {reason}", peer.address);
         }
         *lock(&peer.last_error) = Some(reason);
-        let dropped = peer.queue.clear();
+        let dropped = lost + peer.queue.clear();
         if dropped > 0 {
             bump(&shared.counters.messages_dropped, dropped as u64);
             let _ = shared.events.try_send(Event::Unreachable(peer.id));
@@ -153,27 +153,29 @@ async fn hello(shared: &Shared, peer: &Peer, stream: BoxStream) -> Result<Connec
     Ok((reader, write))
 }
 
-/// Writes queued frames until the connection fails; returns why it ended.
-async fn pump(shared: &Shared, peer: &Peer, connection: Connection) -> String {
+/// Writes queued frames until the connection fails; returns why it ended and how many
+/// messages taken from the queue were lost with it (a batch whose write failed: some of it
+/// may have arrived, none of it surely did).
+async fn pump(shared: &Shared, peer: &Peer, connection: Connection) -> (String, usize) {
     let (mut reader, write) = connection;
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write);
     loop {
         let mut batch = Batch::default();
         tokio::select! {
-            () = shared.shutdown.cancelled() => return "shut down".into(),
+            () = shared.shutdown.cancelled() => return ("shut down".into(), 0),
             more = peer.queue.take(&mut batch) => if !more {
-                return "the peer was removed".into();
+                return ("the peer was removed".into(), 0);
             },
             // The listener never writes after its hello reply: anything is a close.
             read = reader.next() => return match read {
-                Ok(_) => "the peer closed the connection".into(),
-                Err(e) => format!("the connection failed: {e}"),
+                Ok(_) => ("the peer closed the connection".into(), 0),
+                Err(e) => (format!("the connection failed: {e}"), 0),
             },
         }
         let written = write_batch(&mut writer, &batch.frames, shared.config.write_timeout).await;
         peer.queue.release(batch.message_bytes);
         if let Err(reason) = written {
-            return reason;
+            return (reason, batch.frames.len());
         }
         bump(&shared.counters.messages_sent, batch.frames.len() as u64);
         bump(&shared.counters.writes, 1);
