@@ -1,14 +1,16 @@
 //! Messages and snapshots between real transports over loopback mutual TLS: delivery both
-//! ways, reconnection after a restart, a peer that stops reading, snapshots between
-//! heartbeats.
+//! ways, reconnection after a restart, coalesced writes, a peer that stops reading (and the
+//! batch lost with it), snapshots between heartbeats and read only as they are sent.
 
 mod common;
 
 use bytes::Bytes;
 use common::*;
 use raft_core::{Index, Membership, Message, MessageBody, NodeId, SnapshotMeta, Term};
-use raft_net::{Event, PeerAddress, SendError};
+use raft_net::{Event, PeerAddress, SendError, SnapshotSource};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -103,6 +105,26 @@ async fn a_restarted_peer_is_redialled_and_gets_each_message_once() {
     assert!(received.windows(2).all(|w| w[0] < w[1]), "in order: {received:?}");
 }
 
+/// Under a burst, messages share writes: 2,000 heartbeats queued back to back all arrive, in
+/// order, through fewer than 1,000 flushes (the writer takes everything queued each round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_messages_shares_few_writes() {
+    let pki = Pki::new("cluster");
+    let a = Node::start(config(1), identity(&pki.node(1))).await;
+    let mut b = Node::start(config(2), identity(&pki.node(2))).await;
+    connect_all(&[&a, &b]).await;
+    for n in 0..2000 {
+        a.transport.send(&heartbeat(1, 2, n)).expect("room in the queue");
+    }
+    for n in 0..2000 {
+        let message = b.next_message(WAIT).await.expect("every heartbeat arrives");
+        assert_eq!(message.body, heartbeat(1, 2, n).body, "in order, once each");
+    }
+    until("the last write is counted", || a.transport.stats().messages_sent == 2000).await;
+    let stats = a.transport.stats();
+    assert!(stats.writes > 0 && stats.writes < 1000, "coalesced: {stats:?}");
+}
+
 /// A listener that passes TLS and the hello as node 2, then never reads again.
 async fn stuck_peer(pki: &Pki) -> (u16, tokio::task::JoinHandle<()>) {
     use kv_proto::peer::{peer_frame::Frame, HelloReply, PeerFrame};
@@ -177,6 +199,49 @@ async fn a_peer_that_stops_reading_costs_bounded_memory_and_nobody_else_waits() 
     stuck.abort();
 }
 
+/// A batch lost with its connection is reported: one append of 16 MiB (four times what the
+/// kernel's loopback buffers take) to a peer that stops reading stalls past the write
+/// timeout, with nothing else queued. The writer drops the connection and counts the
+/// message it was writing as dropped, and the engine hears `Unreachable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_lost_with_its_connection_is_counted_and_reported() {
+    let pki = Pki::new("cluster");
+    let mut sender_config = config(1);
+    sender_config.frame_bytes_max = 32 << 20;
+    sender_config.write_timeout = Duration::from_millis(300);
+    let mut a = Node::start(sender_config, identity(&pki.node(1))).await;
+    let (stuck_port, stuck) = stuck_peer(&pki).await;
+    a.transport
+        .add_peer(NodeId(2), PeerAddress { host: "node-2.example".into(), port: stuck_port });
+    a.transport.send(&append(1, 2, 16 << 20)).expect("an empty queue takes it");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let event = a.next_event(left).await.expect("the lost append is reported");
+        if event == Event::Unreachable(NodeId(2)) {
+            break;
+        }
+    }
+    let stats = a.transport.stats();
+    assert!(stats.messages_dropped >= 1, "the append is counted as dropped: {stats:?}");
+    assert_eq!(stats.messages_sent, 0, "and never as sent: {stats:?}");
+    stuck.abort();
+}
+
+/// The `InstallSnapshot` message from node 1 to node 2 for a snapshot at index 900.
+fn install_snapshot() -> Message {
+    let meta = SnapshotMeta {
+        index: Index(900),
+        term: Term(4),
+        membership: Membership::new([NodeId(1), NodeId(2)]),
+    };
+    let body = MessageBody::InstallSnapshot { snapshot: meta };
+    Message { from: NodeId(1), to: NodeId(2), term: Term(4), body }
+}
+
+/// A snapshot travels in chunks that messages pass: heartbeats queued once the transfer has
+/// begun all arrive before its last chunk (a message waits behind at most one chunk, never
+/// behind the whole snapshot), and the data arrives whole and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_arrives_whole_in_chunks_with_heartbeats_between_them() {
     let pki = Pki::new("cluster");
@@ -188,26 +253,18 @@ async fn a_snapshot_arrives_whole_in_chunks_with_heartbeats_between_them() {
     send_eventually(&a.transport, &heartbeat(1, 2, 0)).await;
     assert!(b.next_message(WAIT).await.is_some());
     let data: Bytes = (0..4_000_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>().into();
-    let meta = SnapshotMeta {
-        index: Index(900),
-        term: Term(4),
-        membership: Membership::new([NodeId(1), NodeId(2)]),
-    };
-    let install = Message {
-        from: NodeId(1),
-        to: NodeId(2),
-        term: Term(4),
-        body: MessageBody::InstallSnapshot { snapshot: meta },
-    };
+    let install = install_snapshot();
     a.transport.send_snapshot(install.clone(), Box::new(data.clone())).unwrap();
     let second = a.transport.send_snapshot(install.clone(), Box::new(data.clone()));
     assert_eq!(second, Err(SendError::SnapshotInProgress(NodeId(2))), "one transfer at a time");
+    // Queued while the transfer is under way: each must pass the chunks still to come.
+    const HEARTBEATS: usize = 20;
+    for n in 1..=HEARTBEATS {
+        a.transport.send(&heartbeat(1, 2, n as u64)).unwrap();
+    }
     let mut assembled = Vec::new();
     let mut heartbeats_during = 0;
-    let mut n = 1;
     loop {
-        let _ = a.transport.send(&heartbeat(1, 2, n));
-        n += 1;
         match b.next_event(WAIT).await.expect("the transfer goes on") {
             Event::Message(_) => heartbeats_during += 1,
             Event::SnapshotChunk(chunk) => {
@@ -224,7 +281,7 @@ async fn a_snapshot_arrives_whole_in_chunks_with_heartbeats_between_them() {
         }
     }
     assert_eq!(assembled, data, "the data arrives whole");
-    assert!(heartbeats_during > 5, "heartbeats passed between chunks: {heartbeats_during}");
+    assert_eq!(heartbeats_during, HEARTBEATS, "every heartbeat arrived before the last chunk");
     let sent = loop {
         match a.next_event(WAIT).await.expect("the sender learns the outcome") {
             Event::SnapshotSent { to, ok } => break (to, ok),
@@ -232,4 +289,49 @@ async fn a_snapshot_arrives_whole_in_chunks_with_heartbeats_between_them() {
         }
     };
     assert_eq!(sent, (NodeId(2), true));
+}
+
+/// Snapshot data made up on demand, counting the chunks asked for.
+struct CountedSource {
+    len: u64,
+    reads: Arc<AtomicUsize>,
+}
+
+impl SnapshotSource for CountedSource {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&mut self, _offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        buf.fill(0x5a);
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A snapshot's data is read as the connection takes it, never ahead of it: to a peer that
+/// takes nothing, a transfer of 20 chunks, each larger than the kernel's loopback buffers,
+/// reads at most 5 of them (the one in the stalled write, two queued in the chunk lane, one
+/// waiting for room, and one of slack), not all 20.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_read_only_as_the_connection_takes_it() {
+    let pki = Pki::new("cluster");
+    let mut sender_config = config(1);
+    sender_config.frame_bytes_max = 32 << 20;
+    sender_config.snapshot_chunk_bytes = 8 << 20;
+    sender_config.write_timeout = Duration::from_secs(60);
+    let a = Node::start(sender_config, identity(&pki.node(1))).await;
+    let (stuck_port, stuck) = stuck_peer(&pki).await;
+    a.transport
+        .add_peer(NodeId(2), PeerAddress { host: "node-2.example".into(), port: stuck_port });
+    let reads = Arc::new(AtomicUsize::new(0));
+    let source = CountedSource { len: 20 * (8 << 20), reads: reads.clone() };
+    a.transport.send_snapshot(install_snapshot(), Box::new(source)).unwrap();
+    // 1. Two chunks fill the lane and a third waits for room: the transfer is under way.
+    until("three chunks read", || reads.load(Ordering::SeqCst) >= 3).await;
+    // 2. The writer takes one, its write stalls; given time, the sender reads no further.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let read = reads.load(Ordering::SeqCst);
+    assert!(read <= 5, "{read} of 20 chunks read while the peer took none");
+    stuck.abort();
 }

@@ -9,6 +9,7 @@ use kv_proto::peer::{peer_frame::Frame, Hello, PeerFrame};
 use raft_core::NodeId;
 use raft_net::{Event, PeerAddress, TlsIdentity};
 use rustls_pki_types::ServerName;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,7 +47,15 @@ async fn dial_fails_with(node: &Node, peer: u64, needle: &str) {
 
 /// Node 3, in order, still gets through to `node`.
 async fn still_serves(pki: &Pki, node: &mut Node) {
-    let good = Node::start(config(3), identity(&pki.node(3))).await;
+    still_serves_from(pki, node, None).await;
+}
+
+/// Node 3, in order and dialing from `source` (the system's choice if `None`), still gets
+/// through to `node`.
+async fn still_serves_from(pki: &Pki, node: &mut Node, source: Option<IpAddr>) {
+    let mut good_config = config(3);
+    good_config.source = source;
+    let good = Node::start(good_config, identity(&pki.node(3))).await;
     node.transport.add_peer(good.id, good.address());
     good.transport.add_peer(node.id, node.address());
     send_eventually(&good.transport, &heartbeat(3, node.id.0, 42)).await;
@@ -125,7 +134,8 @@ async fn a_certificate_from_another_ca_is_refused() {
     let pki = Pki::new("cluster");
     let other = Pki::new("impostor");
     let mut node = Node::start(config(1), identity(&pki.node(1))).await;
-    // The impostor trusts the cluster CA, so only node 1's check of its certificate stops it.
+    // The impostor trusts the cluster CA, so only node 1's checks of its certificate stop it:
+    // as a client when it dials node 1, as a server when node 1 dials it.
     let mut paths = other.node(2);
     paths.ca = pki.ca_path();
     let impostor = Node::start(config(2), identity(&paths)).await;
@@ -134,6 +144,7 @@ async fn a_certificate_from_another_ca_is_refused() {
     let _ = impostor.transport.send(&heartbeat(2, 1, 1));
     refused_with(&node, "TLS handshake").await;
     dial_fails_with(&impostor, 1, "UnknownCA").await;
+    dial_fails_with(&node, 2, "invalid peer certificate: UnknownIssuer").await;
     assert!(node.next_message(QUIET).await.is_none(), "nothing from the impostor");
     still_serves(&pki, &mut node).await;
 }
@@ -202,8 +213,8 @@ async fn garbage_oversized_frames_and_half_open_connections_leave_the_listener_s
     let mut garbage = TcpStream::connect((LOCALHOST, port)).await.unwrap();
     garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff\x13\x37").await.unwrap();
     refused_with(&node, "TLS handshake").await;
-    // 2. Half-open: connects and says nothing. It holds nobody up, and the handshake
-    //    timeout closes it.
+    // 2. Half-open: connects and says nothing. The handshake timeout closes it (that it
+    //    holds nobody up meanwhile is `a_silent_connection_holds_up_no_other_handshake`).
     let _silent = TcpStream::connect((LOCALHOST, port)).await.unwrap();
     // 3. A good certificate, a good hello, then a frame announcing 3 GiB.
     let ca = TlsIdentity::load(&pki.node(2)).unwrap();
@@ -232,6 +243,49 @@ async fn garbage_oversized_frames_and_half_open_connections_leave_the_listener_s
     refused_with(&node, "timed out").await;
     assert!(node.next_message(QUIET).await.is_none(), "the misaddressed message is dropped");
     still_serves(&pki, &mut node).await;
+}
+
+/// A node whose handshakes may take a minute: long enough that a listener finishing one
+/// handshake before starting the next would make every test here wait out its deadline.
+async fn patient_node(pki: &Pki) -> Node {
+    let mut node_config = config(1);
+    node_config.handshake_timeout = Duration::from_secs(60);
+    Node::start(node_config, identity(&pki.node(1))).await
+}
+
+/// A connection that opens and says nothing holds up no other handshake: while it sits in
+/// its handshake (60 s allowed), node 3 gets through within the 10 s wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_holds_up_no_other_handshake() {
+    let pki = Pki::new("cluster");
+    let mut node = patient_node(&pki).await;
+    let silent = TcpStream::connect((LOCALHOST, node.port())).await.unwrap();
+    still_serves(&pki, &mut node).await;
+    let refusals = node.transport.recent_refusals();
+    assert!(refusals.is_empty(), "the silent connection is still in its handshake: {refusals:?}");
+    drop(silent);
+}
+
+/// One address cannot take every handshake slot: 16 silent connections from 127.0.0.1 sit in
+/// their handshake, the 17th from it is closed at once and logged, and node 3, dialing from
+/// 127.0.0.3, still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_16_handshakes_at_once_come_from_one_address() {
+    let pki = Pki::new("cluster");
+    let mut node = patient_node(&pki).await;
+    let mut silent = Vec::new();
+    for _ in 0..16 {
+        silent.push(TcpStream::connect((LOCALHOST, node.port())).await.unwrap());
+    }
+    let seventeenth = TcpStream::connect((LOCALHOST, node.port())).await.unwrap();
+    let from = seventeenth.local_addr().unwrap();
+    refused_with(
+        &node,
+        &format!("from {from}: 16 connections from this address are already in their handshake"),
+    )
+    .await;
+    still_serves_from(&pki, &mut node, Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)))).await;
+    drop(silent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,7 +65,7 @@ fn check_framed(data: &[u8]) {
     let mut buf = Vec::new();
     let mut written = Vec::new(); // (offset, kind, payload) of every record
     for (i, payload) in rest.split(|&byte| byte == b'|').enumerate() {
-        let kind = if i % 2 == 0 { RecordKind::Entry } else { RecordKind::HardState };
+        let kind = [RecordKind::BatchStart, RecordKind::Entry, RecordKind::HardState][i % 3];
         written.push((buf.len(), kind, payload));
         record::encode(kind, payload, &mut buf);
     }

@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test file uses a part
 
 use bytes::Bytes;
-use raft_core::{Index, Message, MessageBody, NodeId, Term};
+use raft_core::{Entry, EntryId, EntryKind, Index, Message, MessageBody, NodeId, Term};
 use raft_net::{Event, PeerAddress, Security, TlsIdentity, TlsPaths, Transport, TransportConfig};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -156,6 +156,28 @@ pub fn heartbeat(from: u64, to: u64, n: u64) -> Message {
 pub fn proposal(from: u64, to: u64, len: usize) -> Message {
     let body = MessageBody::Propose { data: Bytes::from(vec![0x5a; len]) };
     Message { from: NodeId(from), to: NodeId(to), term: Term(1), body }
+}
+
+/// An append from `from` to `to` carrying one entry of `len` bytes.
+pub fn append(from: u64, to: u64, len: usize) -> Message {
+    let entry = Entry {
+        term: Term(1),
+        index: Index(1),
+        kind: EntryKind::Normal,
+        data: vec![0xa5; len].into(),
+    };
+    let body =
+        MessageBody::Append { prev: EntryId::default(), entries: vec![entry], commit: Index(0) };
+    Message { from: NodeId(from), to: NodeId(to), term: Term(1), body }
+}
+
+/// Waits until `condition` holds, checking every 10 ms; after 10 s, fails naming `what`.
+pub async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "waited 10 s for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Sends `message` until it is queued (the writer may still be dialling).
