@@ -105,10 +105,10 @@ pub struct WalOptions {
     /// Scan sealed segments at open (checking every record) instead of trusting their index
     /// files. Without it, damage in a sealed segment is found when the entry is read.
     pub verify_sealed: bool,
-    /// The newest segment's file is extended this many bytes (zeros) ahead of its records
-    /// whenever an append does not fit, so that most syncs leave the file's size alone and
-    /// need not write it (0: the file grows with each append). The room is given back when
-    /// the segment is sealed.
+    /// The newest segment's file gets this many zero bytes written ahead of its records
+    /// whenever an append does not fit, so that most syncs change neither the file's size nor
+    /// its blocks and need not write its inode (0: the file grows with each append). The room
+    /// is given back when the segment is sealed.
     pub preallocate_bytes: u64,
 }
 
@@ -118,7 +118,7 @@ impl Default for WalOptions {
             segment_bytes_max: 64 << 20,
             repair: false,
             verify_sealed: false,
-            preallocate_bytes: 16 << 20,
+            preallocate_bytes: 1 << 20,
         }
     }
 }
