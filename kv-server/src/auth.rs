@@ -25,9 +25,9 @@
 //! ```
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tonic::Status;
 
 /// What a call needs.
@@ -134,13 +134,31 @@ impl Policy {
 pub struct Authorizer {
     path: PathBuf,
     policy: RwLock<Arc<Policy>>,
+    /// What each client certificate seen says, so that it is parsed once, not per request.
+    certificates: Mutex<HashMap<Vec<u8>, CertificateFacts>>,
+}
+
+/// The certificates remembered at most; past it the memory starts over.
+const CERTIFICATES_KEPT_MAX: usize = 1024;
+
+/// What the checks need from a client certificate.
+#[derive(Clone)]
+struct CertificateFacts {
+    /// Its first Common Name, if it has one.
+    common_name: Option<Arc<str>>,
+    /// Whether it may serve TLS (a node's certificate).
+    may_serve_tls: bool,
 }
 
 impl Authorizer {
     /// Loads the policy in `path`.
     pub fn load(path: &Path) -> Result<Authorizer, PolicyError> {
         let policy = Policy::load(path)?;
-        Ok(Authorizer { path: path.to_path_buf(), policy: RwLock::new(Arc::new(policy)) })
+        Ok(Authorizer {
+            path: path.to_path_buf(),
+            policy: RwLock::new(Arc::new(policy)),
+            certificates: Mutex::default(),
+        })
     }
 
     fn current(&self) -> Arc<Policy> {
@@ -162,35 +180,57 @@ impl Authorizer {
         permission: Permission<'_>,
     ) -> Result<(), Status> {
         let policy = self.current();
-        let user = identity(request, policy.allow_peer_certificates)?;
+        let user = self.identity(request, policy.allow_peer_certificates)?;
         if policy.allows(&user, permission) {
             return Ok(());
         }
-        tracing::warn!(user, "denied: {permission} is not granted");
+        tracing::warn!(user = &*user, "denied: {permission} is not granted");
         Err(Status::permission_denied(format!(
             "user {user:?} is not granted {permission} (--auth-policy-file)"
         )))
     }
 }
 
-/// The user of `request`: the Common Name of its client certificate.
-fn identity<T>(
-    request: &tonic::Request<T>,
-    allow_peer_certificates: bool,
-) -> Result<String, Status> {
-    let denied = |why: &str| {
-        tracing::warn!("denied: {why}");
-        Status::permission_denied(why.to_string())
-    };
-    let certs = request.peer_certs().ok_or_else(|| denied("no client certificate"))?;
-    let leaf = certs.first().ok_or_else(|| denied("no client certificate"))?;
-    if !allow_peer_certificates && raft_net::tls::may_serve_tls(leaf) {
-        return Err(denied(
-            "a node's certificate (it may serve TLS) is not a client identity unless the \
-             policy sets allow_peer_certificates",
-        ));
+impl Authorizer {
+    /// The user of `request`: the Common Name of its client certificate.
+    fn identity<T>(
+        &self,
+        request: &tonic::Request<T>,
+        allow_peer_certificates: bool,
+    ) -> Result<Arc<str>, Status> {
+        let denied = |why: &str| {
+            tracing::warn!("denied: {why}");
+            Status::permission_denied(why.to_string())
+        };
+        let certs = request.peer_certs().ok_or_else(|| denied("no client certificate"))?;
+        let leaf = certs.first().ok_or_else(|| denied("no client certificate"))?;
+        let facts = self.facts(leaf);
+        if !allow_peer_certificates && facts.may_serve_tls {
+            return Err(denied(
+                "a node's certificate (it may serve TLS) is not a client identity unless the \
+                 policy sets allow_peer_certificates",
+            ));
+        }
+        facts.common_name.ok_or_else(|| denied("the client certificate has no Common Name"))
     }
-    common_name(leaf).ok_or_else(|| denied("the client certificate has no Common Name"))
+
+    /// What `cert` says, parsed on its first use only.
+    fn facts(&self, cert: &[u8]) -> CertificateFacts {
+        let lock = || self.certificates.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(facts) = lock().get(cert) {
+            return facts.clone();
+        }
+        let facts = CertificateFacts {
+            common_name: common_name(cert).map(Arc::from),
+            may_serve_tls: raft_net::tls::may_serve_tls(&cert.to_vec().into()),
+        };
+        let mut certificates = lock();
+        if certificates.len() >= CERTIFICATES_KEPT_MAX {
+            certificates.clear();
+        }
+        certificates.insert(cert.to_vec(), facts.clone());
+        facts
+    }
 }
 
 /// The first Common Name of `cert`'s subject.
@@ -309,5 +349,41 @@ admin = true
         std::fs::write(file.path(), "[users]\napp = []\n").unwrap();
         authorizer.reload().unwrap();
         assert!(!authorizer.current().allows("app", Permission::Write(b"app/1")));
+    }
+
+    /// A certificate signed by a fresh key, named `common_name`, for clients or for nodes.
+    fn certificate(common_name: &str, server: bool) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(vec!["node.example".into()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        params.extended_key_usages = if server {
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth]
+        } else {
+            vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth]
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// What a certificate says is remembered per certificate: each one keeps its own name and
+    /// kind however often it comes back, and however full the memory got in between.
+    #[test]
+    fn each_certificate_is_remembered_as_what_it_says() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), POLICY).unwrap();
+        let authorizer = Authorizer::load(file.path()).unwrap();
+        let (app, node) = (certificate("app", false), certificate("n1", true));
+        for round in 0..3 {
+            let facts = authorizer.facts(&app);
+            assert_eq!(facts.common_name.as_deref(), Some("app"), "round {round}");
+            assert!(!facts.may_serve_tls, "round {round}");
+            let facts = authorizer.facts(&node);
+            assert_eq!(facts.common_name.as_deref(), Some("n1"), "round {round}");
+            assert!(facts.may_serve_tls, "round {round}");
+        }
+        for n in 0..CERTIFICATES_KEPT_MAX {
+            authorizer.facts(&[n.to_le_bytes().as_slice(), &app].concat());
+        }
+        assert!(authorizer.certificates.lock().unwrap().len() <= CERTIFICATES_KEPT_MAX);
+        assert_eq!(authorizer.facts(&app).common_name.as_deref(), Some("app"));
     }
 }
