@@ -63,18 +63,72 @@ where
 {
     let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
     let mut command = Flags::command();
-    if let Some(path) = named_file(&argv) {
-        for (key, value) in read(&path)? {
+    let mut from_file = Vec::new();
+    let path = named_file(&argv);
+    if let Some(path) = &path {
+        from_file = read(path)?;
+        for (key, value) in &from_file {
             let id = command
                 .get_arguments()
                 .find(|arg| arg.get_long() == Some(key.as_str()) && key != FLAG)
                 .map(|arg| arg.get_id().clone())
-                .ok_or_else(|| unknown_key(&path, &key))?;
+                .ok_or_else(|| unknown_key(path, key))?;
             command = command.mut_arg(id, |arg| arg.default_value(value).required(false));
         }
     }
-    let matches = command.try_get_matches_from(argv)?;
-    Ok(Flags::from_arg_matches(&matches)?)
+    let parsed =
+        command.try_get_matches_from(&argv).and_then(|matches| Flags::from_arg_matches(&matches));
+    parsed.map_err(|error| match &path {
+        Some(path) => blame_the_file(error, path, &from_file, &argv),
+        None => error.into(),
+    })
+}
+
+/// A value clap refused, reported as the file's when it came from the file (naming the file
+/// and the key; clap alone names only the flag): the file gave that flag exactly that value,
+/// and neither the command line nor the environment gave the flag.
+fn blame_the_file(
+    error: clap::Error,
+    path: &Path,
+    from_file: &[(String, String)],
+    argv: &[OsString],
+) -> ConfigError {
+    use clap::error::{ContextKind, ContextValue};
+    let text = |kind| match error.get(kind) {
+        Some(ContextValue::String(text)) => Some(text.clone()),
+        _ => None,
+    };
+    let (Some(flag), Some(value)) =
+        (text(ContextKind::InvalidArg), text(ContextKind::InvalidValue))
+    else {
+        return error.into();
+    };
+    let named = |key: &str| flag == format!("--{key}") || flag.starts_with(&format!("--{key} "));
+    let Some((key, _)) = from_file.iter().find(|(key, given)| named(key) && *given == value) else {
+        return error.into();
+    };
+    if given_elsewhere(key, argv) {
+        return error.into();
+    }
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let reason = first.strip_prefix("error: ").unwrap_or(first);
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        reason: format!("{key} = {value:?}: {reason}"),
+    }
+}
+
+/// Whether the flag `key` is on the command line or in its environment variable.
+fn given_elsewhere(key: &str, argv: &[OsString]) -> bool {
+    let on_command_line = argv.iter().any(|arg| {
+        let arg = arg.to_string_lossy();
+        arg == format!("--{key}") || arg.starts_with(&format!("--{key}="))
+    });
+    let command = Flags::command();
+    let arg = command.get_arguments().find(|arg| arg.get_long() == Some(key));
+    on_command_line
+        || arg.and_then(clap::Arg::get_env).is_some_and(|var| std::env::var_os(var).is_some())
 }
 
 /// The file `--config-file` names on the command line, else `KV_CONFIG_FILE`. Looked for
@@ -213,7 +267,11 @@ peer-trusted-ca-file = "ca.pem"
     fn bad_values_and_bad_files_are_refused_naming_what_is_wrong() {
         let config = file(&format!("{REQUIRED}\ntick-ms = \"soon\"\n"));
         let error = parse(&config, &[]).unwrap_err();
-        assert!(error.contains("--tick-ms"), "{error}");
+        let path = config.path().display().to_string();
+        assert!(error.contains(&path), "the error names the file: {error}");
+        assert!(error.contains("tick-ms = \"soon\": invalid value"), "{error}");
+        let error = parse(&config, &["--tick-ms", "later"]).unwrap_err();
+        assert!(error.contains("'later'") && !error.contains(&path), "the flag's: {error}");
         let config = file(&format!("{REQUIRED}\n[tick-ms]\nvalue = 3\n"));
         let error = parse(&config, &[]).unwrap_err();
         assert!(error.contains("tick-ms: a table is not a flag's value"), "{error}");
