@@ -19,11 +19,13 @@ fn free_base_port() -> u16 {
     }
 }
 
-/// A pseudo-random offset from the clock and the process id (no extra dependency).
+/// A pseudo-random offset from the clock and the process id (no extra dependency), keeping
+/// the ports below Linux's ephemeral range (32768 and up), from which outgoing connections
+/// take their source ports: one could take a port between this check and the node's bind.
 fn fastrand_port() -> u16 {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    ((nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % 40_000) as u16
+    ((nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % 12_000) as u16
 }
 
 struct Dev {

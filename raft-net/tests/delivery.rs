@@ -335,3 +335,24 @@ async fn a_snapshot_is_read_only_as_the_connection_takes_it() {
     assert!(read <= 5, "{read} of 20 chunks read while the peer took none");
     stuck.abort();
 }
+
+/// A peer nobody answers for is redialled with backoff, not in a loop: with delays drawn from
+/// `[d/2, d]` and `d` doubling from 50 ms to at most 100 ms, six failed dials take at least
+/// 25 + 50 + 50 + 50 + 50 ms. (A slow machine only makes them take longer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_refuses_every_dial_is_redialled_with_backoff() {
+    let pki = Pki::new("cluster");
+    let mut config = config(1);
+    config.backoff_initial = Duration::from_millis(50);
+    config.backoff_max = Duration::from_millis(100);
+    let node = Node::start(config, identity(&pki.node(1))).await;
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let started = tokio::time::Instant::now();
+    node.transport.add_peer(NodeId(2), PeerAddress { host: "127.0.0.1".into(), port: closed_port });
+    until("six failed dials", || node.transport.stats().dials_failed >= 6).await;
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(225), "six dials in {elapsed:?}: no backoff");
+}

@@ -15,8 +15,25 @@ use tonic::transport::Channel;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A free loopback port (bound, then released for the server to take).
+/// The ports `free_port` hands out: below Linux's ephemeral range (32768 and up by default).
+const TEST_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A free loopback port, for a server to take later; never the same one twice in a process.
+///
+/// Not `bind(":0")`: that port comes from the ephemeral range, the same range the source ports
+/// of outgoing connections come from, so between its release and the server's bind any new
+/// connection could take it (CI saw a node fail with its metrics address "already in use").
 pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919);
+    for _ in 0..TEST_PORTS.len() {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let offset = start.wrapping_add(n) % TEST_PORTS.len() as u32;
+        let port = (TEST_PORTS.start + offset) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
