@@ -75,13 +75,12 @@ enum Op {
     /// every one; then the power goes. A refused batch may have left any of its durable
     /// steps behind (the vote file, a cut, a roll-over), never part of its entries.
     AppendThenPowerCut { syncs_ok: u8, count: u8, conflict_back: u8, new_term: bool },
-    /// As `AppendThenPowerCut` for a batch that continues the log, but the power goes while
-    /// the unsynced bytes are being written back: any mix of their 32-byte sectors (picked by
+    /// As `AppendThenPowerCut`, but the power goes while the unsynced bytes are being written
+    /// back: any mix of their 32-byte sectors (picked by
     /// `seed`) reached the disk, old, new or garbage. (Real sectors are 512 bytes or more; 32
     /// keeps each vote-file slot in one sector, as on a real disk, and tears batches finely.) The log must open, and may keep an
-    /// intact prefix of the refused batch. (Not a batch that cuts a suffix: a torn cut is a
-    /// known limit, `docs/wal.md`.)
-    AppendThenTornPowerCut { syncs_ok: u8, count: u8, new_term: bool, seed: u64 },
+    /// intact prefix of the refused batch, or of the suffix it was cutting.
+    AppendThenTornPowerCut { syncs_ok: u8, count: u8, conflict_back: u8, new_term: bool, seed: u64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -114,10 +113,11 @@ fn op() -> impl Strategy<Value = Op> {
                 new_term
             }
         ),
-        2 => (0..4u8, 1..=8u8, any::<bool>(), any::<u64>()).prop_map(
-            |(syncs_ok, count, new_term, seed)| Op::AppendThenTornPowerCut {
+        2 => (0..6u8, 1..=8u8, 0..=6u8, any::<bool>(), any::<u64>()).prop_map(
+            |(syncs_ok, count, conflict_back, new_term, seed)| Op::AppendThenTornPowerCut {
                 syncs_ok,
                 count,
+                conflict_back,
                 new_term,
                 seed
             }
@@ -267,8 +267,8 @@ impl Harness {
             Op::AppendThenPowerCut { syncs_ok, count, conflict_back, new_term } => {
                 self.append_then_power_cut(syncs_ok, None, count, conflict_back, new_term)
             }
-            Op::AppendThenTornPowerCut { syncs_ok, count, new_term, seed } => {
-                self.append_then_power_cut(syncs_ok, Some(seed), count, 0, new_term)
+            Op::AppendThenTornPowerCut { syncs_ok, count, conflict_back, new_term, seed } => {
+                self.append_then_power_cut(syncs_ok, Some(seed), count, conflict_back, new_term)
             }
         }
     }

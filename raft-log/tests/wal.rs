@@ -184,7 +184,9 @@ fn a_cut_never_takes_the_vote_with_it() {
     wal.write(None, &[entry(5, 4), entry(5, 5)]).unwrap();
     let voted = HardState { term: Term(6), vote: Some(NodeId(3)), commit: Index(2) };
     wal.write(Some(voted), &[entry(5, 6)]).unwrap();
-    vfs.fail_syncs_after(1); // the cut's sync succeeds, the new batch's fails
+    // The cut's syncs succeed (one for the batch of entry 6, cut first, one for the cut at
+    // entry 5), the new batch's fails.
+    vfs.fail_syncs_after(2);
     assert!(wal.write(None, &[entry(6, 5)]).is_err());
     assert!(wal.write(None, &[entry(6, 5)]).is_err(), "read-only after a failed sync");
     let reopened = Wal::open_with(Arc::new(vfs.crash()), dir, WalOptions::default()).unwrap();

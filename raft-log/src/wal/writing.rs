@@ -177,9 +177,11 @@ impl Wal {
             self.sync_dir()?;
         }
         // Synced before anything is appended over the cut: a crash must not leave old records
-        // behind the new ones, which would read as damage in the middle of the segment.
+        // behind the new ones, which would read as damage in the middle of the segment. Cut
+        // batch by batch from the end, so that a crash in the middle of it leaves at most the
+        // last batch torn (`Segment::cut_back_to`).
         let active = self.segments.last_mut().expect("a log always has a segment");
-        active.segment.truncate(at.offset)?;
+        active.segment.cut_back_to(at.offset)?;
         active.index.truncate((index.0 - active.first.0) as usize);
         Ok(())
     }
