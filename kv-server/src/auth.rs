@@ -24,6 +24,7 @@
 //! admin = true        # member and leadership operations
 //! ```
 
+use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -215,14 +216,14 @@ impl Authorizer {
     }
 
     /// What `cert` says, parsed on its first use only.
-    fn facts(&self, cert: &[u8]) -> CertificateFacts {
+    fn facts(&self, cert: &CertificateDer<'_>) -> CertificateFacts {
         let lock = || self.certificates.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(facts) = lock().get(cert) {
+        if let Some(facts) = lock().get(cert.as_ref()) {
             return facts.clone();
         }
         let facts = CertificateFacts {
             common_name: common_name(cert).map(Arc::from),
-            may_serve_tls: raft_net::tls::may_serve_tls(&cert.to_vec().into()),
+            may_serve_tls: raft_net::tls::may_serve_tls(cert),
         };
         let mut certificates = lock();
         if certificates.len() >= CERTIFICATES_KEPT_MAX {
@@ -371,7 +372,8 @@ admin = true
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), POLICY).unwrap();
         let authorizer = Authorizer::load(file.path()).unwrap();
-        let (app, node) = (certificate("app", false), certificate("n1", true));
+        let app = CertificateDer::from(certificate("app", false));
+        let node = CertificateDer::from(certificate("n1", true));
         for round in 0..3 {
             let facts = authorizer.facts(&app);
             assert_eq!(facts.common_name.as_deref(), Some("app"), "round {round}");
@@ -381,7 +383,7 @@ admin = true
             assert!(facts.may_serve_tls, "round {round}");
         }
         for n in 0..CERTIFICATES_KEPT_MAX {
-            authorizer.facts(&[n.to_le_bytes().as_slice(), &app].concat());
+            authorizer.facts(&CertificateDer::from([&n.to_le_bytes(), app.as_ref()].concat()));
         }
         assert!(authorizer.certificates.lock().unwrap().len() <= CERTIFICATES_KEPT_MAX);
         assert_eq!(authorizer.facts(&app).common_name.as_deref(), Some("app"));

@@ -13,6 +13,7 @@
 //! made durable. [`FakeVfs::crash_torn`] adds what a power cut during write-back can leave:
 //! any mix of the unsynced sectors, old, new or garbage. [`FakeVfs::fail_syncs`] makes every later sync fail, as a dying disk does.
 
+use raft_core::Rng;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -204,7 +205,7 @@ impl FakeVfs {
     /// earlier one not. A file whose length changed since its last sync has the old length or
     /// the new one.
     pub fn crash_torn(&self, seed: u64, sector: usize) -> FakeVfs {
-        let mut random = SplitMix(seed);
+        let mut random = Rng::new(seed);
         self.image(true, |inode| torn_bytes(inode, sector.max(1), &mut random))
     }
 
@@ -272,9 +273,9 @@ impl FakeVfs {
 }
 
 /// A file's bytes after a power cut during write-back (see [`FakeVfs::crash_torn`]).
-fn torn_bytes(inode: &Inode, sector: usize, random: &mut SplitMix) -> Vec<u8> {
+fn torn_bytes(inode: &Inode, sector: usize, random: &mut Rng) -> Vec<u8> {
     let (old, new) = (&inode.synced, &inode.written);
-    let len = if random.next_u64().is_multiple_of(2) { old.len() } else { new.len() };
+    let len = if random.chance(1, 2) { old.len() } else { new.len() };
     let mut bytes = old.clone();
     bytes.resize(len, 0);
     for start in (0..len).step_by(sector) {
@@ -283,7 +284,7 @@ fn torn_bytes(inode: &Inode, sector: usize, random: &mut SplitMix) -> Vec<u8> {
         if block.clone().all(|at| bytes[at] == new_byte(at)) {
             continue; // unchanged since the last sync
         }
-        match random.next_u64() % 10 {
+        match random.below(10) {
             0..=3 => {} // the old block stayed
             4..=8 => block.for_each(|at| bytes[at] = new_byte(at)),
             // Garbage only where the block changed: a partial overwrite leaves the rest of
@@ -296,22 +297,6 @@ fn torn_bytes(inode: &Inode, sector: usize, random: &mut SplitMix) -> Vec<u8> {
         }
     }
     bytes
-}
-
-/// A small deterministic generator (splitmix64), for torn crash images and the tests that
-/// need reproducible picks.
-#[derive(Clone, Debug)]
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    /// The next number.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 fn sync_result(disk: &mut FakeDisk) -> io::Result<()> {

@@ -37,10 +37,10 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use raft_core::{
-    Entry, EntryKind, HardState, Index, LogStore, MemLogStore, Membership, NodeId, SnapshotMeta,
-    StoreError, Term,
+    Entry, EntryKind, HardState, Index, LogStore, MemLogStore, Membership, NodeId, Rng,
+    SnapshotMeta, StoreError, Term,
 };
-use raft_log::vfs::{FakeVfs, SplitMix, Vfs};
+use raft_log::vfs::{FakeVfs, Vfs};
 use raft_log::wal::{Wal, WalOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -126,7 +126,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// A small deterministic generator for the reads each check makes.
-struct Probe(SplitMix);
+struct Probe(Rng);
 
 impl Probe {
     fn next(&mut self) -> u64 {
@@ -232,7 +232,7 @@ fn run(
         commit_max: Index(0),
         snapshot_data: None,
         serial: 0,
-        probe: Probe(SplitMix(seed)),
+        probe: Probe(Rng::new(seed)),
         syncs_ok: None,
         torn_seed: None,
         trace: Vec::new(),
