@@ -43,7 +43,10 @@ pub fn stream(state: KvState, permit: OwnedSemaphorePermit) -> SnapshotStream {
             // A client that went away is not an error; anything else is told to the client.
             if error.kind() != io::ErrorKind::BrokenPipe {
                 let failed = Status::internal(format!("writing the snapshot: {error}"));
-                let _ = out.sender.try_send(Err(failed));
+                // Waited for like a chunk: a full queue must not drop the error and end the
+                // stream as if it were whole.
+                let told = out.sender.send_timeout(Err(failed), CHUNK_PATIENCE);
+                let _ = out.runtime.block_on(told);
             }
         }
     });
@@ -58,12 +61,20 @@ struct Chunks {
 }
 
 impl Chunks {
+    /// Sends what is buffered, in chunks of at most [`CHUNK_BYTES`] (a single write may
+    /// bring far more: a large value, or a buffered writer passing a big write through).
     fn send_buffer(&mut self) -> io::Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
+        let buffered = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES));
+        let buffered = bytes::Bytes::from(buffered);
+        for start in (0..buffered.len()).step_by(CHUNK_BYTES) {
+            let end = (start + CHUNK_BYTES).min(buffered.len());
+            self.send_chunk(buffered.slice(start..end))?;
         }
-        let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES));
-        let chunk = SnapshotChunk { data: data.into() };
+        Ok(())
+    }
+
+    fn send_chunk(&mut self, data: bytes::Bytes) -> io::Result<()> {
+        let chunk = SnapshotChunk { data };
         // A blocking thread may wait on the runtime; a client that stops reading is dropped.
         let sent = self.runtime.block_on(self.sender.send_timeout(Ok(chunk), CHUNK_PATIENCE));
         sent.map_err(|_| {
@@ -83,5 +94,39 @@ impl Write for Chunks {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_proto::kv::{command::Op, Command, Put};
+    use tokio_stream::StreamExt;
+
+    /// A state holding one value of `value_bytes` bytes.
+    fn state_with_a_value_of(value_bytes: usize) -> KvState {
+        let mut state = KvState::new();
+        let put = Op::Put(Put { key: b"big".to_vec().into(), value: vec![7; value_bytes].into() });
+        let command = Command { op: Some(put), ..Command::default() };
+        state.apply(1, &kv_fsm::encode_command(&command)).unwrap();
+        state
+    }
+
+    /// Every chunk stays within [`CHUNK_BYTES`], even for a value many times that size, and
+    /// the chunks put together are the state's snapshot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_stay_within_their_bound_whatever_the_values() {
+        let state = state_with_a_value_of(20 * CHUNK_BYTES);
+        let permit =
+            std::sync::Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        let mut chunks = stream(state.clone(), permit);
+        let mut assembled = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let data = chunk.unwrap().data;
+            assert!(data.len() <= CHUNK_BYTES, "a chunk of {} bytes", data.len());
+            assembled.extend_from_slice(&data);
+        }
+        let read = KvState::read_snapshot(assembled.as_slice()).unwrap();
+        assert_eq!(read.get(b"big").map(|s| s.value.len()), Some(20 * CHUNK_BYTES));
     }
 }

@@ -158,7 +158,9 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
         tracing::warn!("--unsafe-local-reads: reads may be stale (a planted bug for the harness)");
     }
     let metrics_server = metrics_listener.map(|listener| {
-        tracing::info!("serving metrics on http://{:?}/metrics", listener.local_addr().ok());
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!("serving metrics on http://{address}/metrics");
+        }
         let served = metrics::serve(metrics.clone(), listener, std::future::pending());
         tokio::spawn(async move {
             if let Err(error) = served.await {

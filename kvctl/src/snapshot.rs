@@ -91,7 +91,7 @@ pub fn restore(file: &Path, data_dir: &Path, members: &[NodeId]) -> Result<Saved
         ));
     }
     let mut state = read_state(file)?;
-    let first_free = members.iter().map(|id| id.0 + 1).max().unwrap_or(1);
+    let first_free = members.iter().map(|id| id.0.saturating_add(1)).max().unwrap_or(1);
     state.forget_members(first_free);
     let applied = state.applied();
     let meta = SnapshotMeta {
