@@ -7,8 +7,9 @@ use common::*;
 use kv_proto::kv::cluster_client::ClusterClient;
 use kv_proto::kv::kv_client::KvClient;
 use kv_proto::kv::{
-    CompareAndSetRequest, GetRequest, ListRequest, MemberJoinRequest, MemberLeaveRequest,
-    SetRequest, SnapshotSaveRequest, StatusRequest,
+    CompareAndSetRequest, DeleteRequest, GetRequest, GetServersRequest, ListRequest,
+    MemberJoinRequest, MemberLeaveRequest, MemberListRequest, SetRequest, SnapshotSaveRequest,
+    StatusRequest, TransferLeadershipRequest,
 };
 use std::path::Path;
 use std::process::Command;
@@ -20,12 +21,19 @@ use tonic::Code;
 /// `app/`, auditor read; anyone else nothing.
 const POLICY: &str = include_str!("../../config/auth-policy.toml");
 
-/// A cluster of three whose clients must present certificates, under `POLICY`.
+/// `POLICY` and one more user, `writer`, who may write everywhere and read nowhere.
+fn test_policy() -> String {
+    let users =
+        POLICY.replace("auditor = [\"reader\"]", "auditor = [\"reader\"]\nwriter = [\"blind\"]");
+    format!("{users}\n[roles.blind]\nwrite = [\"\"]\n")
+}
+
+/// A cluster of three whose clients must present certificates, under `test_policy()`.
 fn secured_cluster() -> Cluster {
     let mut cluster = Cluster::new(3);
     let dir = cluster.dir.path().to_path_buf();
-    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
-    for user in ["root", "app", "auditor", "mallory"] {
+    std::fs::write(dir.join("policy.toml"), test_policy()).unwrap();
+    for user in ["root", "app", "auditor", "writer", "mallory"] {
         client_certificate(&dir, user);
     }
     let file = |name: &str| dir.join(name).display().to_string();
@@ -145,7 +153,27 @@ async fn calls_are_allowed_exactly_where_the_policy_grants_them() {
             value: "x".into(),
             session: None,
         };
+        assert_eq!(code(kv.compare_and_set(cas.clone()).await.map(|_| ())), Code::PermissionDenied);
+        // ... and the writer may write, not read.
+        let mut kv = KvClient::new(channel_as(&cluster, node, "client-writer").await);
+        assert_eq!(code(set_as(&cluster, node, "writer", "other").await), Code::Ok);
         assert_eq!(code(kv.compare_and_set(cas).await.map(|_| ())), Code::PermissionDenied);
+        // A delete is a write.
+        for (user, key, wanted) in
+            [("app", "app/1", Code::Ok), ("app", "other", Code::PermissionDenied)]
+        {
+            let mut kv = KvClient::new(channel_as(&cluster, node, &format!("client-{user}")).await);
+            let delete = DeleteRequest { key: key.to_string().into(), session: None };
+            assert_eq!(code(kv.delete(delete).await.map(|_| ())), wanted, "{user} delete {key}");
+        }
+        // Who the servers are: any known user, nobody else.
+        for (user, wanted) in [("app", Code::Ok), ("mallory", Code::PermissionDenied)] {
+            let channel = channel_as(&cluster, node, &format!("client-{user}")).await;
+            let servers = KvClient::new(channel.clone()).get_servers(GetServersRequest {}).await;
+            assert_eq!(code(servers.map(|_| ())), wanted, "{user} get-servers");
+            let members = ClusterClient::new(channel).member_list(MemberListRequest {}).await;
+            assert_eq!(code(members.map(|_| ())), wanted, "{user} member-list");
+        }
         // Cluster calls: any role may look; only admin may change members.
         for (user, wanted_status, wanted_admin) in [
             ("app", Code::Ok, Code::PermissionDenied),
@@ -174,6 +202,9 @@ async fn calls_are_allowed_exactly_where_the_policy_grants_them() {
             learner: true,
         };
         assert_eq!(code(app.member_join(join).await.map(|_| ())), Code::PermissionDenied);
+        let transfer = TransferLeadershipRequest { name: "n1".into() };
+        let transferred = app.transfer_leadership(transfer).await;
+        assert_eq!(code(transferred.map(|_| ())), Code::PermissionDenied, "app transfer-leader");
         // A node's certificate is not a client identity.
         let mut kv = KvClient::new(channel_as(&cluster, node, "peer").await);
         let as_node = kv.get(GetRequest { key: "other".into(), consistency: 0 }).await;
