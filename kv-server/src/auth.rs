@@ -178,16 +178,16 @@ impl Authorizer {
     pub fn check<T>(
         &self,
         request: &tonic::Request<T>,
-        permission: Permission<'_>,
+        permissions: &[Permission<'_>],
     ) -> Result<(), Status> {
         let policy = self.current();
         let user = self.identity(request, policy.allow_peer_certificates)?;
-        if policy.allows(&user, permission) {
+        let Some(missing) = permissions.iter().find(|&&p| !policy.allows(&user, p)) else {
             return Ok(());
-        }
-        tracing::warn!(user = &*user, "denied: {permission} is not granted");
+        };
+        tracing::warn!(user = &*user, "denied: {missing} is not granted");
         Err(Status::permission_denied(format!(
-            "user {user:?} is not granted {permission} (--auth-policy-file)"
+            "user {user:?} is not granted {missing} (--auth-policy-file)"
         )))
     }
 }

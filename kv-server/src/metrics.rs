@@ -6,12 +6,14 @@
 //! gRPC services (requests by method and code, proposal and ReadIndex latency) and the
 //! client listener (open connections). Nothing here takes a lock on those paths.
 
+use crate::node::role_name;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use raft_core::Role;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -245,10 +247,10 @@ impl Metrics {
     }
 
     /// Sets the role gauges: 1 for `role`, 0 for every other.
-    pub fn set_role(&self, role: &str) {
-        for other in ["follower", "pre-candidate", "candidate", "leader"] {
-            let value = i64::from(other == role);
-            self.role.get_or_create(&RoleLabel { role: other.into() }).set(value);
+    pub fn set_role(&self, role: Role) {
+        for other in [Role::Follower, Role::PreCandidate, Role::Candidate, Role::Leader] {
+            let label = RoleLabel { role: role_name(other).into() };
+            self.role.get_or_create(&label).set(i64::from(other == role));
         }
     }
 }

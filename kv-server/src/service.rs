@@ -89,9 +89,9 @@ impl Service {
 
     /// Whether the client of `request` may do what `permission` names (always, without a
     /// policy).
-    fn allow<T>(&self, request: &Request<T>, permission: Permission<'_>) -> Result<(), Status> {
+    fn allow<T>(&self, request: &Request<T>, permissions: &[Permission<'_>]) -> Result<(), Status> {
         match &self.auth {
-            Some(auth) => auth.check(request, permission),
+            Some(auth) => auth.check(request, permissions),
             None => Ok(()),
         }
     }
@@ -406,7 +406,7 @@ impl Kv for Service {
         &self,
         request: Request<api::GetRequest>,
     ) -> Result<Response<api::GetResponse>, Status> {
-        self.allow(&request, Permission::Read(&request.get_ref().key))?;
+        self.allow(&request, &[Permission::Read(&request.get_ref().key)])?;
         let request = request.into_inner();
         Service::check_key(&request.key)?;
         let state = self.read(request.consistency).await?;
@@ -425,7 +425,7 @@ impl Kv for Service {
         &self,
         request: Request<api::SetRequest>,
     ) -> Result<Response<api::SetResponse>, Status> {
-        self.allow(&request, Permission::Write(&request.get_ref().key))?;
+        self.allow(&request, &[Permission::Write(&request.get_ref().key)])?;
         let request = request.into_inner();
         Service::check_key(&request.key)?;
         self.check_value(&request.value)?;
@@ -440,7 +440,7 @@ impl Kv for Service {
         &self,
         request: Request<api::DeleteRequest>,
     ) -> Result<Response<api::DeleteResponse>, Status> {
-        self.allow(&request, Permission::Write(&request.get_ref().key))?;
+        self.allow(&request, &[Permission::Write(&request.get_ref().key)])?;
         let request = request.into_inner();
         Service::check_key(&request.key)?;
         let op = Op::Delete(api::Delete { key: request.key });
@@ -457,8 +457,8 @@ impl Kv for Service {
         request: Request<api::CompareAndSetRequest>,
     ) -> Result<Response<api::CompareAndSetResponse>, Status> {
         // A refused compare-and-set answers the current value: it reads too.
-        self.allow(&request, Permission::Read(&request.get_ref().key))?;
-        self.allow(&request, Permission::Write(&request.get_ref().key))?;
+        let key = &request.get_ref().key;
+        self.allow(&request, &[Permission::Read(key), Permission::Write(key)])?;
         let request = request.into_inner();
         Service::check_key(&request.key)?;
         self.check_value(&request.value)?;
@@ -481,7 +481,7 @@ impl Kv for Service {
         &self,
         request: Request<api::ListRequest>,
     ) -> Result<Response<ListStream>, Status> {
-        self.allow(&request, Permission::Read(&request.get_ref().prefix))?;
+        self.allow(&request, &[Permission::Read(&request.get_ref().prefix)])?;
         let request = request.into_inner();
         if request.prefix.len() > KEY_BYTES_MAX || request.start_after.len() > KEY_BYTES_MAX {
             return Err(Status::invalid_argument(format!(
@@ -512,7 +512,7 @@ impl Kv for Service {
         &self,
         request: Request<api::GetServersRequest>,
     ) -> Result<Response<api::GetServersResponse>, Status> {
-        self.allow(&request, Permission::Known)?;
+        self.allow(&request, &[Permission::Known])?;
         let status = self.status().await?;
         let servers = self
             .members_of(&status)
@@ -536,7 +536,7 @@ impl Cluster for Service {
         &self,
         request: Request<api::MemberListRequest>,
     ) -> Result<Response<api::MemberListResponse>, Status> {
-        self.allow(&request, Permission::Known)?;
+        self.allow(&request, &[Permission::Known])?;
         let status = self.status().await?;
         Ok(Response::new(api::MemberListResponse { members: self.members_of(&status) }))
     }
@@ -545,7 +545,7 @@ impl Cluster for Service {
         &self,
         request: Request<api::MemberJoinRequest>,
     ) -> Result<Response<api::MemberJoinResponse>, Status> {
-        self.allow(&request, Permission::Admin)?;
+        self.allow(&request, &[Permission::Admin])?;
         let request = request.into_inner();
         let id = self.join(&request).await?;
         let status = self.status().await?;
@@ -558,7 +558,7 @@ impl Cluster for Service {
         &self,
         request: Request<api::MemberLeaveRequest>,
     ) -> Result<Response<api::MemberLeaveResponse>, Status> {
-        self.allow(&request, Permission::Admin)?;
+        self.allow(&request, &[Permission::Admin])?;
         let members = self.leave(&request.into_inner().name).await?;
         Ok(Response::new(api::MemberLeaveResponse { members }))
     }
@@ -567,7 +567,7 @@ impl Cluster for Service {
         &self,
         request: Request<api::StatusRequest>,
     ) -> Result<Response<api::StatusResponse>, Status> {
-        self.allow(&request, Permission::Known)?;
+        self.allow(&request, &[Permission::Known])?;
         let status = Service::status(self).await?;
         let name = |id: NodeId| self.describe(&status, id).name;
         Ok(Response::new(api::StatusResponse {
@@ -591,7 +591,7 @@ impl Cluster for Service {
         request: Request<api::SnapshotSaveRequest>,
     ) -> Result<Response<Self::SnapshotSaveStream>, Status> {
         // A copy of every key: it needs read on all of them.
-        self.allow(&request, Permission::Read(b""))?;
+        self.allow(&request, &[Permission::Read(b"")])?;
         let permit = self.backups.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "{} backups are being streamed already; try again when one is done",
@@ -606,7 +606,7 @@ impl Cluster for Service {
         &self,
         request: Request<api::TransferLeadershipRequest>,
     ) -> Result<Response<api::TransferLeadershipResponse>, Status> {
-        self.allow(&request, Permission::Admin)?;
+        self.allow(&request, &[Permission::Admin])?;
         let name = request.into_inner().name;
         let status = Service::status(self).await?;
         let to = if name.is_empty() {

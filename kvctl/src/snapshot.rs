@@ -141,5 +141,5 @@ fn checksum(file: &Path) -> std::io::Result<(u64, u32)> {
 /// Makes a rename in `file`'s directory durable.
 fn sync_parent(file: &Path) -> std::io::Result<()> {
     let parent = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    File::open(parent)?.sync_all()
+    raft_log::vfs::Vfs::sync_dir(&raft_log::vfs::StdVfs, parent)
 }

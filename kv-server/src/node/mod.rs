@@ -695,7 +695,7 @@ impl Core {
     fn handle_ready(&mut self, ready: Ready) -> Result<(), String> {
         if let Some(soft) = ready.soft_state {
             tracing::info!(node = %self.config.id, term = %self.raw.term(), "leader is now {:?} (this node: {:?})", soft.leader, soft.role);
-            self.metrics.set_role(role_name(soft.role));
+            self.metrics.set_role(soft.role);
             if soft.leader != self.leader_seen {
                 self.leader_seen = soft.leader;
                 self.metrics.leader_changes.inc();
