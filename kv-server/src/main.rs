@@ -18,7 +18,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match kv_server::server_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("kv-server: cannot start the runtime: {error}");

@@ -221,7 +221,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match kv_server::server_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("kvctl: {error}");

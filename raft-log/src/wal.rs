@@ -167,8 +167,12 @@ pub struct Wal {
     compacted: EntryId,
     /// The durable term and vote.
     vote_file: VoteFile,
-    /// The commit index as the log last recorded it (a hint; see [`Wal::hard_state`]).
+    /// The newest commit index given (a hint; see [`Wal::hard_state`]).
     commit: Index,
+    /// The commit index the newest segment's records last held. Invariant: at most
+    /// `commit`. A change of the commit alone is not written: it goes with the next batch
+    /// of entries (`Wal::write`), so it costs no `fdatasync` of its own.
+    commit_recorded: Index,
     snapshot: Option<SnapshotFile>,
     read_only: bool,
     report: RecoveryReport,
@@ -213,6 +217,7 @@ impl Wal {
             compacted: EntryId::default(),
             vote_file,
             commit: Index(0),
+            commit_recorded: Index(0),
             snapshot,
             read_only: false,
             report: RecoveryReport::default(),
@@ -223,6 +228,7 @@ impl Wal {
         // The commit index is only a hint (the leader tells it again); a torn batch may have
         // kept the hint and lost entries, so it is clamped.
         wal.commit = wal.commit.min(wal.last_index());
+        wal.commit_recorded = wal.commit;
         Ok(wal)
     }
 
@@ -446,8 +452,10 @@ impl Wal {
         &self.report
     }
 
-    /// The durable hard state: the term and vote from the vote file, and the commit index the
-    /// log last recorded (a hint the leader repeats, clamped to the last entry at open).
+    /// The hard state: the durable term and vote from the vote file, and the newest commit
+    /// index given. The commit is a hint the leader repeats: it is written with the next
+    /// batch of entries, so after a crash it may be older (and it is clamped to the last
+    /// entry at open), but it is never above an index that was committed.
     pub fn hard_state(&self) -> HardState {
         let Vote { term, vote } = self.vote_file.current();
         HardState { term, vote, commit: self.commit }

@@ -208,6 +208,26 @@ fn an_empty_batch_writes_nothing() {
     assert_eq!(size(), before);
 }
 
+/// A new commit index alone costs no sync: it is remembered at once, and recorded with the
+/// next entries. A crash before those may lose it, never an entry, and never raises it.
+#[test]
+fn a_commit_alone_waits_for_the_next_entries() {
+    let vfs = FakeVfs::new();
+    let dir = Path::new("/node-1");
+    let mut wal = Wal::open_with(Arc::new(vfs.clone()), dir, WalOptions::default()).unwrap();
+    wal.write(Some(hard_state(1, 0)), &[entry(1, 1), entry(1, 2)]).unwrap();
+    let syncs = vfs.syncs();
+    wal.write(Some(hard_state(1, 2)), &[]).unwrap();
+    assert_eq!(vfs.syncs(), syncs, "a commit alone is not synced");
+    assert_eq!(wal.hard_state().commit, Index(2), "but it is known at once");
+    let crashed = Wal::open_with(Arc::new(vfs.crash()), dir, WalOptions::default()).unwrap();
+    assert_eq!(crashed.hard_state().commit, Index(0), "lost to the crash");
+    assert_eq!(crashed.last_index(), Index(2), "with no entry");
+    wal.write(None, &[entry(1, 3)]).unwrap();
+    let crashed = Wal::open_with(Arc::new(vfs.crash()), dir, WalOptions::default()).unwrap();
+    assert_eq!(crashed.hard_state().commit, Index(2), "recorded with the next entries");
+}
+
 /// The names in `dir` ending with `suffix`.
 fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
     let names = std::fs::read_dir(dir).unwrap().map(|f| f.unwrap().file_name());

@@ -712,8 +712,11 @@ impl Core {
                 .store_mut()
                 .write(ready.hard_state, &ready.entries)
                 .map_err(|e| format!("writing the log: {e}"))?;
-            observe(&self.metrics.wal_sync_seconds, started.elapsed());
-            self.metrics.wal_batch_entries.observe(ready.entries.len() as f64);
+            if !ready.entries.is_empty() {
+                // Only entries are synced (a new commit index alone waits for them).
+                observe(&self.metrics.wal_sync_seconds, started.elapsed());
+                self.metrics.wal_batch_entries.observe(ready.entries.len() as f64);
+            }
         }
         self.send(ready.messages_after_persist);
         self.raw.on_persisted(ready.number);

@@ -12,7 +12,8 @@ impl Wal {
     /// Makes a Ready's hard state and entries durable with one write and one `fdatasync`
     /// (plus one of the vote file first if the term or vote changed). If `entries[0]` is at or
     /// below the last index, the log is first cut there. When this returns `Ok`, the whole
-    /// batch survives any crash.
+    /// batch survives any crash, except a new commit index without entries: that one is
+    /// only remembered, and written with the next entries (see [`Wal::hard_state`]).
     pub fn write(
         &mut self,
         hard_state: Option<HardState>,
@@ -59,15 +60,18 @@ impl Wal {
         if active.segment.len() > self.options.segment_bytes_max && !active.index.is_empty() {
             self.roll(self.last_index().next())?;
         }
-        let commit_changed = hard_state.is_some_and(|h| h.commit != self.commit);
         if let Some(hard_state) = hard_state {
             self.commit = hard_state.commit;
         }
-        if !commit_changed && entries.is_empty() {
-            return Ok(()); // nothing new for the log: no write, no fdatasync
+        if entries.is_empty() {
+            // Nothing for the log: no write, no fdatasync. A new commit index alone waits
+            // for the next entries (Raft keeps it in volatile state; the leader repeats it).
+            return Ok(());
         }
+        let commit_changed = self.commit != self.commit_recorded;
         let (buf, written) = self.encode_batch(commit_changed, entries)?;
         self.append_synced(&buf)?;
+        self.commit_recorded = self.commit;
         let active = self.segments.last_mut().expect("a log always has a segment");
         if let SegmentIndex::Memory(locations) = &mut active.index {
             locations.extend(written);
