@@ -175,9 +175,6 @@ pub struct Wal {
     commit_recorded: Index,
     snapshot: Option<SnapshotFile>,
     read_only: bool,
-    /// A batch was written by [`Wal::write_unsynced`] and its sync is not finished: every
-    /// change waits ([`Wal::finish_sync`]).
-    sync_pending: bool,
     report: RecoveryReport,
 }
 
@@ -223,7 +220,6 @@ impl Wal {
             commit_recorded: Index(0),
             snapshot,
             read_only: false,
-            sync_pending: false,
             report: RecoveryReport::default(),
         };
         wal.load_segments(&names)?;
@@ -360,7 +356,7 @@ impl Wal {
         let path = index_path(&self.dir, first);
         let temp = path.with_extension("idx.tmp");
         remove_if_present(&*self.vfs, &temp).map_err(io_error(&temp))?;
-        let file = self.vfs.create_new(&temp).map_err(io_error(&temp))?;
+        let mut file = self.vfs.create_new(&temp).map_err(io_error(&temp))?;
         file.write_at(&bytes, 0).map_err(io_error(&temp))?;
         self.vfs.rename(&temp, &path).map_err(io_error(&path))
     }
@@ -498,4 +494,4 @@ fn numbered(path: &Path, extension: &str) -> Option<Index> {
 mod access;
 mod writing;
 
-pub use writing::{PendingSync, SnapshotWriter, WrittenSnapshot};
+pub use writing::{SnapshotWriter, WrittenSnapshot};
