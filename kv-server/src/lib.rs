@@ -26,7 +26,8 @@ pub fn init_logging() {
         .init();
 }
 
-/// The runtime a server runs on: tokio's multi-threaded one, one worker per core.
+/// The runtime a server runs on (and `kvctl`, whose `node` command is a server): tokio's
+/// multi-threaded one, one worker per core.
 ///
 /// Built with `--cfg tokio_unstable` (the workspace's `.cargo/config.toml` sets it), the
 /// workers do not run a task woken by the task they are running next (tokio's "LIFO slot").

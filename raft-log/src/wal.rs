@@ -169,9 +169,11 @@ pub struct Wal {
     vote_file: VoteFile,
     /// The newest commit index given (a hint; see [`Wal::hard_state`]).
     commit: Index,
-    /// The commit index the newest segment's records last held. Invariant: at most
-    /// `commit`. A change of the commit alone is not written: it goes with the next batch
-    /// of entries (`Wal::write`), so it costs no `fdatasync` of its own.
+    /// The commit index last written into the log, with a batch of entries or in a sealed
+    /// segment's index header. Invariant: at most `commit`. A change of the commit alone is
+    /// not written: it goes with the next batch of entries (`Wal::write`), so it costs no
+    /// `fdatasync` of its own. A cut may take the record that held it; opening then finds an
+    /// older one, which is harmless for a hint.
     commit_recorded: Index,
     snapshot: Option<SnapshotFile>,
     read_only: bool,
