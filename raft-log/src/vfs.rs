@@ -165,6 +165,8 @@ struct FakeDisk {
     /// Syncs that will still succeed (`None`: all of them).
     syncs_left: Option<u64>,
     syncs: u64,
+    /// Positional reads served.
+    reads: u64,
 }
 
 /// A file system in memory that keeps written and synced bytes apart (tests only; it is
@@ -244,6 +246,11 @@ impl FakeVfs {
     /// How many file and directory syncs succeeded so far.
     pub fn syncs(&self) -> u64 {
         self.disk().syncs
+    }
+
+    /// How many positional reads ([`VfsFile::read_exact_at`]) were served so far.
+    pub fn reads(&self) -> u64 {
+        self.disk().reads
     }
 
     /// The bytes written to `path` (synced or not), if it exists.
@@ -377,7 +384,8 @@ impl VfsFile for FakeFile {
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let disk = self.disk();
+        let mut disk = self.disk();
+        disk.reads += 1;
         let written = &disk.inodes[self.inode].written;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         let bytes = start

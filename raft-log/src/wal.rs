@@ -110,6 +110,10 @@ pub struct WalOptions {
     /// its blocks and need not write its inode (0: the file grows with each append). The room
     /// is given back when the segment is sealed.
     pub preallocate_bytes: u64,
+    /// The newest entries written, up to this many bytes of them ([`raft_core::Entry::size_bytes`]),
+    /// are also kept in memory, and read from there: the host applies entries, and a leader
+    /// sends them, soon after they are written (0: every read goes to the segments).
+    pub recent_bytes_max: u64,
 }
 
 impl Default for WalOptions {
@@ -119,6 +123,7 @@ impl Default for WalOptions {
             repair: false,
             verify_sealed: false,
             preallocate_bytes: 1 << 20,
+            recent_bytes_max: 8 << 20,
         }
     }
 }
@@ -176,6 +181,8 @@ pub struct Wal {
     /// older one, which is harmless for a hint.
     commit_recorded: Index,
     snapshot: Option<SnapshotFile>,
+    /// The newest entries written, in memory. Invariant: each is the log's entry at its index.
+    recent: RecentEntries,
     read_only: bool,
     report: RecoveryReport,
 }
@@ -211,6 +218,7 @@ impl Wal {
             }
         };
         let snapshot = snapshot::open_latest(&*vfs, dir)?;
+        let recent = RecentEntries::new(options.recent_bytes_max);
         let mut wal = Wal {
             vfs,
             dir: dir.to_path_buf(),
@@ -221,6 +229,7 @@ impl Wal {
             commit: Index(0),
             commit_recorded: Index(0),
             snapshot,
+            recent,
             read_only: false,
             report: RecoveryReport::default(),
         };
@@ -407,6 +416,7 @@ impl Wal {
     /// Removes every segment and starts an empty one after the snapshot `meta`. The vote
     /// file keeps the term and vote; the commit hint goes with the segments.
     fn replace_log_after(&mut self, meta: &SnapshotMeta) -> Result<(), WalError> {
+        self.recent.clear();
         for gone in std::mem::take(&mut self.segments) {
             self.remove_segment_files(gone.first)?;
         }
@@ -494,6 +504,9 @@ fn numbered(path: &Path, extension: &str) -> Option<Index> {
 }
 
 mod access;
+mod recent;
 mod writing;
+
+use recent::RecentEntries;
 
 pub use writing::{SnapshotWriter, WrittenSnapshot};

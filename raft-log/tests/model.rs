@@ -212,14 +212,21 @@ fn membership(serial: u64) -> Membership {
 }
 
 /// Runs `ops` on a fresh log and model, checking after every step. The newest segment
-/// keeps `preallocate_bytes` of room ahead of its records (0: none).
+/// keeps `preallocate_bytes` of room ahead of its records (0: none), and the newest
+/// `recent_bytes_max` bytes of entries are read from memory.
 fn run(
     segment_bytes_max: u64,
     preallocate_bytes: u64,
+    recent_bytes_max: u64,
     seed: u64,
     ops: &[Op],
 ) -> Result<(), String> {
-    let options = WalOptions { segment_bytes_max, preallocate_bytes, ..WalOptions::default() };
+    let options = WalOptions {
+        segment_bytes_max,
+        preallocate_bytes,
+        recent_bytes_max,
+        ..WalOptions::default()
+    };
     let vfs = FakeVfs::new();
     let wal = open(&vfs, &options)?;
     let mut harness = Harness {
@@ -697,10 +704,12 @@ proptest! {
     fn the_log_behaves_as_the_model(
         segment_bytes_max in 200..1000u64,
         preallocate_bytes in prop_oneof![Just(0u64), 1..400u64],
+        recent_bytes_max in prop_oneof![Just(0u64), 1..600u64, Just(u64::MAX)],
         seed in any::<u64>(),
         ops in prop::collection::vec(op(), 1..80),
     ) {
-        run(segment_bytes_max, preallocate_bytes, seed, &ops).map_err(TestCaseError::fail)?;
+        run(segment_bytes_max, preallocate_bytes, recent_bytes_max, seed, &ops)
+            .map_err(TestCaseError::fail)?;
     }
 }
 

@@ -1,7 +1,9 @@
 //! The write-ahead log against an in-memory model, across reopenings and crashes.
 
 use bytes::Bytes;
-use raft_core::{Entry, EntryKind, HardState, Index, LogStore, MemLogStore, NodeId, Term};
+use raft_core::{
+    Entry, EntryKind, HardState, Index, LogStore, MemLogStore, Membership, NodeId, Term,
+};
 use raft_log::vfs::FakeVfs;
 use raft_log::wal::{Wal, WalOptions};
 use std::path::{Path, PathBuf};
@@ -226,6 +228,39 @@ fn a_commit_alone_waits_for_the_next_entries() {
     wal.write(None, &[entry(1, 3)]).unwrap();
     let crashed = Wal::open_with(Arc::new(vfs.crash()), dir, WalOptions::default()).unwrap();
     assert_eq!(crashed.hard_state().commit, Index(2), "recorded with the next entries");
+}
+
+/// Entries just written are read from memory; older ones, and every one after a reopening,
+/// from the segments. A cut or a compaction takes its entries out of memory too.
+#[test]
+fn the_newest_entries_are_read_without_touching_the_disk() {
+    let vfs = FakeVfs::new();
+    let dir = Path::new("/node-1");
+    let entry_bytes = entry(1, 1).size_bytes();
+    let options = WalOptions { recent_bytes_max: 4 * entry_bytes, ..WalOptions::default() };
+    let open = |vfs: &FakeVfs| Wal::open_with(Arc::new(vfs.clone()), dir, options.clone());
+    let mut wal = open(&vfs).unwrap();
+    let batch: Vec<Entry> = (1..=6).map(|i| entry(1, i)).collect();
+    wal.write(Some(hard_state(1, 0)), &batch).unwrap();
+    let reads = vfs.reads();
+    assert_eq!(wal.entries(Index(3), Index(7), u64::MAX).unwrap(), batch[2..]);
+    assert_eq!(vfs.reads(), reads, "the newest four entries come from memory");
+    assert_eq!(wal.entries(Index(1), Index(7), u64::MAX).unwrap(), batch);
+    assert_eq!(vfs.reads(), reads + 1, "the two before them from the segment");
+
+    wal.write(Some(hard_state(2, 0)), &[entry(2, 5)]).unwrap();
+    let mut replaced = batch[..4].to_vec();
+    replaced.push(entry(2, 5));
+    assert_eq!(wal.entries(Index(3), Index(6), u64::MAX).unwrap(), replaced[2..]);
+    wal.save_snapshot(Index(4), Membership::new([NodeId(1)]), b"state").unwrap();
+    wal.compact(Index(4)).unwrap();
+    assert_eq!(wal.entries(Index(5), Index(6), u64::MAX).unwrap(), replaced[4..]);
+    drop(wal);
+
+    let wal = open(&vfs).unwrap();
+    let reads = vfs.reads();
+    assert_eq!(wal.entries(Index(5), Index(6), u64::MAX).unwrap(), replaced[4..]);
+    assert_eq!(vfs.reads(), reads + 1, "a reopened log reads its segments");
 }
 
 /// The names in `dir` ending with `suffix`.

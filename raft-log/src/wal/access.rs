@@ -112,7 +112,22 @@ impl LogStore for Wal {
         let mut used = 0;
         let mut next = lo;
         while next < hi {
-            for entry in self.read_span(next, hi, max_bytes.saturating_sub(used))? {
+            // The newest entries come from memory; older ones from the segments, up to where
+            // the entries in memory begin.
+            let first_recent = self.recent.first();
+            if first_recent.is_some_and(|first| first <= next) {
+                let full = self.recent.read(next, hi, max_bytes, &mut used, &mut out);
+                let after = lo.plus(out.len() as u64);
+                if full || after == hi {
+                    return Ok(out);
+                }
+                if after > next {
+                    next = after;
+                    continue;
+                }
+            }
+            let disk_hi = first_recent.filter(|&first| first > next).map_or(hi, |f| f.min(hi));
+            for entry in self.read_span(next, disk_hi, max_bytes.saturating_sub(used))? {
                 used += entry.size_bytes();
                 if used > max_bytes && !out.is_empty() {
                     return Ok(out);

@@ -71,6 +71,7 @@ impl Wal {
         let commit_changed = self.commit != self.commit_recorded;
         let (buf, written) = self.encode_batch(commit_changed, entries)?;
         self.append_synced(&buf)?;
+        self.recent.push(entries);
         self.commit_recorded = self.commit;
         let active = self.segments.last_mut().expect("a log always has a segment");
         if let SegmentIndex::Memory(locations) = &mut active.index {
@@ -172,6 +173,7 @@ impl Wal {
     /// holding it becomes the newest (its index file goes) and is cut at the entry, durably.
     fn truncate_from(&mut self, index: Index) -> Result<(), WalError> {
         let (position, at) = self.locate(index).expect("a cut point is held");
+        self.recent.cut_from(index);
         if self.segments.len() > position + 1 {
             for gone in self.segments.split_off(position + 1).into_iter().rev() {
                 self.remove_segment_files(gone.first)?;
@@ -210,6 +212,7 @@ impl Wal {
         }
         let term = self.physical_term(index).expect("an index above the boundary is held");
         self.compacted = EntryId::new(term, index);
+        self.recent.forget_through(index);
         let sealed = self.segments.len() - 1;
         let removable = self.segments[..sealed].iter().take_while(|s| s.end() <= index.next());
         let removable = removable.count();
