@@ -16,7 +16,7 @@ use crate::node::Proposed;
 use crate::planted::PlantedBug;
 use crate::raft::Raft;
 use crate::storage::LogStore;
-use crate::tracker::ProgressState;
+use crate::tracker::{ProgressState, Rejection};
 use crate::types::{Entry, EntryId, EntryKind, Index, NodeId, Role};
 use bytes::Bytes;
 
@@ -253,8 +253,17 @@ impl<S: LogStore> Raft<S> {
                 let now = self.ticks;
                 let Some(pr) = self.tracker.progress.get_mut(&from) else { return };
                 pr.heard_at = now;
-                if pr.reject(rejected, hint_next) {
-                    self.maybe_send_append(from, true);
+                match pr.reject(rejected, hint_next) {
+                    Rejection::Stale => {}
+                    Rejection::Probe => {
+                        self.maybe_send_append(from, true);
+                    }
+                    Rejection::LostAcknowledged { acknowledged } => {
+                        tracing::warn!(id = %self.id, follower = %from, %acknowledged,
+                            now_matched = %hint_next.prev(),
+                            "follower lost entries it had acknowledged; sending them again");
+                        self.maybe_send_append(from, true);
+                    }
                 }
             }
         }

@@ -105,9 +105,10 @@ fn skip_consistency_check_is_caught() {
 }
 
 /// Liveness: a follower whose appends were lost is never repaired without new proposals.
+/// Rare: a duplicated old rejection often repairs the follower anyway (docs/simulator.md).
 #[test]
 fn forget_lost_appends_is_caught() {
-    assert_caught(PlantedBug::ForgetLostAppends, 500, &["Liveness"]);
+    assert_caught(PlantedBug::ForgetLostAppends, 5_000, &["Liveness"]);
 }
 
 /// Thesis §6.4: a new leader serving reads before it committed an entry of its own term

@@ -193,3 +193,39 @@ fn proposals_beyond_uncommitted_bytes_max_are_refused() {
     cluster.stabilize();
     cluster.node(1).propose(Bytes::from(vec![7u8; 100 * 1024])).unwrap();
 }
+
+/// A follower whose disk lost entries it had acknowledged (a cut tail, a restored backup) is
+/// repaired by the same leader. The leader's match for it is above its log, so the leader's
+/// appends are rejected at or above that match; a leader that took those rejections for stale
+/// answers would leave the follower behind for as long as it leads.
+///
+/// ```text
+/// 1. node 1 leads term 2; nodes 2 and 3 acknowledge 1..=6.
+/// 2. node 3 restarts with 1..=3 only: its disk lost 4..=6.
+/// 3. node 1 appends 7: node 3 rejects prev 6 (at its match); a probe at 6 is rejected too,
+///    hinting 3: node 1 lowers node 3's match to 3 and sends 4..=7.
+/// ```
+#[test]
+fn a_follower_that_lost_acknowledged_entries_is_repaired_by_the_same_leader() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    for i in 0..5 {
+        cluster.node(1).propose(Bytes::from(format!("write {i}"))).unwrap();
+    }
+    cluster.stabilize();
+    let last = cluster.node(1).last_index();
+    let matched = cluster.node(1).progress(NodeId(3)).unwrap().match_index;
+    assert_eq!(matched, last, "node 3 acknowledged the whole log");
+
+    let kept = cluster.node(3).log_entries(Index(1), Index(4), u64::MAX).unwrap();
+    let term = cluster.node(3).term();
+    let hard_state = HardState { term, vote: Some(NodeId(1)), commit: Index(3) };
+    cluster.nodes.insert(NodeId(3), node_with_log(3, &[1, 2, 3], &kept, hard_state, |_| {}));
+
+    cluster.node(1).propose(Bytes::from_static(b"after the loss")).unwrap();
+    cluster.stabilize();
+    let last = cluster.node(1).last_index();
+    assert_eq!(cluster.node(3).last_index(), last, "node 3 holds the leader's log again");
+    assert_eq!(cluster.node(3).commit(), last);
+    assert_eq!(cluster.node(1).progress(NodeId(3)).unwrap().match_index, last);
+}

@@ -5,7 +5,7 @@ mod inflights;
 mod progress;
 
 pub use inflights::Inflights;
-pub use progress::{Progress, ProgressState};
+pub use progress::{Progress, ProgressState, Rejection};
 
 use crate::membership::Membership;
 use crate::quorum::VoteResult;

@@ -125,29 +125,59 @@ impl Progress {
     }
 
     /// The follower rejected an append whose `prev.index` was `rejected`; `hint_next` is where
-    /// the hint says the next probe should start. Returns false for a stale rejection (an
-    /// answer to an append older than the current probe, or below the match).
-    pub fn reject(&mut self, rejected: Index, hint_next: Index) -> bool {
+    /// the hint says the next probe should start. Returns what the leader makes of it.
+    ///
+    /// A rejection below the match answers an append older than the match, so it is stale.
+    /// One at the match itself is checked with a probe there: a follower that still holds
+    /// what it acknowledged accepts it. If the probe is rejected too, with a hint at or below
+    /// the match, the follower has lost entries it acknowledged (its disk broke its promise:
+    /// a cut tail, a restored backup). The match is lowered to what the hint shows, so that
+    /// this leader sends the lost entries again; keeping the match would leave the follower
+    /// behind for as long as this leader leads, each probe rejected and sent again. Lowering
+    /// a match is always safe: the commit index never goes back, and a lower match only
+    /// counts the follower later.
+    pub fn reject(&mut self, rejected: Index, hint_next: Index) -> Rejection {
         match self.state {
             ProgressState::Replicate => {
-                if rejected <= self.match_index {
-                    return false;
+                if rejected < self.match_index {
+                    return Rejection::Stale;
                 }
                 self.become_probe();
-                true
+                Rejection::Probe
             }
             // Answers to appends sent before the snapshot.
-            ProgressState::Snapshot { .. } => false,
+            ProgressState::Snapshot { .. } => Rejection::Stale,
             ProgressState::Probe => {
                 if self.next_index.prev() != rejected {
-                    return false;
+                    return Rejection::Stale;
                 }
-                self.next_index = rejected.min(hint_next).max(self.match_index.next());
                 self.probe_sent = false;
-                true
+                if hint_next <= self.match_index {
+                    let acknowledged = self.match_index;
+                    self.match_index = hint_next.prev();
+                    self.next_index = hint_next;
+                    return Rejection::LostAcknowledged { acknowledged };
+                }
+                self.next_index = rejected.min(hint_next);
+                Rejection::Probe
             }
         }
     }
+}
+
+/// What a leader makes of a follower's rejection ([`Progress::reject`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// An answer to an older append: ignored.
+    Stale,
+    /// Probe again from the new `next_index`.
+    Probe,
+    /// The follower no longer holds entries up to `acknowledged`, which it had acknowledged:
+    /// its match was lowered; probe again from the new `next_index`.
+    LostAcknowledged {
+        /// The match before the rejection.
+        acknowledged: Index,
+    },
 }
 
 #[cfg(test)]
@@ -188,21 +218,38 @@ mod tests {
         pr.update_match(Index(10));
         pr.become_replicate();
         pr.sent_append(Index(20), 10);
-        assert!(!pr.reject(Index(9), Index(1)), "a rejection below the match is stale");
-        assert!(pr.reject(Index(15), Index(1)));
+        assert_eq!(pr.reject(Index(9), Index(1)), Rejection::Stale, "below the match: stale");
+        assert_eq!(pr.reject(Index(15), Index(1)), Rejection::Probe);
         assert_eq!((pr.state, pr.next_index), (ProgressState::Probe, Index(11)));
     }
 
     #[test]
-    fn a_rejection_in_probe_jumps_to_the_hint_but_not_below_the_match() {
+    fn a_rejection_at_the_match_is_checked_with_a_probe_there() {
+        let mut pr = progress();
+        pr.update_match(Index(10));
+        pr.become_replicate();
+        assert_eq!(pr.reject(Index(10), Index(4)), Rejection::Probe);
+        assert_eq!((pr.state, pr.next_index), (ProgressState::Probe, Index(11)));
+    }
+
+    #[test]
+    fn a_rejection_in_probe_jumps_to_the_hint() {
         let mut pr = Progress::new(Index(101), Inflights::new(2, 1000));
         pr.sent_append(Index(100), 0);
-        assert!(!pr.reject(Index(50), Index(10)), "not the outstanding probe: stale");
-        assert!(pr.reject(Index(100), Index(41)));
+        assert_eq!(pr.reject(Index(50), Index(10)), Rejection::Stale, "not the outstanding probe");
+        assert_eq!(pr.reject(Index(100), Index(41)), Rejection::Probe);
         assert_eq!(pr.next_index, Index(41));
+    }
+
+    #[test]
+    fn a_hint_at_or_below_the_match_lowers_the_match() {
+        let mut pr = progress();
         pr.update_match(Index(30));
-        pr.sent_append(Index(40), 0);
-        assert!(pr.reject(Index(40), Index(5)));
-        assert_eq!(pr.next_index, Index(31), "never below match + 1");
+        pr.become_probe();
+        pr.sent_append(Index(30), 0);
+        let lost = pr.reject(Index(30), Index(5));
+        assert_eq!(lost, Rejection::LostAcknowledged { acknowledged: Index(30) });
+        assert_eq!((pr.match_index, pr.next_index), (Index(4), Index(5)));
+        assert!(!pr.is_paused(), "the next probe goes at once");
     }
 }
