@@ -1,6 +1,7 @@
 //! Three real kv-server processes on loopback with mutual TLS between them: writes at every
 //! node, linearizable reads at every node, the leader killed with SIGKILL and the cluster
-//! going on, the old leader restarted and catching up, a clean stop on SIGTERM, and bad flags.
+//! going on, the old leader restarted and catching up, a follower that lost an acknowledged
+//! batch repaired by the same leader, a clean stop on SIGTERM, and bad flags.
 
 mod common;
 
@@ -107,6 +108,47 @@ async fn three_nodes_serve_writes_and_linearizable_reads_everywhere_and_survive_
     // 7. SIGTERM stops a node cleanly (exit 0).
     let status = cluster.terminate(cluster.leader().await);
     assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
+/// A follower whose disk lost its last batch after acknowledging it (a cut tail, a restored
+/// backup: beyond Raft's model) is repaired by the same leader, which sends the lost entries
+/// again (docs/replication.md#a-follower-that-lost-what-it-acknowledged). A leader that took
+/// the follower's rejections for stale ones would leave it behind for as long as it leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_lost_an_acknowledged_batch_is_repaired_by_the_same_leader() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    set(&cluster, leader, "kept", "1").await;
+    set(&cluster, leader, "lost", "2").await;
+    // Applied there, so written, synced and acknowledged there; then a moment of quiet, so
+    // that no later batch is still on its way.
+    caught_up(&cluster, follower, "lost", "the follower never applied the write").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill(follower);
+    let cut = cut_last_batch(&cluster.data_dir(follower));
+    cluster.spawn(follower);
+    assert_eq!(cluster.leader().await, leader, "the same leader leads");
+    set(&cluster, leader, "after", "3").await;
+    caught_up(&cluster, follower, "after", &format!("the follower stayed behind ({cut})")).await;
+    caught_up(&cluster, follower, "lost", "the lost write was not sent again").await;
+    assert_eq!(cluster.leader().await, leader, "repaired by the same leader");
+    assert!(cluster.log(leader).contains("follower lost entries it had acknowledged"));
+}
+
+/// Cuts the newest segment in `data_dir` before its last batch, as a disk that lost it would
+/// leave it; says what it cut.
+fn cut_last_batch(data_dir: &std::path::Path) -> String {
+    use raft_log::record::{scan, RecordKind};
+    // Segment names are their first index, zero-padded: the newest sorts last.
+    let paths = std::fs::read_dir(data_dir).unwrap().map(|entry| entry.unwrap().path());
+    let newest = paths.filter(|path| path.extension().is_some_and(|e| e == "seg")).max().unwrap();
+    let bytes = std::fs::read(&newest).unwrap();
+    let (records, _) = scan(&bytes);
+    let last_batch = records.iter().rev().find(|r| r.kind == RecordKind::BatchStart).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&newest).unwrap();
+    file.set_len(last_batch.offset as u64).unwrap();
+    format!("{} cut at byte {}", newest.display(), last_batch.offset)
 }
 
 /// With few entries but large ones, the bytes threshold takes the snapshot and the log is

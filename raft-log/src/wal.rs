@@ -110,9 +110,10 @@ pub struct WalOptions {
     /// its blocks and need not write its inode (0: the file grows with each append). The room
     /// is given back when the segment is sealed.
     pub preallocate_bytes: u64,
-    /// The newest entries written, up to this many bytes of them ([`raft_core::Entry::size_bytes`]),
-    /// are also kept in memory, and read from there: the host applies entries, and a leader
-    /// sends them, soon after they are written (0: every read goes to the segments).
+    /// The newest entries written, up to this many bytes of them
+    /// ([`raft_core::Entry::size_bytes`]), are also kept in memory and read from there: the
+    /// host applies entries, and a leader sends them, soon after they are written (0: every
+    /// read goes to the segments).
     pub recent_bytes_max: u64,
 }
 
