@@ -259,9 +259,11 @@ impl<S: LogStore> Raft<S> {
                         self.maybe_send_append(from, true);
                     }
                     Rejection::LostAcknowledged { acknowledged } => {
+                        let now_matched = pr.match_index;
                         tracing::warn!(id = %self.id, follower = %from, %acknowledged,
-                            now_matched = %hint_next.prev(),
-                            "follower lost entries it had acknowledged; sending them again");
+                            %now_matched,
+                            "follower rejected entries it had acknowledged (lost from its \
+                             disk, or a late answer); sending them again");
                         self.maybe_send_append(from, true);
                     }
                 }

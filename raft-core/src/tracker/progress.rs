@@ -129,13 +129,18 @@ impl Progress {
     ///
     /// A rejection below the match answers an append older than the match, so it is stale.
     /// One at the match itself is checked with a probe there: a follower that still holds
-    /// what it acknowledged accepts it. If the probe is rejected too, with a hint at or below
-    /// the match, the follower has lost entries it acknowledged (its disk broke its promise:
-    /// a cut tail, a restored backup). The match is lowered to what the hint shows, so that
-    /// this leader sends the lost entries again; keeping the match would leave the follower
-    /// behind for as long as this leader leads, each probe rejected and sent again. Lowering
-    /// a match is always safe: the commit index never goes back, and a lower match only
-    /// counts the follower later.
+    /// what it acknowledged accepts it. If the probe is rejected and the next probe would go
+    /// at or below the match, the follower has lost entries it acknowledged (its disk broke
+    /// its promise: a cut tail, a restored backup). The match is lowered to just before that
+    /// probe, so that this leader sends the lost entries again; keeping the match would leave
+    /// the follower behind for as long as this leader leads, each probe rejected and sent
+    /// again. Lowering a match is always safe: the commit index never goes back, and a lower
+    /// match only counts the follower later.
+    ///
+    /// A late or duplicated answer to an earlier probe at the same index can look the same
+    /// (the check is on the index only). Over one ordered connection that takes a reconnect
+    /// while answers are in flight; the cost is entries sent again, or a snapshot if the
+    /// leader compacted them.
     pub fn reject(&mut self, rejected: Index, hint_next: Index) -> Rejection {
         match self.state {
             ProgressState::Replicate => {
@@ -152,13 +157,14 @@ impl Progress {
                     return Rejection::Stale;
                 }
                 self.probe_sent = false;
-                if hint_next <= self.match_index {
+                // Invariant `match_index < next_index`: a next probe at or below the match
+                // lowers the match with it.
+                self.next_index = rejected.min(hint_next);
+                if self.next_index <= self.match_index {
                     let acknowledged = self.match_index;
-                    self.match_index = hint_next.prev();
-                    self.next_index = hint_next;
+                    self.match_index = self.next_index.prev();
                     return Rejection::LostAcknowledged { acknowledged };
                 }
-                self.next_index = rejected.min(hint_next);
                 Rejection::Probe
             }
         }
@@ -251,5 +257,18 @@ mod tests {
         assert_eq!(lost, Rejection::LostAcknowledged { acknowledged: Index(30) });
         assert_eq!((pr.match_index, pr.next_index), (Index(4), Index(5)));
         assert!(!pr.is_paused(), "the next probe goes at once");
+    }
+
+    /// A leader that compacted past the match cannot read a hint below it, and hints just
+    /// after it: the probe at the match itself was rejected all the same.
+    #[test]
+    fn a_rejected_probe_at_the_match_lowers_it_whatever_the_hint() {
+        let mut pr = progress();
+        pr.update_match(Index(30));
+        pr.become_probe();
+        pr.sent_append(Index(30), 0);
+        let lost = pr.reject(Index(30), Index(31));
+        assert_eq!(lost, Rejection::LostAcknowledged { acknowledged: Index(30) });
+        assert_eq!((pr.match_index, pr.next_index), (Index(29), Index(30)));
     }
 }

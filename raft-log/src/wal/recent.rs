@@ -12,6 +12,11 @@ use std::collections::VecDeque;
 /// A window of the log's newest entries, at most `bytes_max` bytes of them
 /// ([`Entry::size_bytes`]).
 ///
+/// The entries are not copied: their data may share a larger buffer (a follower's entries
+/// share the frame they arrived in), which stays in memory while any of them is held. So the
+/// memory held is about the bytes received over the span the window covers, a little more
+/// than `bytes_max`.
+///
 /// Invariant: the entries follow each other without a gap, and each is the log's entry at its
 /// index. The log keeps it so by cutting the window before it cuts its files, and by adding
 /// entries only once they are written.
