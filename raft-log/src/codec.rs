@@ -30,6 +30,20 @@ const KIND_NORMAL: u8 = 0;
 const KIND_NOOP: u8 = 1;
 const KIND_CONFIG: u8 = 2;
 
+/// The length of the payload [`encode_entry`] writes for `entry`.
+pub fn entry_payload_len(entry: &Entry) -> usize {
+    let header = 8 + 8 + 1;
+    header
+        + match &entry.kind {
+            EntryKind::Normal => entry.data.len(),
+            EntryKind::Noop => 0,
+            EntryKind::Config(membership) => {
+                let sets = [&membership.voters, &membership.voters_outgoing, &membership.learners];
+                sets.iter().map(|set| 4 + 8 * set.len()).sum()
+            }
+        }
+}
+
 /// Appends the payload of `entry` to `out`.
 pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
     out.extend_from_slice(&entry.term.0.to_le_bytes());
@@ -195,6 +209,7 @@ mod tests {
         for entry in entries() {
             let mut buf = Vec::new();
             encode_entry(&entry, &mut buf);
+            assert_eq!(buf.len(), entry_payload_len(&entry), "{entry:?}");
             assert_eq!(decode_entry(&buf), Ok(entry));
         }
         for vote in [None, Some(NodeId(2))] {

@@ -5,7 +5,7 @@ use raft_core::{
     Entry, EntryKind, HardState, Index, LogStore, MemLogStore, Membership, NodeId, Term,
 };
 use raft_log::vfs::FakeVfs;
-use raft_log::wal::{Wal, WalOptions};
+use raft_log::wal::{Wal, WalError, WalOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -228,6 +228,30 @@ fn a_commit_alone_waits_for_the_next_entries() {
     wal.write(None, &[entry(1, 3)]).unwrap();
     let crashed = Wal::open_with(Arc::new(vfs.crash()), dir, WalOptions::default()).unwrap();
     assert_eq!(crashed.hard_state().commit, Index(2), "recorded with the next entries");
+}
+
+/// A batch the log cannot take is refused before anything changes: an entry too large for a
+/// record leaves the vote, the log and its writability as they were.
+#[test]
+fn a_batch_with_an_entry_too_large_changes_nothing() {
+    let vfs = FakeVfs::new();
+    let dir = Path::new("/node-1");
+    let mut wal = Wal::open_with(Arc::new(vfs.clone()), dir, WalOptions::default()).unwrap();
+    wal.write(Some(hard_state(1, 0)), &[entry(1, 1), entry(1, 2)]).unwrap();
+    let too_large = raft_log::record::PAYLOAD_LEN_MAX as usize;
+    let huge = Entry {
+        term: Term(2),
+        index: Index(2),
+        kind: EntryKind::Normal,
+        data: Bytes::from(vec![0; too_large]),
+    };
+    let refused = wal.write(Some(hard_state(2, 0)), &[huge]);
+    assert!(matches!(refused, Err(WalError::InvalidWrite(_))), "{refused:?}");
+    assert_eq!(wal.hard_state().term, Term(1), "the new term was not saved");
+    assert_eq!(wal.last_index(), Index(2), "entry 2 was not cut");
+    wal.write(Some(hard_state(2, 0)), &[entry(2, 3)]).unwrap();
+    let reopened = Wal::open_with(Arc::new(vfs.crash()), dir, WalOptions::default()).unwrap();
+    assert_eq!(reopened.last_index(), Index(3));
 }
 
 /// Entries just written are read from memory; older ones, and every one after a reopening,

@@ -112,6 +112,14 @@ impl Wal {
                     entry.index, entry.term
                 )));
             }
+            let len = codec::entry_payload_len(entry);
+            if len > record::PAYLOAD_LEN_MAX as usize {
+                return Err(WalError::InvalidWrite(format!(
+                    "entry {} of {len} bytes exceeds the record limit of {} bytes",
+                    entry.index,
+                    record::PAYLOAD_LEN_MAX
+                )));
+            }
         }
         Ok(())
     }
