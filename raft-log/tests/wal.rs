@@ -210,14 +210,20 @@ fn an_empty_batch_writes_nothing() {
     assert_eq!(size(), before);
 }
 
-/// A new commit index alone costs no sync: it is remembered at once, and recorded with the
-/// next entries. A crash before those may lose it, never an entry, and never raises it.
-#[test]
-fn a_commit_alone_waits_for_the_next_entries() {
+/// A log on a fake disk (and where it is), holding entries 1 and 2 of term 1.
+fn fake_log_of_two_entries() -> (FakeVfs, &'static Path, Wal) {
     let vfs = FakeVfs::new();
     let dir = Path::new("/node-1");
     let mut wal = Wal::open_with(Arc::new(vfs.clone()), dir, WalOptions::default()).unwrap();
     wal.write(Some(hard_state(1, 0)), &[entry(1, 1), entry(1, 2)]).unwrap();
+    (vfs, dir, wal)
+}
+
+/// A new commit index alone costs no sync: it is remembered at once, and recorded with the
+/// next entries. A crash before those may lose it, never an entry, and never raises it.
+#[test]
+fn a_commit_alone_waits_for_the_next_entries() {
+    let (vfs, dir, mut wal) = fake_log_of_two_entries();
     let syncs = vfs.syncs();
     wal.write(Some(hard_state(1, 2)), &[]).unwrap();
     assert_eq!(vfs.syncs(), syncs, "a commit alone is not synced");
@@ -234,10 +240,7 @@ fn a_commit_alone_waits_for_the_next_entries() {
 /// record leaves the vote, the log and its writability as they were.
 #[test]
 fn a_batch_with_an_entry_too_large_changes_nothing() {
-    let vfs = FakeVfs::new();
-    let dir = Path::new("/node-1");
-    let mut wal = Wal::open_with(Arc::new(vfs.clone()), dir, WalOptions::default()).unwrap();
-    wal.write(Some(hard_state(1, 0)), &[entry(1, 1), entry(1, 2)]).unwrap();
+    let (vfs, dir, mut wal) = fake_log_of_two_entries();
     let too_large = raft_log::record::PAYLOAD_LEN_MAX as usize;
     let huge = Entry {
         term: Term(2),
