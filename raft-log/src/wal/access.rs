@@ -81,6 +81,36 @@ impl Wal {
     }
 }
 
+/// The entries a [`LogStore::entries`] call takes: the first always, then each while their
+/// sizes ([`Entry::size_bytes`]) add up to at most `max_bytes`.
+pub(super) struct Taken {
+    pub(super) entries: Vec<Entry>,
+    bytes: u64,
+    max_bytes: u64,
+}
+
+impl Taken {
+    pub(super) fn new(max_bytes: u64) -> Taken {
+        Taken { entries: Vec::new(), bytes: 0, max_bytes }
+    }
+
+    /// Takes `entry` unless the budget is spent; returns whether it took it.
+    pub(super) fn add(&mut self, entry: Entry) -> bool {
+        let bytes = self.bytes + entry.size_bytes();
+        if bytes > self.max_bytes && !self.entries.is_empty() {
+            return false;
+        }
+        self.bytes = bytes;
+        self.entries.push(entry);
+        true
+    }
+
+    /// What the budget still allows (a read may fetch this much and stop).
+    fn bytes_left(&self) -> u64 {
+        self.max_bytes.saturating_sub(self.bytes)
+    }
+}
+
 impl LogStore for Wal {
     fn first_index(&self) -> Index {
         self.compacted.index.next()
@@ -108,35 +138,31 @@ impl LogStore for Wal {
         if hi > self.last_index().next() {
             return Err(StoreError::Unavailable(format!("range {lo}..{hi} is beyond the log")));
         }
-        let mut out: Vec<Entry> = Vec::new();
-        let mut used = 0;
+        let mut taken = Taken::new(max_bytes);
         let mut next = lo;
         while next < hi {
             // The newest entries come from memory; older ones from the segments, up to where
             // the entries in memory begin.
             let first_recent = self.recent.first();
             if first_recent.is_some_and(|first| first <= next) {
-                let full = self.recent.read(next, hi, max_bytes, &mut used, &mut out);
-                let after = lo.plus(out.len() as u64);
-                if full || after == hi {
-                    return Ok(out);
+                if self.recent.read(next, hi, &mut taken) {
+                    break;
                 }
+                let after = lo.plus(taken.entries.len() as u64);
                 if after > next {
                     next = after;
-                    continue;
+                    continue; // done, or the rest is on disk only (after a failed change)
                 }
             }
             let disk_hi = first_recent.filter(|&first| first > next).map_or(hi, |f| f.min(hi));
-            for entry in self.read_span(next, disk_hi, max_bytes.saturating_sub(used))? {
-                used += entry.size_bytes();
-                if used > max_bytes && !out.is_empty() {
-                    return Ok(out);
+            for entry in self.read_span(next, disk_hi, taken.bytes_left())? {
+                if !taken.add(entry) {
+                    return Ok(taken.entries);
                 }
-                out.push(entry);
             }
-            next = lo.plus(out.len() as u64);
+            next = lo.plus(taken.entries.len() as u64);
         }
-        Ok(out)
+        Ok(taken.entries)
     }
 
     fn snapshot(&self) -> SnapshotMeta {

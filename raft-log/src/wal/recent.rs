@@ -6,6 +6,7 @@
 //! system that updates access times (relatime), the first read after a write dirties the
 //! inode, which the next `fdatasync` must then write as well.
 
+use super::access::Taken;
 use raft_core::{Entry, Index};
 use std::collections::VecDeque;
 
@@ -86,25 +87,15 @@ impl RecentEntries {
         self.bytes = 0;
     }
 
-    /// Adds to `out` the entries from `next` (held) toward `hi`, as `LogStore::entries` takes
-    /// them: stops before an entry that would bring `used` past `max_bytes`, unless `out` is
-    /// still empty. Returns whether the budget stopped it.
-    pub(super) fn read(
-        &self,
-        next: Index,
-        hi: Index,
-        max_bytes: u64,
-        used: &mut u64,
-        out: &mut Vec<Entry>,
-    ) -> bool {
+    /// Adds to `taken` the entries held from `next` toward `hi`, until its budget is spent.
+    /// Returns whether the budget stopped it.
+    pub(super) fn read(&self, next: Index, hi: Index, taken: &mut Taken) -> bool {
         let mut index = next;
         while index < hi {
             let Some(entry) = self.get(index) else { break };
-            *used += entry.size_bytes();
-            if *used > max_bytes && !out.is_empty() {
+            if !taken.add(entry.clone()) {
                 return true;
             }
-            out.push(entry.clone());
             index = index.next();
         }
         false
@@ -165,14 +156,15 @@ mod tests {
         let size = entry(1).size_bytes();
         let mut recent = RecentEntries::new(u64::MAX);
         recent.push(&(1..=6).map(entry).collect::<Vec<_>>());
-        let (mut used, mut out) = (0, Vec::new());
-        assert!(recent.read(Index(2), Index(7), 2 * size, &mut used, &mut out));
-        assert_eq!(out.iter().map(|e| e.index.0).collect::<Vec<_>>(), [2, 3]);
-        let (mut used, mut out) = (0, Vec::new());
-        assert!(recent.read(Index(2), Index(7), 1, &mut used, &mut out));
-        assert_eq!(out.len(), 1);
-        let (mut used, mut out) = (0, Vec::new());
-        assert!(!recent.read(Index(5), Index(9), u64::MAX, &mut used, &mut out));
-        assert_eq!(out.iter().map(|e| e.index.0).collect::<Vec<_>>(), [5, 6]);
+        let indexes = |taken: &Taken| taken.entries.iter().map(|e| e.index.0).collect::<Vec<_>>();
+        let mut taken = Taken::new(2 * size);
+        assert!(recent.read(Index(2), Index(7), &mut taken));
+        assert_eq!(indexes(&taken), [2, 3]);
+        let mut taken = Taken::new(1);
+        assert!(recent.read(Index(2), Index(7), &mut taken));
+        assert_eq!(taken.entries.len(), 1);
+        let mut taken = Taken::new(u64::MAX);
+        assert!(!recent.read(Index(5), Index(9), &mut taken));
+        assert_eq!(indexes(&taken), [5, 6]);
     }
 }

@@ -69,7 +69,7 @@ impl Wal {
             return Ok(());
         }
         let commit_changed = self.commit != self.commit_recorded;
-        let (buf, written) = self.encode_batch(commit_changed, entries)?;
+        let (buf, written) = self.encode_batch(commit_changed, entries);
         self.append_synced(&buf)?;
         self.recent.push(entries);
         self.commit_recorded = self.commit;
@@ -132,11 +132,7 @@ impl Wal {
 
     /// Frames a batch: a batch-start record, the hard-state record if wanted, then every
     /// entry. Returns the bytes and where each entry will be.
-    fn encode_batch(
-        &self,
-        with_hard_state: bool,
-        entries: &[Entry],
-    ) -> Result<(Vec<u8>, Vec<Location>), WalError> {
+    fn encode_batch(&self, with_hard_state: bool, entries: &[Entry]) -> (Vec<u8>, Vec<Location>) {
         let capacity = entries.iter().map(|e| e.data.len() + 40).sum::<usize>() + 64;
         let mut buf = Vec::with_capacity(capacity);
         // Tells a torn batch from damaged durable records at open (`segment.rs`).
@@ -152,19 +148,13 @@ impl Wal {
         let mut written = Vec::with_capacity(entries.len());
         for entry in entries {
             let offset = base + buf.len() as u64;
-            let encoded = record::encode_with(RecordKind::Entry, &mut buf, |out| {
+            let payload_len = record::encode_with(RecordKind::Entry, &mut buf, |out| {
                 codec::encode_entry(entry, out)
-            });
-            let payload_len = encoded.map_err(|len| {
-                WalError::InvalidWrite(format!(
-                    "entry {} of {len} bytes exceeds the record limit of {} bytes",
-                    entry.index,
-                    record::PAYLOAD_LEN_MAX
-                ))
-            })?;
+            })
+            .expect("check_batch refuses an entry too large for a record");
             written.push(Location { term: entry.term, offset, payload_len });
         }
-        Ok((buf, written))
+        (buf, written)
     }
 
     fn append_synced(&mut self, buf: &[u8]) -> Result<(), WalError> {
