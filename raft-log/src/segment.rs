@@ -19,6 +19,7 @@ use crate::record::{self, CorruptRecord, Decoded, RecordKind, ScanEnd};
 use crate::vfs::{Vfs, VfsFile};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Why a segment could not be opened or written.
@@ -68,12 +69,27 @@ pub struct OpenMode {
 /// An open segment file.
 pub struct Segment {
     path: PathBuf,
-    file: Box<dyn VfsFile>,
+    /// Shared with the [`SegmentSync`]s handed out, which only sync it.
+    file: Arc<dyn VfsFile>,
     /// Bytes of intact records.
     len: u64,
     /// The file's size. Invariant: `len <= size`, and the bytes past `len` are zeros (room
     /// reserved for appends). A sealed segment has none: its size is `len`.
     size: u64,
+}
+
+/// Syncs a segment's file from another thread ([`Segment::sync_later`]).
+pub struct SegmentSync {
+    path: PathBuf,
+    file: Arc<dyn VfsFile>,
+}
+
+impl SegmentSync {
+    /// `fdatasync`: every append that returned before this call is durable when it returns
+    /// `Ok`.
+    pub fn sync(&self) -> Result<(), SegmentError> {
+        self.file.sync().map_err(io_error(&self.path))
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SegmentError + '_ {
@@ -84,7 +100,7 @@ impl Segment {
     /// Creates an empty segment at `path` (the caller syncs the directory).
     pub fn create(vfs: &dyn Vfs, path: &Path) -> Result<Segment, SegmentError> {
         let file = vfs.create_new(path).map_err(io_error(path))?;
-        Ok(Segment { path: path.to_path_buf(), file, len: 0, size: 0 })
+        Ok(Segment { path: path.to_path_buf(), file: file.into(), len: 0, size: 0 })
     }
 
     /// Opens the segment at `path` and returns it with its intact records' bytes, applying
@@ -96,7 +112,7 @@ impl Segment {
         path: &Path,
         mode: OpenMode,
     ) -> Result<(Segment, Vec<u8>, SegmentRecovery), SegmentError> {
-        let mut file = vfs.open(path).map_err(io_error(path))?;
+        let file = vfs.open(path).map_err(io_error(path))?;
         let mut bytes = file.read_all().map_err(io_error(path))?;
         let (intact, repaired_from) = match intact_len(path, &bytes, mode.last) {
             Ok(intact) => (intact, None),
@@ -115,7 +131,8 @@ impl Segment {
             file.sync().map_err(io_error(path))?;
         }
         bytes.truncate(intact);
-        let segment = Segment { path: path.to_path_buf(), file, len: intact as u64, size };
+        let segment =
+            Segment { path: path.to_path_buf(), file: file.into(), len: intact as u64, size };
         Ok((segment, bytes, recovery))
     }
 
@@ -130,7 +147,7 @@ impl Segment {
         if file.size().map_err(io_error(path))? != len {
             return Ok(None);
         }
-        Ok(Some(Segment { path: path.to_path_buf(), file, len, size: len }))
+        Ok(Some(Segment { path: path.to_path_buf(), file: file.into(), len, size: len }))
     }
 
     /// Appends already-framed records (one `write`, no sync). When they do not fit in the
@@ -163,7 +180,13 @@ impl Segment {
 
     /// Makes everything appended so far durable (`fdatasync`).
     pub fn sync(&mut self) -> Result<(), SegmentError> {
-        self.file.sync().map_err(io_error(&self.path))
+        self.sync_later().sync()
+    }
+
+    /// A handle that makes everything appended so far durable when its
+    /// [`SegmentSync::sync`] is called, on any thread.
+    pub fn sync_later(&self) -> SegmentSync {
+        SegmentSync { path: self.path.clone(), file: self.file.clone() }
     }
 
     /// Cuts the segment to its first `len` bytes and makes that durable.
@@ -485,7 +508,7 @@ mod tests {
         for seed in 0..500 {
             let vfs = crate::vfs::FakeVfs::new();
             vfs.set_contents(path, durable.clone());
-            let mut file = vfs.open(path).unwrap();
+            let file = vfs.open(path).unwrap();
             file.write_at(&last, durable.len() as u64).unwrap();
             let image = vfs.crash_torn(seed, 8);
             let on_disk = image.contents(path).unwrap();

@@ -220,7 +220,7 @@ pub fn write_temp(
     let file = vfs.create_new(&temp).map_err(io_error(&temp))?;
     let mut data = DataWriter { file, offset: data_offset, crc: crc32fast::Hasher::new() };
     fill(&mut data).map_err(io_error(&temp))?;
-    let DataWriter { mut file, offset: end, crc: data_crc } = data;
+    let DataWriter { file, offset: end, crc: data_crc } = data;
     let data_len = end - data_offset;
     let mut head = Vec::with_capacity(data_offset as usize);
     head.extend_from_slice(MAGIC);

@@ -51,14 +51,16 @@ pub trait VfsFile: Send + Sync {
     /// Fills `buf` from `offset`; an error if the file ends first.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// The whole file.
-    fn read_all(&mut self) -> io::Result<Vec<u8>>;
+    fn read_all(&self) -> io::Result<Vec<u8>>;
     /// Writes `data` at `offset`, extending the file if needed (not durable until
     /// [`VfsFile::sync`]).
-    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()>;
-    /// Makes the file's contents and length durable (`fdatasync`).
-    fn sync(&mut self) -> io::Result<()>;
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes the file's contents and length durable (`fdatasync`). It may run on another
+    /// thread than the writes it makes durable: it covers every write that returned before
+    /// it was called.
+    fn sync(&self) -> io::Result<()>;
     /// Cuts (or extends with zeros) the file to `len` bytes (not durable until synced).
-    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
 }
 
 /// Removes `path` if it exists (durable once the directory is synced).
@@ -128,22 +130,22 @@ impl VfsFile for File {
         FileExt::read_exact_at(self, buf, offset)
     }
 
-    fn read_all(&mut self) -> io::Result<Vec<u8>> {
+    fn read_all(&self) -> io::Result<Vec<u8>> {
         let len = usize::try_from(VfsFile::size(self)?).map_err(io::Error::other)?;
         let mut bytes = vec![0; len];
         FileExt::read_exact_at(self, &mut bytes, 0)?;
         Ok(bytes)
     }
 
-    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         FileExt::write_all_at(self, data, offset)
     }
 
-    fn sync(&mut self) -> io::Result<()> {
+    fn sync(&self) -> io::Result<()> {
         self.sync_data()
     }
 
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
+    fn set_len(&self, len: u64) -> io::Result<()> {
         File::set_len(self, len)
     }
 }
@@ -396,11 +398,11 @@ impl VfsFile for FakeFile {
         Ok(())
     }
 
-    fn read_all(&mut self) -> io::Result<Vec<u8>> {
+    fn read_all(&self) -> io::Result<Vec<u8>> {
         Ok(self.disk().inodes[self.inode].written.clone())
     }
 
-    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         let start = usize::try_from(offset).map_err(io::Error::other)?;
         let mut disk = self.disk();
         let written = &mut disk.inodes[self.inode].written;
@@ -411,7 +413,7 @@ impl VfsFile for FakeFile {
         Ok(())
     }
 
-    fn sync(&mut self) -> io::Result<()> {
+    fn sync(&self) -> io::Result<()> {
         let mut disk = self.disk();
         sync_result(&mut disk)?;
         let inode = &mut disk.inodes[self.inode];
@@ -419,7 +421,7 @@ impl VfsFile for FakeFile {
         Ok(())
     }
 
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
+    fn set_len(&self, len: u64) -> io::Result<()> {
         let len = usize::try_from(len).map_err(io::Error::other)?;
         self.disk().inodes[self.inode].written.resize(len, 0);
         Ok(())
@@ -435,12 +437,12 @@ mod tests {
         let vfs = FakeVfs::new();
         let dir = Path::new("/log");
         let (a, b) = (dir.join("a"), dir.join("b"));
-        let mut file = vfs.create_new(&a).unwrap();
+        let file = vfs.create_new(&a).unwrap();
         file.write_at(b"durable", 0).unwrap();
         file.sync().unwrap();
         vfs.sync_dir(dir).unwrap();
         file.write_at(b" lost", 7).unwrap();
-        let mut other = vfs.create_new(&b).unwrap();
+        let other = vfs.create_new(&b).unwrap();
         other.write_at(b"name not durable", 0).unwrap();
         other.sync().unwrap();
         let after = vfs.crash();
@@ -469,7 +471,7 @@ mod tests {
     fn a_torn_crash_keeps_synced_bytes_and_any_mix_of_unsynced_blocks() {
         let vfs = FakeVfs::new();
         let path = Path::new("/log/a");
-        let mut file = vfs.create_new(path).unwrap();
+        let file = vfs.create_new(path).unwrap();
         vfs.sync_dir(Path::new("/log")).unwrap();
         file.write_at(&[1; 64], 0).unwrap();
         file.sync().unwrap();
@@ -489,7 +491,7 @@ mod tests {
     fn failed_syncs_leave_the_disk_as_it_was() {
         let vfs = FakeVfs::new();
         let path = Path::new("/log/a");
-        let mut file = vfs.create_new(path).unwrap();
+        let file = vfs.create_new(path).unwrap();
         vfs.sync_dir(Path::new("/log")).unwrap();
         file.write_at(b"data", 0).unwrap();
         vfs.fail_syncs();

@@ -110,7 +110,7 @@ impl VoteFile {
     /// `create` and it is missing. `Ok(None)` if it is missing and not to be created.
     pub fn open(vfs: &dyn Vfs, dir: &Path, create: bool) -> Result<Option<VoteFile>, VoteError> {
         let path = dir.join(FILE_NAME);
-        let mut file = match vfs.open(&path) {
+        let file = match vfs.open(&path) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound && create => {
                 return VoteFile::create(vfs, dir, path).map(Some);
@@ -129,7 +129,7 @@ impl VoteFile {
 
     /// Creates the file at `path` holding term 0 and no vote, durably (file and directory).
     fn create(vfs: &dyn Vfs, dir: &Path, path: PathBuf) -> Result<VoteFile, VoteError> {
-        let mut file = vfs.create_new(&path).map_err(io_error(&path))?;
+        let file = vfs.create_new(&path).map_err(io_error(&path))?;
         let mut both = encode_slot(0, Vote::default()).to_vec();
         both.extend_from_slice(&[0; SLOT_BYTES]);
         file.write_at(&both, 0).map_err(io_error(&path))?;

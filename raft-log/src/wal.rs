@@ -185,6 +185,9 @@ pub struct Wal {
     /// The newest entries written, in memory. Invariant: each is the log's entry at its index.
     recent: RecentEntries,
     read_only: bool,
+    /// A batch was written by [`Wal::write_unsynced`] and its sync is not finished: every
+    /// change waits ([`Wal::finish_sync`]).
+    sync_pending: bool,
     report: RecoveryReport,
 }
 
@@ -232,6 +235,7 @@ impl Wal {
             snapshot,
             recent,
             read_only: false,
+            sync_pending: false,
             report: RecoveryReport::default(),
         };
         wal.load_segments(&names)?;
@@ -368,7 +372,7 @@ impl Wal {
         let path = index_path(&self.dir, first);
         let temp = path.with_extension("idx.tmp");
         remove_if_present(&*self.vfs, &temp).map_err(io_error(&temp))?;
-        let mut file = self.vfs.create_new(&temp).map_err(io_error(&temp))?;
+        let file = self.vfs.create_new(&temp).map_err(io_error(&temp))?;
         file.write_at(&bytes, 0).map_err(io_error(&temp))?;
         self.vfs.rename(&temp, &path).map_err(io_error(&path))
     }
@@ -510,4 +514,4 @@ mod writing;
 
 use recent::RecentEntries;
 
-pub use writing::{SnapshotWriter, WrittenSnapshot};
+pub use writing::{PendingSync, SnapshotWriter, WrittenSnapshot};

@@ -342,3 +342,32 @@ fn a_crash_between_writing_and_adopting_a_snapshot_keeps_the_old_one() {
     assert_eq!(wal.snapshot_data().unwrap().unwrap(), b"at 10");
     assert!(files_ending(dir.path(), ".tmp").is_empty(), "the open removed the leftover");
 }
+
+/// A batch written without its sync is readable at once and durable only once its sync,
+/// run on another thread, is finished; meanwhile every other change is refused, so that a
+/// power cut can tear only the last batch.
+#[test]
+fn a_batch_synced_on_another_thread_is_durable_once_finished() {
+    let vfs = FakeVfs::new();
+    let dir = Path::new("/node-1");
+    let mut wal = Wal::open_with(Arc::new(vfs.clone()), dir, WalOptions::default()).unwrap();
+    wal.write(Some(hard_state(1, 0)), &[entry(1, 1)]).unwrap();
+    let pending = wal.write_unsynced(None, &[entry(1, 2), entry(1, 3)]).unwrap().unwrap();
+    assert_eq!(wal.entries(Index(2), Index(4), u64::MAX), Ok(vec![entry(1, 2), entry(1, 3)]));
+    let refused = wal.write(None, &[entry(1, 4)]);
+    assert!(matches!(refused, Err(raft_log::wal::WalError::InvalidWrite(_))), "{refused:?}");
+    assert!(wal.compact(Index(1)).is_err(), "no change of any kind before the sync");
+    let crashed = Wal::open_with(Arc::new(vfs.crash()), dir, WalOptions::default()).unwrap();
+    assert_eq!(crashed.last_index(), Index(1), "not durable before the sync");
+    let synced = std::thread::spawn(move || pending.sync()).join().unwrap();
+    wal.finish_sync(synced).unwrap();
+    let crashed = Wal::open_with(Arc::new(vfs.crash()), dir, WalOptions::default()).unwrap();
+    assert_eq!(all_entries(&crashed), vec![entry(1, 1), entry(1, 2), entry(1, 3)]);
+    wal.write(None, &[entry(1, 4)]).unwrap();
+    assert!(wal.write_unsynced(Some(hard_state(1, 4)), &[]).unwrap().is_none(), "nothing to sync");
+    vfs.fail_syncs();
+    let pending = wal.write_unsynced(None, &[entry(1, 5)]).unwrap().unwrap();
+    assert!(wal.finish_sync(pending.sync()).is_err());
+    let refused = wal.write(None, &[entry(1, 5)]);
+    assert!(matches!(refused, Err(raft_log::wal::WalError::ReadOnly)), "{refused:?}");
+}

@@ -4,6 +4,7 @@ use super::{Wal, WalError};
 use crate::codec;
 use crate::index::{Location, SegmentIndex};
 use crate::record::{self, RecordKind};
+use crate::segment::SegmentSync;
 use crate::snapshot;
 use crate::vote::Vote;
 use raft_core::{Entry, EntryId, HardState, Index, LogStore, Membership, SnapshotMeta};
@@ -19,7 +20,42 @@ impl Wal {
         hard_state: Option<HardState>,
         entries: &[Entry],
     ) -> Result<(), WalError> {
-        self.guarded(|wal| wal.write_batch(hard_state, entries))
+        match self.write_unsynced(hard_state, entries)? {
+            Some(pending) => {
+                let outcome = pending.sync();
+                self.finish_sync(outcome)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// [`Wal::write`] without its `fdatasync`, which the caller runs, on any thread, with
+    /// [`PendingSync::sync`], and whose outcome it hands to [`Wal::finish_sync`]: the thread
+    /// that writes can go on while the disk syncs. The entries are readable at once, and
+    /// durable once `finish_sync` returns `Ok`. `None`: nothing waits for a sync (no entries
+    /// were written; a new term or vote is synced before this returns, as in `write`).
+    ///
+    /// Until `finish_sync`, every change is refused with [`WalError::InvalidWrite`]: a batch
+    /// is written only once the one before it is durable, so that a power cut can tear only
+    /// the last batch (`docs/wal.md`).
+    pub fn write_unsynced(
+        &mut self,
+        hard_state: Option<HardState>,
+        entries: &[Entry],
+    ) -> Result<Option<PendingSync>, WalError> {
+        let pending = self.guarded(|wal| wal.write_batch(hard_state, entries))?;
+        self.sync_pending = pending.is_some();
+        Ok(pending)
+    }
+
+    /// Takes the outcome of the [`PendingSync`] of the last [`Wal::write_unsynced`], and
+    /// returns it. After a failed sync the log is read-only, as after a failed `write`.
+    pub fn finish_sync(&mut self, outcome: Result<(), WalError>) -> Result<(), WalError> {
+        self.sync_pending = false;
+        if outcome.is_err() {
+            self.read_only = true;
+        }
+        outcome
     }
 
     /// Runs a change unless the log is read-only, and makes it read-only if the change fails
@@ -34,6 +70,10 @@ impl Wal {
         if self.read_only {
             return Err(WalError::ReadOnly);
         }
+        if self.sync_pending {
+            let reason = "the last batch is still being synced (finish_sync first)";
+            return Err(WalError::InvalidWrite(reason.into()));
+        }
         let result = change(self);
         if matches!(result, Err(ref error) if !matches!(error, WalError::InvalidWrite(_))) {
             self.read_only = true;
@@ -45,7 +85,7 @@ impl Wal {
         &mut self,
         hard_state: Option<HardState>,
         entries: &[Entry],
-    ) -> Result<(), WalError> {
+    ) -> Result<Option<PendingSync>, WalError> {
         self.check_batch(hard_state, entries)?;
         if let Some(hard_state) = hard_state {
             // Before the entries: a torn batch must never leave an entry of a term the
@@ -66,18 +106,18 @@ impl Wal {
         if entries.is_empty() {
             // Nothing for the log: no write, no fdatasync. A new commit index alone waits
             // for the next entries (Raft keeps it in volatile state; the leader repeats it).
-            return Ok(());
+            return Ok(None);
         }
         let commit_changed = self.commit != self.commit_recorded;
         let (buf, written) = self.encode_batch(commit_changed, entries);
-        self.append_synced(&buf)?;
+        let pending = self.append(&buf)?;
         self.recent.push(entries);
         self.commit_recorded = self.commit;
         let active = self.segments.last_mut().expect("a log always has a segment");
         if let SegmentIndex::Memory(locations) = &mut active.index {
             locations.extend(written);
         }
-        Ok(())
+        Ok(Some(pending))
     }
 
     /// Refuses batches that do not continue the log, or hold entries of a term beyond the
@@ -157,14 +197,14 @@ impl Wal {
         (buf, written)
     }
 
-    fn append_synced(&mut self, buf: &[u8]) -> Result<(), WalError> {
+    fn append(&mut self, buf: &[u8]) -> Result<PendingSync, WalError> {
         let active = &mut self.segments.last_mut().expect("a log always has a segment").segment;
         // No more room than the segment can still use before it rolls.
         let end = active.len() + buf.len() as u64;
         let reserve =
             self.options.preallocate_bytes.min(self.options.segment_bytes_max.saturating_sub(end));
         active.append(buf, reserve)?;
-        Ok(active.sync()?)
+        Ok(PendingSync(active.sync_later()))
     }
 
     /// Cuts the log before `index` (held, not compacted): later segments go, the segment
@@ -380,5 +420,17 @@ impl WrittenSnapshot {
     /// What the snapshot covers.
     pub fn meta(&self) -> &SnapshotMeta {
         self.0.meta()
+    }
+}
+
+/// The `fdatasync` a [`Wal::write_unsynced`] left to its caller. It may run on any thread;
+/// its outcome goes back to [`Wal::finish_sync`].
+#[must_use = "the batch is not durable until synced and finished"]
+pub struct PendingSync(SegmentSync);
+
+impl PendingSync {
+    /// Makes the batch (and everything written before it) durable.
+    pub fn sync(&self) -> Result<(), WalError> {
+        Ok(self.0.sync()?)
     }
 }
