@@ -15,7 +15,7 @@
 //! once too.
 
 use crate::incoming::Incoming;
-use crate::metrics::{gauge_value, observe, Metrics, PeerLabel};
+use crate::metrics::{gauge_value, Metrics, PeerLabel};
 use bytes::Bytes;
 use kv_fsm::{ApplyError, KvState, WriteResult};
 use kv_proto::kv::{command::Op, Command, WriteSession as ClientSession};
@@ -24,7 +24,7 @@ use raft_core::{
     ConfChange, ConfChangeError, Config, Entry, EntryKind, Index, InitialState, Message,
     MessageBody, NodeId, ProposeError, RawNode, Ready, Role,
 };
-use raft_log::wal::{Wal, WalError, WalOptions};
+use raft_log::wal::{PendingSync, Wal, WalError, WalOptions};
 use raft_net::{Event, Transport};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -34,9 +34,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 mod membership;
+mod persist;
 mod reads;
 mod snapshots;
 
+use persist::{Persisting, Synced};
 use reads::PendingRead;
 use snapshots::{SnapshotNotSent, SnapshotOutcome};
 
@@ -329,6 +331,12 @@ struct Core {
     leader_seen: Option<NodeId>,
     /// The members whose replication lag was last measured.
     lag_measured: Vec<NodeId>,
+    /// Readies taken and not yet durable (`persist.rs`).
+    persisting: Persisting,
+    /// Where the log's syncs go: the `wal-sync` thread.
+    sync_jobs: std::sync::mpsc::Sender<PendingSync>,
+    /// Where that thread reports each sync's outcome.
+    synced: mpsc::UnboundedReceiver<Synced>,
 }
 
 /// Client session ids below this are clients' ([`CLIENT_SESSION_ID_MAX`]); from it on,
@@ -387,6 +395,9 @@ pub fn start(
     };
     let raw =
         RawNode::new(raft_config, wal, initial).map_err(|e| StartError::Engine(e.to_string()))?;
+    let (synced_sender, synced) = mpsc::unbounded_channel();
+    let sync_jobs = persist::start_sync_thread(synced_sender)
+        .map_err(|e| StartError::Engine(format!("starting the sync thread: {e}")))?;
     let (inputs, receiver) = mpsc::channel(INPUTS_MAX);
     let removed = Arc::new(AtomicBool::new(false));
     let handle =
@@ -419,6 +430,9 @@ pub fn start(
         metrics,
         leader_seen: None,
         lag_measured: Vec::new(),
+        persisting: Persisting::default(),
+        sync_jobs,
+        synced,
     };
     core.connect_members();
     let thread = std::thread::Builder::new()
@@ -447,13 +461,21 @@ impl Core {
         let mut events_open = true;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            let woken = waiter.block_on(next_wake(&mut inputs, &mut events, events_open, wait));
+            let woken = waiter.block_on(next_wake(
+                &mut inputs,
+                &mut events,
+                &mut self.synced,
+                events_open,
+                wait,
+            ));
             let mut stop = None;
+            let mut failed = None;
             match woken {
                 Wake::Input(Some(input)) => stop = self.handle(input),
                 Wake::Input(None) => return Ok(()), // every handle is gone
                 Wake::Event(Some(event)) => self.on_peer_event(event),
                 Wake::Event(None) => events_open = false,
+                Wake::Synced(outcome) => failed = self.on_synced(outcome).err(),
                 Wake::Tick => {}
             }
             for _ in 0..INPUTS_MAX {
@@ -463,6 +485,9 @@ impl Core {
             for _ in 0..INPUTS_MAX {
                 let Ok(event) = events.try_recv() else { break };
                 self.on_peer_event(event);
+            }
+            if let (None, Ok(outcome)) = (&failed, self.synced.try_recv()) {
+                failed = self.on_synced(outcome).err();
             }
             self.request_read_index();
             let now = Instant::now();
@@ -474,8 +499,11 @@ impl Core {
             }
             self.retry_and_expire(now);
             self.register();
-            if let Err(error) = self.process_readies().and_then(|()| self.adopt_written_snapshot())
-            {
+            let turn = match failed {
+                Some(error) => Err(error),
+                None => self.process_readies().and_then(|()| self.adopt_written_snapshot()),
+            };
+            if let Err(error) = turn {
                 tracing::error!("stopping: {error}");
                 self.fail_everything();
                 return Err(error);
@@ -704,28 +732,13 @@ impl Core {
         self.metrics.term.set(gauge_value(self.raw.term().0));
         self.send(ready.messages);
         if let Some(meta) = &ready.snapshot {
+            self.finish_persisting()?;
             self.install_snapshot(meta)?;
         }
-        // Committed entries are durable here already (they never come from this Ready's
-        // `entries`), and a read's index is committed: neither waits for this Ready's sync.
-        // Answering before it takes one fsync off every answer's path.
+        self.persist(ready.number, ready.hard_state, ready.entries, ready.messages_after_persist)?;
         self.apply(ready.committed_entries)?;
         self.confirm_reads(ready.read_states);
         self.release_reads();
-        if ready.hard_state.is_some() || !ready.entries.is_empty() {
-            let started = Instant::now();
-            self.raw
-                .store_mut()
-                .write(ready.hard_state, &ready.entries)
-                .map_err(|e| format!("writing the log: {e}"))?;
-            if !ready.entries.is_empty() {
-                // Only entries are synced (a new commit index alone waits for them).
-                observe(&self.metrics.wal_sync_seconds, started.elapsed());
-                self.metrics.wal_batch_entries.observe(ready.entries.len() as f64);
-            }
-        }
-        self.send(ready.messages_after_persist);
-        self.raw.on_persisted(ready.number);
         Ok(())
     }
 
@@ -904,17 +917,23 @@ impl Core {
 enum Wake {
     Input(Option<Input>),
     Event(Option<Event>),
+    /// The log's sync thread finished a sync (it never stops while the loop runs: the loop
+    /// holds its job queue).
+    Synced(Synced),
     Tick,
 }
 
-/// Waits for an input, an event (while the transport is open) or `wait` to pass.
+/// Waits for an input, an event (while the transport is open), the end of a sync, or
+/// `wait` to pass.
 async fn next_wake(
     inputs: &mut mpsc::Receiver<Input>,
     events: &mut mpsc::Receiver<Event>,
+    synced: &mut mpsc::UnboundedReceiver<Synced>,
     events_open: bool,
     wait: Duration,
 ) -> Wake {
     tokio::select! {
+        Some(outcome) = synced.recv() => Wake::Synced(outcome),
         input = inputs.recv() => Wake::Input(input),
         event = events.recv(), if events_open => Wake::Event(event),
         () = tokio::time::sleep(wait) => Wake::Tick,

@@ -92,6 +92,9 @@ impl Core {
     /// Puts in force the snapshot the snapshot thread wrote, if it is done, and compacts the
     /// log below it, keeping a margin for followers a little behind.
     pub(super) fn adopt_written_snapshot(&mut self) -> Result<(), String> {
+        if self.persisting.is_syncing() {
+            return Ok(()); // the log takes no change until the batch in flight is durable
+        }
         let Some((receiver, started)) = &self.snapshot_in_flight else { return Ok(()) };
         let written = match receiver.try_recv() {
             Ok(written) => written,
