@@ -26,19 +26,30 @@ pub fn init_logging() {
         .init();
 }
 
-/// The runtime a server runs on (and `kvctl`, whose `node` command is a server): tokio's
-/// multi-threaded one, one worker per core.
+/// The runtime a server runs on (and `kvctl`, whose `node` command is a server), with
+/// `threads` threads (`--threads`), one per core when `None`.
 ///
-/// Built with `--cfg tokio_unstable` (the workspace's `.cargo/config.toml` sets it), the
-/// workers do not run a task woken by the task they are running next (tokio's "LIFO slot").
-/// That heuristic made each HTTP/2 connection task run, and write, right after every single
-/// request task that answered: one `writev` per response. Without it, the answers of one
-/// batch of applied writes are queued first and leave together (measured at 64 clients on a
-/// three-node cluster: 1.28 `writev` per request before, 0.67 after, and 9% less server CPU
-/// per request; docs/performance.md).
-pub fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// One thread gives tokio's current-thread runtime: a request, the Raft loop's turn that
+/// proposes it, the frames that turn sends and the answer all run on that thread, with no
+/// hand-over between threads. On the project's 2-core machine running three nodes, that
+/// cost 77 µs of server CPU per put against 113 µs with a runtime per core and the loop on
+/// a thread of its own, and did 1.43 times the puts/s (docs/performance.md).
+///
+/// More threads give tokio's multi-threaded runtime. Built with `--cfg tokio_unstable` (the
+/// workspace's `.cargo/config.toml` sets it), its workers do not run a task woken by the
+/// task they are running next (tokio's "LIFO slot"). That heuristic made each HTTP/2
+/// connection task run, and write, right after every single request task that answered:
+/// one `writev` per response. Without it, the answers of one batch of applied writes are
+/// queued first and leave together (measured at 64 clients on a three-node cluster: 1.28
+/// `writev` per request before, 0.67 after, and 9% less server CPU per request).
+pub fn server_runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads =
+        threads.or_else(|| std::thread::available_parallelism().ok().map(usize::from)).unwrap_or(1);
+    if threads <= 1 {
+        return tokio::runtime::Builder::new_current_thread().enable_all().build();
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
+    builder.worker_threads(threads).enable_all();
     #[cfg(tokio_unstable)]
     builder.disable_lifo_slot();
     builder.build()

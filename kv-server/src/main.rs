@@ -18,7 +18,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match kv_server::server_runtime() {
+    let runtime = match kv_server::server_runtime(settings.flags.threads) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("kv-server: cannot start the runtime: {error}");

@@ -134,7 +134,7 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
     let transport = Arc::new(transport);
     metrics.watch_transport(transport.clone());
     let runtime = tokio::runtime::Handle::current();
-    let (node, thread) =
+    let (node, node_loop) =
         node::start(node_config, transport.clone(), events, runtime, metrics.clone())?;
     let members = settings
         .members
@@ -176,14 +176,14 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
     let incoming = connections::incoming(address, &metrics)
         .map_err(|e| ServerError::Serve { address, reason: e.to_string() })?;
     tracing::info!(name = %flags.name, id = %settings.id, "serving clients on {address}, peers on {}", flags.listen_peer_address);
-    // The loop thread is watched too: if it stops on its own (a disk error), the server
+    // The loop task is watched too: if it stops on its own (a disk error), the server
     // stops serving and the process exits with the error, instead of answering UNAVAILABLE
     // forever.
     let (result_sender, loop_result) = tokio::sync::oneshot::channel();
     let loop_ended = Arc::new(tokio::sync::Notify::new());
     let ended = loop_ended.clone();
-    std::thread::spawn(move || {
-        let result = thread.join().unwrap_or_else(|_| Err("the node loop panicked".into()));
+    tokio::spawn(async move {
+        let result = node_loop.await.unwrap_or_else(|_| Err("the node loop panicked".into()));
         let _ = result_sender.send(result);
         ended.notify_one(); // kept as a permit if nobody waits yet
     });

@@ -14,6 +14,13 @@ fn ports(base: u16, i: u16) -> (u16, u16) {
     (base + i, base + 10 + i)
 }
 
+/// The threads each of `nodes` nodes on this machine gets (`--threads`): its share of the
+/// cores, at least one. The nodes share the cores, so a runtime per core in each would only
+/// add thread hand-overs (on 2 cores, three nodes run one thread each).
+fn threads_per_node(cores: usize, nodes: u16) -> usize {
+    (cores / usize::from(nodes.max(1))).max(1)
+}
+
 /// The example access policy shipped in `config/auth-policy.toml`.
 const EXAMPLE_POLICY: &str = include_str!("../../config/auth-policy.toml");
 
@@ -36,9 +43,18 @@ pub async fn run(dir: &Path, nodes: u16, base_port: u16) -> Result<(), String> {
         (1..=nodes).map(|i| format!("n{i}=127.0.0.1:{}", ports(base_port, i).1)).collect();
     let initial_cluster = initial_cluster.join(",");
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let node = NodeSetup {
+        exe: &exe,
+        dir,
+        certs_dir: &certs_dir,
+        base_port,
+        initial_cluster: &initial_cluster,
+        threads: threads_per_node(cores, nodes),
+    };
     let mut children = Vec::new();
     for i in 1..=nodes {
-        children.push(spawn(&exe, dir, &certs_dir, i, base_port, &initial_cluster)?);
+        children.push(spawn(&node, i)?);
     }
     print_help(dir, &certs_dir, nodes, base_port);
     let stopped = tokio::select! {
@@ -55,14 +71,18 @@ pub async fn run(dir: &Path, nodes: u16, base_port: u16) -> Result<(), String> {
     Ok(())
 }
 
-fn spawn(
-    exe: &Path,
-    dir: &Path,
-    certs_dir: &Path,
-    i: u16,
+/// What every node of the dev cluster is started with.
+struct NodeSetup<'a> {
+    exe: &'a Path,
+    dir: &'a Path,
+    certs_dir: &'a Path,
     base_port: u16,
-    initial_cluster: &str,
-) -> Result<Child, String> {
+    initial_cluster: &'a str,
+    threads: usize,
+}
+
+fn spawn(setup: &NodeSetup<'_>, i: u16) -> Result<Child, String> {
+    let NodeSetup { exe, dir, certs_dir, base_port, initial_cluster, threads } = *setup;
     let (client, peer) = ports(base_port, i);
     let name = format!("n{i}");
     let cert = |file: &str| certs_dir.join(file).display().to_string();
@@ -83,6 +103,7 @@ fn spawn(
         .arg(format!("--key-file={}", cert(&format!("{name}-key.pem"))))
         .arg(format!("--trusted-ca-file={}", cert("ca.pem")))
         .arg(format!("--auth-policy-file={}", dir.join("auth-policy.toml").display()))
+        .arg(format!("--threads={threads}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -136,5 +157,19 @@ async fn stop(child: &mut Child) {
     }
     if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
         let _ = child.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::threads_per_node;
+
+    #[test]
+    fn nodes_share_the_cores_with_at_least_one_thread_each() {
+        assert_eq!(threads_per_node(2, 3), 1);
+        assert_eq!(threads_per_node(1, 1), 1);
+        assert_eq!(threads_per_node(8, 3), 2);
+        assert_eq!(threads_per_node(16, 1), 16);
+        assert_eq!(threads_per_node(4, 0), 4, "no nodes is treated as one");
     }
 }

@@ -221,13 +221,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match kv_server::server_runtime() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("kvctl: {error}");
-            return ExitCode::from(EXIT_FAILED);
-        }
-    };
     if let Cmd::Node { args } = &cli.command {
         let argv = std::iter::once("kv-server".to_string()).chain(args.iter().cloned());
         let flags = kv_server::config_file::parse_flags(argv).unwrap_or_else(|e| e.exit());
@@ -239,6 +232,13 @@ fn main() -> ExitCode {
             }
         };
         kv_server::init_logging();
+        let runtime = match kv_server::server_runtime(settings.flags.threads) {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                eprintln!("kv-server: cannot start the runtime: {error}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        };
         return match runtime.block_on(kv_server::server::run(settings)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -247,6 +247,13 @@ fn main() -> ExitCode {
             }
         };
     }
+    let runtime = match kv_server::server_runtime(None) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kvctl: {error}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, message)) => {

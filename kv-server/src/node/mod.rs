@@ -365,14 +365,14 @@ fn node_session_id() -> u64 {
     fastrand::u64(NODE_SESSION_ID_MIN..)
 }
 
-/// Opens the log, restores the state and starts the loop on its own thread.
+/// Opens the log, restores the state and starts the loop as a task on `runtime`.
 pub fn start(
     config: NodeConfig,
     transport: Arc<Transport>,
     events: tokio::sync::mpsc::Receiver<Event>,
     runtime: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
-) -> Result<(NodeHandle, std::thread::JoinHandle<Result<(), String>>), StartError> {
+) -> Result<(NodeHandle, tokio::task::JoinHandle<Result<(), String>>), StartError> {
     let wal = Wal::open(&config.data_dir, WalOptions::default())?;
     let report = wal.recovery_report().clone();
     if report.torn_bytes > 0 {
@@ -435,39 +435,30 @@ pub fn start(
         synced,
     };
     core.connect_members();
-    let thread = std::thread::Builder::new()
-        .name("raft".into())
-        .spawn(move || core.run(receiver, events))
-        .map_err(|e| StartError::Engine(e.to_string()))?;
-    Ok((handle, thread))
+    let task = core.runtime.clone().spawn(core.run(receiver, events));
+    Ok((handle, task))
 }
 
 impl Core {
-    /// The loop: waits for a client input, a transport event or the next tick, takes
-    /// everything else queued, then ticks and handles the Readies. It waits on both queues
-    /// directly (a small runtime of its own drives the wait), so a peer's message wakes the
-    /// loop with one hand-over, not two.
-    fn run(
+    /// The loop: waits for a client input, a transport event, the end of a sync or the next
+    /// tick, takes everything else queued, then ticks and handles the Readies.
+    ///
+    /// It is a task on the server's runtime, beside the gRPC and transport tasks that feed
+    /// it, and it never blocks: the log's `fdatasync` runs on a thread of its own
+    /// (`persist.rs`). So on a one-thread runtime a client's request, the loop's turn and
+    /// the frames it sends all run on one thread, with no thread hand-over between them.
+    async fn run(
         mut self,
         mut inputs: mpsc::Receiver<Input>,
         mut events: mpsc::Receiver<Event>,
     ) -> Result<(), String> {
-        let waiter = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(|e| format!("starting the loop's runtime: {e}"))?;
         let tick = self.config.tick;
         let mut next_tick = Instant::now() + tick;
         let mut events_open = true;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            let woken = waiter.block_on(next_wake(
-                &mut inputs,
-                &mut events,
-                &mut self.synced,
-                events_open,
-                wait,
-            ));
+            let woken =
+                next_wake(&mut inputs, &mut events, &mut self.synced, events_open, wait).await;
             let mut stop = None;
             let mut failed = None;
             match woken {
@@ -501,7 +492,7 @@ impl Core {
             self.register();
             let turn = match failed {
                 Some(error) => Err(error),
-                None => self.process_readies().and_then(|()| self.adopt_written_snapshot()),
+                None => self.process_readies().await.and_then(|()| self.adopt_written_snapshot()),
             };
             if let Err(error) = turn {
                 tracing::error!("stopping: {error}");
@@ -711,16 +702,16 @@ impl Core {
         }
     }
 
-    fn process_readies(&mut self) -> Result<(), String> {
+    async fn process_readies(&mut self) -> Result<(), String> {
         while self.raw.has_ready() {
             let ready = self.raw.ready();
-            self.handle_ready(ready)?;
+            self.handle_ready(ready).await?;
         }
         Ok(())
     }
 
     /// The Ready contract of docs/engine.md, in order.
-    fn handle_ready(&mut self, ready: Ready) -> Result<(), String> {
+    async fn handle_ready(&mut self, ready: Ready) -> Result<(), String> {
         if let Some(soft) = ready.soft_state {
             tracing::info!(node = %self.config.id, term = %self.raw.term(), "leader is now {:?} (this node: {:?})", soft.leader, soft.role);
             self.metrics.set_role(soft.role);
@@ -732,7 +723,7 @@ impl Core {
         self.metrics.term.set(gauge_value(self.raw.term().0));
         self.send(ready.messages);
         if let Some(meta) = &ready.snapshot {
-            self.finish_persisting()?;
+            self.finish_persisting().await?;
             self.install_snapshot(meta)?;
         }
         self.persist(ready.number, ready.hard_state, ready.entries, ready.messages_after_persist)?;

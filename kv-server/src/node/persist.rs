@@ -168,10 +168,10 @@ impl Core {
 
     /// Waits until every Ready taken is durable (before a snapshot is installed, which
     /// replaces the log under the batches).
-    pub(super) fn finish_persisting(&mut self) -> Result<(), String> {
+    pub(super) async fn finish_persisting(&mut self) -> Result<(), String> {
         while self.persisting.is_syncing() {
             let outcome =
-                self.synced.blocking_recv().ok_or("the log's sync thread stopped".to_string())?;
+                self.synced.recv().await.ok_or("the log's sync thread stopped".to_string())?;
             self.on_synced(outcome)?;
         }
         Ok(())
