@@ -32,8 +32,9 @@ pub fn init_logging() {
 /// One thread gives tokio's current-thread runtime: a request, the Raft loop's turn that
 /// proposes it, the frames that turn sends and the answer all run on that thread, with no
 /// hand-over between threads. On the project's 2-core machine running three nodes, that
-/// cost 77 µs of server CPU per put against 113 µs with a runtime per core and the loop on
-/// a thread of its own, and did 1.43 times the puts/s (docs/performance.md).
+/// cost about 80 µs of server CPU per put against 110 µs with a runtime per core and the
+/// loop on a thread of its own, and did about 1.3 times the puts/s (docs/performance.md,
+/// "One thread per node").
 ///
 /// More threads give tokio's multi-threaded runtime. Built with `--cfg tokio_unstable` (the
 /// workspace's `.cargo/config.toml` sets it), its workers do not run a task woken by the

@@ -2,7 +2,7 @@
 //! `/metrics` (docs/operations.md#metrics).
 //!
 //! Every metric is an atomic, updated where the thing happens: the node loop (role, term,
-//! indexes, the log's write and fdatasync, replication lag, snapshots, dropped messages), the
+//! indexes, the log's batches and their fdatasync, replication lag, snapshots, dropped messages), the
 //! gRPC services (requests by method and code, proposal and ReadIndex latency) and the
 //! client listener (open connections). Nothing here takes a lock on those paths.
 
@@ -65,7 +65,8 @@ pub struct Metrics {
     pub proposals: Family<OutcomeLabel, Counter>,
     /// Seconds from a client write's arrival to its answer.
     pub proposal_seconds: Histogram,
-    /// Seconds to write one batch to the log and fdatasync it.
+    /// Seconds from handing one batch's fdatasync to the sync thread to the loop seeing the
+    /// batch durable.
     pub wal_sync_seconds: Histogram,
     /// Entries per log batch (one fdatasync each).
     pub wal_batch_entries: Histogram,
@@ -157,7 +158,7 @@ impl Metrics {
         );
         r.register(
             "wal_sync_duration_seconds",
-            "Writing one batch to the log and fdatasync-ing it",
+            "From handing one log batch's fdatasync to the sync thread to the loop seeing it done",
             self.wal_sync_seconds.clone(),
         );
         r.register(

@@ -58,8 +58,9 @@ fn client_tls(settings: &Settings) -> Result<Option<ServerTlsConfig>, ServerErro
     Ok(Some(tls))
 }
 
-/// Runs the node until a signal stops it, on the runtime's worker threads (a future driven
-/// by `block_on` runs on the calling thread, which would then carry the gRPC server alone).
+/// Runs the node until a signal stops it, as a task of the runtime (on a multi-threaded
+/// runtime a future driven by `block_on` runs on the calling thread, which would then carry
+/// the gRPC server alone).
 pub async fn run(settings: Settings) -> Result<(), ServerError> {
     match tokio::spawn(serve(settings)).await {
         Ok(result) => result,

@@ -241,6 +241,13 @@ impl Wal {
         wal.load_segments(&names)?;
         wal.reconcile_with_snapshot()?;
         wal.check_terms()?;
+        // A batch written but not synced when the process died (between a write and its
+        // `fdatasync`, which may run on another thread) reads back intact from the page
+        // cache. Syncing it here makes it durable before anything on top of it is
+        // acknowledged.
+        if let Some(active) = wal.segments.last_mut() {
+            active.segment.sync()?;
+        }
         // The commit index is only a hint (the leader tells it again); a torn batch may have
         // kept the hint and lost entries, so it is clamped.
         wal.commit = wal.commit.min(wal.last_index());

@@ -343,6 +343,22 @@ fn a_crash_between_writing_and_adopting_a_snapshot_keeps_the_old_one() {
     assert!(files_ending(dir.path(), ".tmp").is_empty(), "the open removed the leftover");
 }
 
+/// A batch written but not synced when the process died reads back from the page cache;
+/// the next open syncs it, so that what the node acknowledges on top survives a power cut.
+#[test]
+fn an_unsynced_batch_left_by_a_dead_process_is_synced_when_the_log_opens() {
+    let vfs = FakeVfs::new();
+    let dir = Path::new("/node-1");
+    let mut wal = Wal::open_with(Arc::new(vfs.clone()), dir, WalOptions::default()).unwrap();
+    wal.write(Some(hard_state(1, 0)), &[entry(1, 1)]).unwrap();
+    let pending = wal.write_unsynced(None, &[entry(1, 2)]).unwrap().unwrap();
+    drop((pending, wal)); // the process dies before the sync; the kernel keeps the bytes
+    let reopened = Wal::open_with(Arc::new(vfs.clone()), dir, WalOptions::default()).unwrap();
+    assert_eq!(reopened.last_index(), Index(2));
+    let crashed = Wal::open_with(Arc::new(vfs.crash()), dir, WalOptions::default()).unwrap();
+    assert_eq!(all_entries(&crashed), vec![entry(1, 1), entry(1, 2)]);
+}
+
 /// A batch written without its sync is readable at once and durable only once its sync,
 /// run on another thread, is finished; meanwhile every other change is refused, so that a
 /// power cut can tear only the last batch.

@@ -1,10 +1,13 @@
-//! The node: raft-core driven on its own thread, with raft-log as its store, raft-net as its
-//! transport and kv-fsm as its state machine (the host loop of docs/engine.md).
+//! The node: raft-core driven by one task on the server's runtime, with raft-log as its
+//! store, raft-net as its transport and kv-fsm as its state machine (the host loop of
+//! docs/engine.md).
 //!
-//! One loop turn: take every queued input (client writes and reads, peer messages, ticks),
-//! then handle every Ready. All the writes that arrived while the previous turn was syncing
-//! go into one Ready, so one `fdatasync` serves them all (group commit); a leader's appends
-//! leave before its own write (step 3 of the Ready contract), so followers write in parallel.
+//! One loop turn: take every queued input (client writes and reads, peer messages, ticks,
+//! the end of a sync), then handle every Ready. A Ready's entries are written at once and
+//! their `fdatasync` runs on the `wal-sync` thread (`persist.rs`); the Readies that come
+//! while it runs are merged into the next batch, so one `fdatasync` serves every write that
+//! arrived meanwhile (group commit). A leader's appends leave before its own write (step 3
+//! of the Ready contract), so followers write in parallel.
 //!
 //! A client write becomes a `Command` carrying this process's session id and a sequence
 //! number (kv-fsm sessions, thesis §6.3). It is answered when an entry with that session and
@@ -444,9 +447,12 @@ impl Core {
     /// tick, takes everything else queued, then ticks and handles the Readies.
     ///
     /// It is a task on the server's runtime, beside the gRPC and transport tasks that feed
-    /// it, and it never blocks: the log's `fdatasync` runs on a thread of its own
-    /// (`persist.rs`). So on a one-thread runtime a client's request, the loop's turn and
-    /// the frames it sends all run on one thread, with no thread hand-over between them.
+    /// it, and it does not wait for the disk in steady state: the log's `fdatasync` runs on a
+    /// thread of its own (`persist.rs`). So on a one-thread runtime a client's request, the
+    /// loop's turn and the frames it sends all run on one thread, with no hand-over between
+    /// threads. Rarer disk work still runs inside a turn and holds the thread meanwhile:
+    /// saving a new term or vote, rolling or cutting a segment, adopting or installing a
+    /// snapshot (docs/performance.md, "One thread per node").
     async fn run(
         mut self,
         mut inputs: mpsc::Receiver<Input>,
@@ -463,10 +469,11 @@ impl Core {
             let mut failed = None;
             match woken {
                 Wake::Input(Some(input)) => stop = self.handle(input),
-                Wake::Input(None) => return Ok(()), // every handle is gone
+                Wake::Input(None) => return self.finish_and_fail_everything().await, // no handles
                 Wake::Event(Some(event)) => self.on_peer_event(event),
                 Wake::Event(None) => events_open = false,
-                Wake::Synced(outcome) => failed = self.on_synced(outcome).err(),
+                Wake::Synced(Some(outcome)) => failed = self.on_synced(outcome).err(),
+                Wake::Synced(None) => failed = Some("the log's sync thread stopped".into()),
                 Wake::Tick => {}
             }
             for _ in 0..INPUTS_MAX {
@@ -500,17 +507,27 @@ impl Core {
                 return Err(error);
             }
             if let Some(reply) = stop {
-                self.fail_everything();
+                let stopped = self.finish_and_fail_everything().await;
                 let _ = reply.send(());
-                return Ok(());
+                return stopped;
             }
             if self.removed() {
                 tracing::info!(node = %self.config.id, "removed from the cluster; stopping");
                 self.removed.store(true, Ordering::Release);
-                self.fail_everything();
-                return Ok(());
+                return self.finish_and_fail_everything().await;
             }
         }
+    }
+
+    /// Stops cleanly: waits until every batch taken is durable (what the node acknowledged
+    /// stays acknowledged across the restart), then fails what still waits.
+    async fn finish_and_fail_everything(&mut self) -> Result<(), String> {
+        let finished = self.finish_persisting().await;
+        if let Err(error) = &finished {
+            tracing::error!("stopping: {error}");
+        }
+        self.fail_everything();
+        finished
     }
 
     /// Handles one input; returns the reply of a stop request.
@@ -908,9 +925,9 @@ impl Core {
 enum Wake {
     Input(Option<Input>),
     Event(Option<Event>),
-    /// The log's sync thread finished a sync (it never stops while the loop runs: the loop
-    /// holds its job queue).
-    Synced(Synced),
+    /// The log's sync thread finished a sync; `None` if it stopped (it panicked: the loop
+    /// holds its job queue, so it ends no other way).
+    Synced(Option<Synced>),
     Tick,
 }
 
@@ -924,7 +941,7 @@ async fn next_wake(
     wait: Duration,
 ) -> Wake {
     tokio::select! {
-        Some(outcome) = synced.recv() => Wake::Synced(outcome),
+        outcome = synced.recv() => Wake::Synced(outcome),
         input = inputs.recv() => Wake::Input(input),
         event = events.recv(), if events_open => Wake::Event(event),
         () = tokio::time::sleep(wait) => Wake::Tick,

@@ -19,6 +19,7 @@ use super::Core;
 use crate::metrics::observe;
 use raft_core::{Entry, HardState, Message, ReadyNumber};
 use raft_log::wal::{PendingSync, WalError};
+use std::collections::VecDeque;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
@@ -28,20 +29,27 @@ pub(super) type Synced = Result<(), WalError>;
 /// Readies taken from the engine and not yet durable.
 #[derive(Default)]
 pub(super) struct Persisting {
-    /// Readies waiting for the sync in flight to end, merged into one batch.
-    queued: Option<Batch>,
+    /// Readies waiting for the sync in flight to end, merged into batches written in order:
+    /// usually one batch, a new one only where a Ready replaces queued entries.
+    queued: VecDeque<Batch>,
     /// The batch written and being synced.
     syncing: Option<Syncing>,
 }
 
 /// Readies merged into one write.
+///
+/// Invariant: every entry a message of `after_persist` acknowledges is in `entries` or
+/// already durable. So a Ready whose entries would replace some of `entries` (a new
+/// leader's conflicting suffix) is never merged in: the answers of the Readies before it
+/// acknowledge the replaced entries, to their own term's leader, and must leave only once
+/// those entries are durable (docs/engine.md, "Persisting Readies beside the loop").
 struct Batch {
     /// The newest Ready merged in: acknowledging it acknowledges the earlier ones.
     number: ReadyNumber,
-    /// The newest hard state given (each replaces the one before).
+    /// The newest hard state given (each replaces the one before: a vote or term given up
+    /// for a later one is covered by it, since the node never goes back to an older term).
     hard_state: Option<HardState>,
-    /// The entries to append, in order; a later Ready's entries replace those from their
-    /// first index on (a conflicting suffix cut in memory before it reached the disk).
+    /// The entries to append, in order, each continuing the one before.
     entries: Vec<Entry>,
     /// Their messages to send once durable, in order.
     after_persist: Vec<Message>,
@@ -61,7 +69,8 @@ impl Persisting {
         self.syncing.is_some()
     }
 
-    /// Adds a Ready's share of persisting to the batch written next.
+    /// Adds a Ready's share of persisting to the last queued batch, or to a new batch
+    /// behind it if its entries would replace some of that batch's.
     fn queue(
         &mut self,
         number: ReadyNumber,
@@ -69,17 +78,21 @@ impl Persisting {
         entries: Vec<Entry>,
         after_persist: Vec<Message>,
     ) {
-        let batch = self.queued.get_or_insert_with(|| Batch {
-            number,
-            hard_state: None,
-            entries: Vec::new(),
-            after_persist: Vec::new(),
-        });
+        let replaces_queued = |batch: &Batch| match (entries.first(), batch.entries.last()) {
+            (Some(first), Some(last)) => first.index <= last.index,
+            _ => false,
+        };
+        if self.queued.back().is_none_or(replaces_queued) {
+            self.queued.push_back(Batch {
+                number,
+                hard_state: None,
+                entries: Vec::new(),
+                after_persist: Vec::new(),
+            });
+        }
+        let batch = self.queued.back_mut().expect("a batch was just made if none was queued");
         batch.number = number;
         batch.hard_state = hard_state.or(batch.hard_state);
-        if let Some(first) = entries.first() {
-            batch.entries.retain(|e| e.index < first.index);
-        }
         batch.entries.extend(entries);
         batch.after_persist.extend(after_persist);
     }
@@ -115,30 +128,30 @@ impl Core {
         self.write_queued()
     }
 
-    /// Writes the queued batch, unless a sync is in flight, and hands its sync to the sync
-    /// thread. A batch with nothing to sync (no entries) is acknowledged at once.
+    /// Writes the queued batches in order until one needs a sync, unless a sync is in
+    /// flight, and hands that sync to the sync thread. A batch with nothing to sync (no
+    /// entries) is acknowledged at once.
     fn write_queued(&mut self) -> Result<(), String> {
-        if self.persisting.is_syncing() {
-            return Ok(());
-        }
-        let Some(batch) = self.persisting.queued.take() else { return Ok(()) };
-        let written = self
-            .raw
-            .store_mut()
-            .write_unsynced(batch.hard_state, &batch.entries)
-            .map_err(|e| format!("writing the log: {e}"))?;
-        match written {
-            None => self.persisted(batch.number, batch.after_persist),
-            Some(pending) => {
-                self.sync_jobs
-                    .send(pending)
-                    .map_err(|_| "the log's sync thread stopped".to_string())?;
-                self.persisting.syncing = Some(Syncing {
-                    number: batch.number,
-                    after_persist: batch.after_persist,
-                    entries: batch.entries.len(),
-                    started: Instant::now(),
-                });
+        while !self.persisting.is_syncing() {
+            let Some(batch) = self.persisting.queued.pop_front() else { return Ok(()) };
+            let written = self
+                .raw
+                .store_mut()
+                .write_unsynced(batch.hard_state, &batch.entries)
+                .map_err(|e| format!("writing the log: {e}"))?;
+            match written {
+                None => self.persisted(batch.number, batch.after_persist),
+                Some(pending) => {
+                    self.sync_jobs
+                        .send(pending)
+                        .map_err(|_| "the log's sync thread stopped".to_string())?;
+                    self.persisting.syncing = Some(Syncing {
+                        number: batch.number,
+                        after_persist: batch.after_persist,
+                        entries: batch.entries.len(),
+                        started: Instant::now(),
+                    });
+                }
             }
         }
         Ok(())
@@ -198,24 +211,48 @@ mod tests {
         HardState { term: Term(term), vote: Some(NodeId(1)), commit: Index(commit) }
     }
 
-    /// Readies queued behind a sync become one batch that ends as the last of them would
-    /// leave the log: a later Ready's entries replace the earlier ones from their first index
-    /// on, the newest hard state wins, every answer is kept in order, and acknowledging the
-    /// batch acknowledges the newest Ready.
+    fn ids(batch: &Batch) -> Vec<(u64, u64)> {
+        batch.entries.iter().map(|e| (e.term.0, e.index.0)).collect()
+    }
+
+    /// Readies queued behind a sync that continue one another become one batch: the newest
+    /// hard state wins, every answer is kept in order, and acknowledging the batch
+    /// acknowledges the newest Ready.
     #[test]
-    fn readies_queued_behind_a_sync_merge_as_written_in_order() {
+    fn readies_queued_behind_a_sync_merge_in_order() {
+        let mut persisting = Persisting::default();
+        let entries = vec![entry(2, 5), entry(2, 6)];
+        persisting.queue(ReadyNumber(4), Some(hard_state(2, 4)), entries, vec![answer(2)]);
+        persisting.queue(ReadyNumber(5), None, vec![], vec![answer(3)]);
+        persisting.queue(ReadyNumber(6), Some(hard_state(2, 5)), vec![entry(2, 7)], vec![]);
+        assert_eq!(persisting.queued.len(), 1);
+        let batch = persisting.queued.pop_front().expect("queued");
+        assert_eq!(batch.number, ReadyNumber(6));
+        assert_eq!(batch.hard_state, Some(hard_state(2, 5)));
+        assert_eq!(ids(&batch), vec![(2, 5), (2, 6), (2, 7)]);
+        assert_eq!(batch.after_persist, vec![answer(2), answer(3)]);
+    }
+
+    /// A Ready whose entries replace queued ones (a new leader's conflicting suffix) starts
+    /// a batch of its own. Merged, the earlier Ready's answer to the old leader, which
+    /// acknowledges 2/6 and 2/7, would leave once 3/6.. were durable instead: a promise about
+    /// entries that never reached the disk, which that leader could count to commit them.
+    #[test]
+    fn a_ready_replacing_queued_entries_waits_for_them_to_be_durable() {
         let mut persisting = Persisting::default();
         let entries = vec![entry(2, 5), entry(2, 6), entry(2, 7)];
         persisting.queue(ReadyNumber(4), Some(hard_state(2, 4)), entries, vec![answer(2)]);
-        persisting.queue(ReadyNumber(5), None, vec![], vec![answer(3)]);
         let replacing = vec![entry(3, 6), entry(3, 7), entry(3, 8)];
-        persisting.queue(ReadyNumber(6), Some(hard_state(3, 5)), replacing, vec![answer(4)]);
-        persisting.queue(ReadyNumber(7), None, vec![entry(3, 9)], vec![]);
-        let batch = persisting.queued.take().expect("queued");
-        assert_eq!(batch.number, ReadyNumber(7));
-        assert_eq!(batch.hard_state, Some(hard_state(3, 5)));
-        let ids: Vec<(u64, u64)> = batch.entries.iter().map(|e| (e.term.0, e.index.0)).collect();
-        assert_eq!(ids, vec![(2, 5), (3, 6), (3, 7), (3, 8), (3, 9)]);
-        assert_eq!(batch.after_persist, vec![answer(2), answer(3), answer(4)]);
+        persisting.queue(ReadyNumber(5), Some(hard_state(3, 5)), replacing, vec![answer(3)]);
+        persisting.queue(ReadyNumber(6), None, vec![entry(3, 9)], vec![]);
+        assert_eq!(persisting.queued.len(), 2);
+        let first = persisting.queued.pop_front().expect("first batch");
+        assert_eq!((first.number, first.hard_state), (ReadyNumber(4), Some(hard_state(2, 4))));
+        assert_eq!(ids(&first), vec![(2, 5), (2, 6), (2, 7)]);
+        assert_eq!(first.after_persist, vec![answer(2)]);
+        let second = persisting.queued.pop_front().expect("second batch");
+        assert_eq!((second.number, second.hard_state), (ReadyNumber(6), Some(hard_state(3, 5))));
+        assert_eq!(ids(&second), vec![(3, 6), (3, 7), (3, 8), (3, 9)]);
+        assert_eq!(second.after_persist, vec![answer(3)]);
     }
 }
