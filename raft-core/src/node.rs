@@ -369,6 +369,15 @@ impl<S: LogStore> RawNode<S> {
         self.raft.tracker.progress.get(&peer)
     }
 
+    /// On a leader: whether `peer` answered within the last election timeout (the window
+    /// CheckQuorum uses). A learner that caught up and then fell silent may be dead; making
+    /// it a voter would add a vote nobody casts and lower how many failures the cluster
+    /// survives. False on a node that does not lead.
+    pub fn heard_from_recently(&self, peer: NodeId) -> bool {
+        let window = u64::from(self.raft.config.election_ticks);
+        self.progress(peer).is_some_and(|pr| self.raft.ticks.saturating_sub(pr.heard_at) < window)
+    }
+
     /// The voting members.
     pub fn voters(&self) -> &BTreeSet<NodeId> {
         &self.raft.tracker.membership.voters

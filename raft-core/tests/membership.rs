@@ -141,6 +141,31 @@ fn learner_follows_the_log_and_can_be_promoted() {
     assert_eq!((membership.voters, membership.learners), (set(&[1, 2, 3, 4]), set(&[])));
 }
 
+/// The leader tells whether it heard from a member within an election timeout: a learner
+/// that caught up and then fell silent is not recent (kv-server promotes only recent ones),
+/// and is again once it answers.
+#[test]
+fn a_learner_silent_for_an_election_timeout_is_not_heard_from_recently() {
+    let mut cluster = cluster_with_spares();
+    cluster.elect(1);
+    cluster.node(1).propose_conf_change(&[ConfChange::AddLearner(NodeId(4))]).unwrap();
+    cluster.stabilize();
+    assert!(cluster.node(1).heard_from_recently(NodeId(4)), "it just answered");
+    assert!(!cluster.node(2).heard_from_recently(NodeId(4)), "only the leader knows");
+    let election_ticks = 10; // raft_core::Config's default, which these nodes keep
+    for _ in 0..election_ticks {
+        cluster.tick_all();
+        cluster.stabilize_without(4);
+    }
+    assert!(!cluster.node(1).heard_from_recently(NodeId(4)), "silent for an election timeout");
+    assert!(cluster.node(1).heard_from_recently(NodeId(2)), "the others answer heartbeats");
+    for _ in 0..election_ticks {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    assert!(cluster.node(1).heard_from_recently(NodeId(4)), "it answers again");
+}
+
 /// A node restarting from its log finds the latest configuration in it.
 #[test]
 fn restart_finds_the_configuration_in_the_log() {

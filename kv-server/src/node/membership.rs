@@ -89,6 +89,9 @@ impl Core {
                 let matched = self.raw.progress(id).map_or(0, |p| p.match_index.0);
                 matched > 0 && matched.saturating_add(PROMOTION_LAG_MAX) >= last
             })
+            // One that caught up and then fell silent may be dead: as a voter it would only
+            // raise the quorum. It is promoted once it answers again.
+            .filter(|&id| self.raw.heard_from_recently(id))
             .collect();
         for id in ready {
             // Refused while another change is under way: tried again next tick.
