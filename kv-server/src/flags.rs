@@ -8,6 +8,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The most `--threads` a node takes: more than any machine has cores (a runtime thread per
+/// core is the most that helps), and few enough that starting them cannot exhaust the
+/// process's threads.
+pub const THREADS_MAX: usize = 1024;
+
 /// kv-server: one node of a replicated key-value store.
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]
@@ -296,8 +301,11 @@ impl Flags {
         if self.listen_peer_address == self.listen_client_address {
             return Err(flag_error("listen-client-address", "the same as --listen-peer-address"));
         }
-        if self.threads == Some(0) {
-            return Err(flag_error("threads", "must be at least 1"));
+        if let Some(threads) = self.threads.filter(|t| !(1..=THREADS_MAX).contains(t)) {
+            return Err(flag_error(
+                "threads",
+                format!("{threads} is not between 1 and {THREADS_MAX}"),
+            ));
         }
         if self.tick_ms == 0 {
             return Err(flag_error("tick-ms", "must be at least 1"));
@@ -391,6 +399,7 @@ mod tests {
             (&["--auth-policy-file=p.toml"], "--auth-policy-file"),
             (&["--listen-client-address=127.0.0.1:7002"], "--listen-client-address"),
             (&["--threads=0"], "--threads"),
+            (&["--threads=100000"], "--threads: 100000 is not between 1 and 1024"),
             (&["--tick-ms=0"], "--tick-ms"),
             (&["--election-ticks=1"], "--election-ticks"),
             (&["--value-bytes-max=0"], "--value-bytes-max"),

@@ -26,6 +26,14 @@ pub fn init_logging() {
         .init();
 }
 
+/// Runs a server with checked `settings` on a runtime of its own (`--threads`) until it
+/// stops: what the `kv-server` binary and `kvctl node` both do once their flags are checked.
+pub fn run_until_stopped(settings: flags::Settings) -> Result<(), String> {
+    let runtime = server_runtime(settings.flags.threads)
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(server::run(settings)).map_err(|e| e.to_string())
+}
+
 /// The runtime a server runs on (and `kvctl`, whose `node` command is a server), with
 /// `threads` threads (`--threads`), one per core when `None`.
 ///

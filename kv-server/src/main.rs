@@ -18,14 +18,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match kv_server::server_runtime(settings.flags.threads) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("kv-server: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(kv_server::server::run(settings)) {
+    match kv_server::run_until_stopped(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("kv-server: {error}");

@@ -232,14 +232,7 @@ fn main() -> ExitCode {
             }
         };
         kv_server::init_logging();
-        let runtime = match kv_server::server_runtime(settings.flags.threads) {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                eprintln!("kv-server: cannot start the runtime: {error}");
-                return ExitCode::from(EXIT_FAILED);
-            }
-        };
-        return match runtime.block_on(kv_server::server::run(settings)) {
+        return match kv_server::run_until_stopped(settings) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("kv-server: {error}");

@@ -116,14 +116,20 @@ fn a_second_change_waits_for_the_first() {
     assert_eq!(refused, Err(ConfChangeError::NotLeader { leader: Some(NodeId(1)) }));
 }
 
-/// A learner receives the log but does not vote, does not count for commitment and never
-/// campaigns; promoted, it becomes a voter like any other.
-#[test]
-fn learner_follows_the_log_and_can_be_promoted() {
+/// [`cluster_with_spares`] led by node 1, with node 4 added as a learner.
+fn cluster_with_learner_4() -> Cluster {
     let mut cluster = cluster_with_spares();
     cluster.elect(1);
     cluster.node(1).propose_conf_change(&[ConfChange::AddLearner(NodeId(4))]).unwrap();
     cluster.stabilize();
+    cluster
+}
+
+/// A learner receives the log but does not vote, does not count for commitment and never
+/// campaigns; promoted, it becomes a voter like any other.
+#[test]
+fn learner_follows_the_log_and_can_be_promoted() {
+    let mut cluster = cluster_with_learner_4();
     assert_eq!(cluster.node(1).membership().learners, set(&[4]));
     cluster.node(1).propose(Bytes::from_static(b"x")).unwrap();
     cluster.stabilize_without(4);
@@ -146,10 +152,7 @@ fn learner_follows_the_log_and_can_be_promoted() {
 /// and is again once it answers.
 #[test]
 fn a_learner_silent_for_an_election_timeout_is_not_heard_from_recently() {
-    let mut cluster = cluster_with_spares();
-    cluster.elect(1);
-    cluster.node(1).propose_conf_change(&[ConfChange::AddLearner(NodeId(4))]).unwrap();
-    cluster.stabilize();
+    let mut cluster = cluster_with_learner_4();
     assert!(cluster.node(1).heard_from_recently(NodeId(4)), "it just answered");
     assert!(!cluster.node(2).heard_from_recently(NodeId(4)), "only the leader knows");
     let election_ticks = 10; // raft_core::Config's default, which these nodes keep

@@ -210,12 +210,13 @@ fn an_empty_batch_writes_nothing() {
     assert_eq!(size(), before);
 }
 
-/// A log on a fake disk (and where it is), holding entries 1 and 2 of term 1.
-fn fake_log_of_two_entries() -> (FakeVfs, &'static Path, Wal) {
+/// A log on a fake disk (and where it is), holding entries 1 to `last` of term 1.
+fn fake_log_holding(last: u64) -> (FakeVfs, &'static Path, Wal) {
     let vfs = FakeVfs::new();
     let dir = Path::new("/node-1");
     let mut wal = Wal::open_with(Arc::new(vfs.clone()), dir, WalOptions::default()).unwrap();
-    wal.write(Some(hard_state(1, 0)), &[entry(1, 1), entry(1, 2)]).unwrap();
+    let entries: Vec<Entry> = (1..=last).map(|index| entry(1, index)).collect();
+    wal.write(Some(hard_state(1, 0)), &entries).unwrap();
     (vfs, dir, wal)
 }
 
@@ -223,7 +224,7 @@ fn fake_log_of_two_entries() -> (FakeVfs, &'static Path, Wal) {
 /// next entries. A crash before those may lose it, never an entry, and never raises it.
 #[test]
 fn a_commit_alone_waits_for_the_next_entries() {
-    let (vfs, dir, mut wal) = fake_log_of_two_entries();
+    let (vfs, dir, mut wal) = fake_log_holding(2);
     let syncs = vfs.syncs();
     wal.write(Some(hard_state(1, 2)), &[]).unwrap();
     assert_eq!(vfs.syncs(), syncs, "a commit alone is not synced");
@@ -240,7 +241,7 @@ fn a_commit_alone_waits_for_the_next_entries() {
 /// record leaves the vote, the log and its writability as they were.
 #[test]
 fn a_batch_with_an_entry_too_large_changes_nothing() {
-    let (vfs, dir, mut wal) = fake_log_of_two_entries();
+    let (vfs, dir, mut wal) = fake_log_holding(2);
     let too_large = raft_log::record::PAYLOAD_LEN_MAX as usize;
     let huge = Entry {
         term: Term(2),
@@ -347,10 +348,7 @@ fn a_crash_between_writing_and_adopting_a_snapshot_keeps_the_old_one() {
 /// the next open syncs it, so that what the node acknowledges on top survives a power cut.
 #[test]
 fn an_unsynced_batch_left_by_a_dead_process_is_synced_when_the_log_opens() {
-    let vfs = FakeVfs::new();
-    let dir = Path::new("/node-1");
-    let mut wal = Wal::open_with(Arc::new(vfs.clone()), dir, WalOptions::default()).unwrap();
-    wal.write(Some(hard_state(1, 0)), &[entry(1, 1)]).unwrap();
+    let (vfs, dir, mut wal) = fake_log_holding(1);
     let pending = wal.write_unsynced(None, &[entry(1, 2)]).unwrap().unwrap();
     drop((pending, wal)); // the process dies before the sync; the kernel keeps the bytes
     let reopened = Wal::open_with(Arc::new(vfs.clone()), dir, WalOptions::default()).unwrap();
@@ -364,10 +362,7 @@ fn an_unsynced_batch_left_by_a_dead_process_is_synced_when_the_log_opens() {
 /// power cut can tear only the last batch.
 #[test]
 fn a_batch_synced_on_another_thread_is_durable_once_finished() {
-    let vfs = FakeVfs::new();
-    let dir = Path::new("/node-1");
-    let mut wal = Wal::open_with(Arc::new(vfs.clone()), dir, WalOptions::default()).unwrap();
-    wal.write(Some(hard_state(1, 0)), &[entry(1, 1)]).unwrap();
+    let (vfs, dir, mut wal) = fake_log_holding(1);
     let pending = wal.write_unsynced(None, &[entry(1, 2), entry(1, 3)]).unwrap().unwrap();
     assert_eq!(wal.entries(Index(2), Index(4), u64::MAX), Ok(vec![entry(1, 2), entry(1, 3)]));
     let refused = wal.write(None, &[entry(1, 4)]);

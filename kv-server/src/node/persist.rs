@@ -96,6 +96,30 @@ impl Persisting {
         batch.entries.extend(entries);
         batch.after_persist.extend(after_persist);
     }
+
+    /// The next batch to write, unless a sync is in flight: batches reach the log one at a
+    /// time, each once the one before it is durable.
+    fn next_to_write(&mut self) -> Option<Batch> {
+        if self.is_syncing() {
+            return None;
+        }
+        self.queued.pop_front()
+    }
+
+    /// `batch` was written and its sync handed to the sync thread.
+    fn start_sync(&mut self, batch: Batch) {
+        self.syncing = Some(Syncing {
+            number: batch.number,
+            after_persist: batch.after_persist,
+            entries: batch.entries.len(),
+            started: Instant::now(),
+        });
+    }
+
+    /// The batch whose sync just ended, with the answers that may leave now.
+    fn synced(&mut self) -> Option<Syncing> {
+        self.syncing.take()
+    }
 }
 
 /// Starts the thread that runs the log's syncs, one at a time, in the order given, and
@@ -132,8 +156,7 @@ impl Core {
     /// flight, and hands that sync to the sync thread. A batch with nothing to sync (no
     /// entries) is acknowledged at once.
     fn write_queued(&mut self) -> Result<(), String> {
-        while !self.persisting.is_syncing() {
-            let Some(batch) = self.persisting.queued.pop_front() else { return Ok(()) };
+        while let Some(batch) = self.persisting.next_to_write() {
             let written = self
                 .raw
                 .store_mut()
@@ -145,12 +168,7 @@ impl Core {
                     self.sync_jobs
                         .send(pending)
                         .map_err(|_| "the log's sync thread stopped".to_string())?;
-                    self.persisting.syncing = Some(Syncing {
-                        number: batch.number,
-                        after_persist: batch.after_persist,
-                        entries: batch.entries.len(),
-                        started: Instant::now(),
-                    });
+                    self.persisting.start_sync(batch);
                 }
             }
         }
@@ -162,7 +180,7 @@ impl Core {
     /// snapshot written meanwhile is adopted (under steady load a sync is nearly always in
     /// flight, and the snapshot would otherwise wait for a lull that may never come).
     pub(super) fn on_synced(&mut self, outcome: Synced) -> Result<(), String> {
-        let Some(syncing) = self.persisting.syncing.take() else {
+        let Some(syncing) = self.persisting.synced() else {
             return Err("a sync ended that was never started".into());
         };
         self.raw.store_mut().finish_sync(outcome).map_err(|e| format!("syncing the log: {e}"))?;
@@ -213,6 +231,22 @@ mod tests {
 
     fn ids(batch: &Batch) -> Vec<(u64, u64)> {
         batch.entries.iter().map(|e| (e.term.0, e.index.0)).collect()
+    }
+
+    /// Batches reach the log one at a time: none is handed out to write while another's sync
+    /// is in flight, and a batch's answers come back only with the end of its own sync.
+    #[test]
+    fn a_batch_is_written_only_once_the_one_before_is_durable() {
+        let mut persisting = Persisting::default();
+        persisting.queue(ReadyNumber(1), None, vec![entry(1, 1)], vec![answer(1)]);
+        let first = persisting.next_to_write().expect("nothing in flight");
+        persisting.start_sync(first);
+        persisting.queue(ReadyNumber(2), None, vec![entry(1, 2)], vec![answer(2)]);
+        assert!(persisting.next_to_write().is_none(), "written while a sync is in flight");
+        let synced = persisting.synced().expect("in flight");
+        assert_eq!((synced.number, synced.after_persist), (ReadyNumber(1), vec![answer(1)]));
+        let second = persisting.next_to_write().expect("the sync before ended");
+        assert_eq!((second.number, second.after_persist), (ReadyNumber(2), vec![answer(2)]));
     }
 
     /// Readies queued behind a sync that continue one another become one batch: the newest
