@@ -10,6 +10,7 @@ use crate::node::{self, NodeConfig, NodeHandle};
 use crate::service::{MemberInfo, Service};
 use kv_proto::kv::cluster_server::ClusterServer;
 use kv_proto::kv::kv_server::KvServer;
+use raft_log::vfs::StdVfs;
 use raft_net::{Security, TlsIdentity, TlsPaths, Transport, TransportConfig};
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,8 +136,14 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
     let transport = Arc::new(transport);
     metrics.watch_transport(transport.clone());
     let runtime = tokio::runtime::Handle::current();
-    let (node, node_loop) =
-        node::start(node_config, transport.clone(), events, runtime, metrics.clone())?;
+    let (node, node_loop) = node::start(
+        Arc::new(StdVfs),
+        node_config,
+        transport.clone(),
+        events,
+        runtime,
+        metrics.clone(),
+    )?;
     let members = settings
         .members
         .iter()

@@ -27,6 +27,7 @@ use raft_core::{
     ConfChange, ConfChangeError, Config, Entry, EntryKind, Index, InitialState, Message,
     MessageBody, NodeId, ProposeError, RawNode, Ready, Role,
 };
+use raft_log::vfs::Vfs;
 use raft_log::wal::{PendingSync, Wal, WalError, WalOptions};
 use raft_net::{Event, Transport};
 use std::collections::{BTreeMap, HashMap};
@@ -38,6 +39,8 @@ use tokio::sync::{mpsc, oneshot};
 
 mod membership;
 mod persist;
+#[cfg(test)]
+mod persist_tests;
 mod reads;
 mod snapshots;
 
@@ -368,15 +371,24 @@ fn node_session_id() -> u64 {
     fastrand::u64(NODE_SESSION_ID_MIN..)
 }
 
-/// Opens the log, restores the state and starts the loop as a task on `runtime`.
+/// The loop's task: it ends with the loop's outcome (an error when a disk failure stopped it).
+pub type LoopTask = tokio::task::JoinHandle<Result<(), String>>;
+
+/// The node's handle and its loop task.
+pub type Started = (NodeHandle, LoopTask);
+
+/// Opens the log in `config.data_dir` on `vfs` (the real file system, [`StdVfs`], but for
+/// tests that hold or break its syncs), restores the state and starts the loop as a task on
+/// `runtime`.
 pub fn start(
+    vfs: Arc<dyn Vfs>,
     config: NodeConfig,
     transport: Arc<Transport>,
     events: tokio::sync::mpsc::Receiver<Event>,
     runtime: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
-) -> Result<(NodeHandle, tokio::task::JoinHandle<Result<(), String>>), StartError> {
-    let wal = Wal::open(&config.data_dir, WalOptions::default())?;
+) -> Result<Started, StartError> {
+    let wal = Wal::open_with(vfs, &config.data_dir, WalOptions::default())?;
     let report = wal.recovery_report().clone();
     if report.torn_bytes > 0 {
         tracing::warn!("the log's torn tail was cut: {report:?}");
