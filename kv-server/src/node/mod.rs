@@ -38,11 +38,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 mod membership;
+#[cfg(test)]
+mod membership_tests;
 mod persist;
 #[cfg(test)]
 mod persist_tests;
 mod reads;
 mod snapshots;
+#[cfg(test)]
+mod test_node;
 
 use persist::{Persisting, Synced};
 use reads::PendingRead;

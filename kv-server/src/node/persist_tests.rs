@@ -3,11 +3,9 @@
 //! - A node asked to stop while a batch is being synced stops only once it is durable.
 //! - A node whose sync thread died stops with an error, instead of waiting for it forever.
 
+use super::test_node::{put, until, within, OneNode};
 use super::*;
-use kv_proto::kv::Put;
 use raft_log::vfs::{MappedBytes, StdVfs, VfsFile};
-use raft_net::{Security, TlsIdentity, TlsPaths, TransportConfig};
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 use std::io;
 use std::path::Path;
 use std::sync::{Condvar, Mutex};
@@ -149,84 +147,13 @@ impl VfsFile for GatedFile {
     }
 }
 
-/// A CA and a certificate it signed for 127.0.0.1, as the transport's files.
-fn tls_identity(dir: &Path) -> TlsIdentity {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let ca = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    params.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let paths =
-        TlsPaths { ca: dir.join("ca.pem"), cert: dir.join("n1.pem"), key: dir.join("n1-key.pem") };
-    std::fs::write(&paths.ca, ca_cert.pem()).unwrap();
-    std::fs::write(&paths.cert, cert.pem()).unwrap();
-    std::fs::write(&paths.key, key.serialize_pem()).unwrap();
-    TlsIdentity::load(&paths).unwrap()
-}
-
-/// A one-node cluster (it elects itself) with its log in `dir` on `vfs`.
-async fn one_node(dir: &Path, vfs: GatedVfs) -> Started {
-    let listen = "127.0.0.1:0".parse().unwrap();
-    let config = TransportConfig::new(NodeId(1), "persist-tests", listen);
-    let security = Security::Tls(tls_identity(dir));
-    let (transport, events) = Transport::start(config, security).await.unwrap();
-    let me = kv_fsm::Member {
-        name: "n1".into(),
-        peer_address: transport.local_addr().to_string(),
-        client_address: "127.0.0.1:1".into(),
-        promote: false,
-    };
-    let config = NodeConfig {
-        id: NodeId(1),
-        voters: vec![NodeId(1)],
-        data_dir: dir.join("data"),
-        tick: Duration::from_millis(10),
-        election_ticks: 3,
-        snapshot_entries: 1 << 20,
-        snapshot_bytes: 1 << 30,
-        snapshot_catchup_entries: 0,
-        request_timeout: Duration::from_secs(20),
-        me,
-    };
-    let runtime = tokio::runtime::Handle::current();
-    let metrics = Arc::new(Metrics::new());
-    start(Arc::new(vfs), config, Arc::new(transport), events, runtime, metrics).unwrap()
-}
-
 /// A one-node cluster on a gated file system that has elected itself and applied a write.
 async fn one_node_that_wrote() -> (tempfile::TempDir, Arc<Gate>, NodeHandle, LoopTask) {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Gate::default());
-    let (node, task) = one_node(dir.path(), GatedVfs { gate: gate.clone() }).await;
-    within("the first write", node.write(put("a"), None)).await.expect("applied");
-    (dir, gate, node, task)
-}
-
-fn put(key: &str) -> Op {
-    Op::Put(Put { key: Bytes::from(key.to_owned()), value: Bytes::from_static(b"v") })
-}
-
-/// `future`, or a panic naming `what` after ten seconds.
-async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(10), future).await {
-        Ok(output) => output,
-        Err(_) => panic!("timed out waiting for {what}"),
-    }
-}
-
-/// Polls `condition` every few milliseconds until it holds.
-async fn until(what: &str, condition: impl Fn() -> bool) {
-    within(what, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let one = OneNode::start(dir.path(), Arc::new(GatedVfs { gate: gate.clone() })).await;
+    within("the first write", one.node.write(put("a"), None)).await.expect("applied");
+    (dir, gate, one.node, one.task)
 }
 
 /// Stop is asked while the batch holding a write is being synced. The node must not stop
