@@ -3,13 +3,14 @@
 # Interleaved rounds over several builds or settings (W=put, C=64 by default, 8 s each);
 # ratios of each variant's ops/s to the last one's, per round, and medians. ENV is passed to
 # the cluster, for example "new:/tmp/new:KV_SNAPSHOT_ENTRIES=100000" "old:target/release:".
-cd "$(dirname "$0")"
 R=$1; shift
+HERE=$(cd "$(dirname "$0")" && pwd)
 : > /tmp/bench-ab.res
 for _ in $(seq 1 "$R"); do
   for variant in "$@"; do
     IFS=: read -r name bin env <<< "$variant"
-    out=$(BIN=$bin NODEENV="env X=1 $env" ./ours.sh "${W:-put}" "${C:-64}" 8 2>/dev/null | head -2 | tr '\n' ' ')
+    [ -z "$bin" ] || bin=$(cd "$bin" && pwd) # relative to where the script was started
+    out=$(BIN=$bin NODEENV="env $env" "$HERE/ours.sh" "${W:-put}" "${C:-64}" 8 2>/dev/null | head -2 | tr '\n' ' ')
     echo "$name $out" | tee -a /tmp/bench-ab.res
   done
 done

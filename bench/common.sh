@@ -1,27 +1,40 @@
-# Shared by the bench scripts: where things are, and a fresh `kvctl dev` cluster.
+# Shared by the bench scripts: where things are, a fresh `kvctl dev` cluster, CPU sampling.
 # BIN: the directory holding kvctl (default: this repository's target/release).
 # LOADGEN: the loadgen binary (default: ../shared/loadgen beside this repository).
+# ETCD_CLUSTER: loadgen's etcd-cluster.sh (default: beside loadgen's sources).
 # NODEENV: a command prefix for the cluster, such as "env KV_SNAPSHOT_ENTRIES=100000".
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN=${BIN:-$HERE/../target/release}
 LOADGEN=${LOADGEN:-$HERE/../../shared/loadgen/target/release/loadgen}
+ETCD_CLUSTER=${ETCD_CLUSTER:-$HERE/../../shared/loadgen/etcd-cluster.sh}
 DEV_DIR=${DEV_DIR:-/tmp/benchdev}
 BASE_PORT=24790
-ENDPOINTS=127.0.0.1:24791,127.0.0.1:24792,127.0.0.1:24793
+ENDPOINTS=127.0.0.1:$((BASE_PORT + 1)),127.0.0.1:$((BASE_PORT + 2)),127.0.0.1:$((BASE_PORT + 3))
+DEV=
+SAMPLER=
 
-# Starts a three-node cluster in $DEV_DIR; sets DEV (its pid) and NODE_PIDS.
+# Starts a three-node cluster in $DEV_DIR (after the one a previous run left there has
+# stopped); sets DEV (its pid) and NODE_PIDS (its nodes). Exits if it does not come up.
 start_dev() {
-  pkill -f "kvctl dev --dir $DEV_DIR" ; sleep 1
+  local pattern="kvctl dev --dir $DEV_DIR --base-port"
+  pkill -INT -f "$pattern"
+  for _ in $(seq 1 150); do pgrep -f "$pattern" > /dev/null || break; sleep 0.1; done
   rm -rf "$DEV_DIR"
   ${NODEENV:-} "$BIN/kvctl" dev --dir "$DEV_DIR" --base-port $BASE_PORT > "$DEV_DIR.out" 2>&1 &
   DEV=$!
   for _ in $(seq 1 100); do grep -q KVCTL_ENDPOINTS "$DEV_DIR.out" 2>/dev/null && break; sleep 0.2; done
   sleep 3 # an election, and the members' own rows written
-  NODE_PIDS=$(pgrep -f "kvctl node --name" | tr '\n' ' ')
+  NODE_PIDS=$(pgrep -P "$DEV" | tr '\n' ' ')
+  if [ "$(echo $NODE_PIDS | wc -w)" != 3 ]; then
+    echo "the cluster did not come up (nodes: '$NODE_PIDS'); see $DEV_DIR.out" >&2
+    stop_dev
+    exit 1
+  fi
 }
 
 stop_dev() {
-  kill -INT "$DEV"; wait "$DEV" 2>/dev/null
+  [ -n "$DEV" ] && kill -INT "$DEV" 2> /dev/null && wait "$DEV" 2> /dev/null
+  DEV=
 }
 
 # Sum of user and system clock ticks of the processes given.
@@ -29,4 +42,31 @@ cpu_ticks() {
   local sum=0 p
   for p in "$@"; do set -- $(cut -d' ' -f14,15 /proc/$p/stat); sum=$((sum + $1 + $2)); done
   echo $sum
+}
+
+# Samples the CPU of the processes given every 250 ms into /tmp/bench-cpu; sets SAMPLER.
+start_sampler() {
+  ( while true; do echo "$(date +%s.%N) $(cpu_ticks "$@")"; sleep 0.25; done ) 2> /dev/null > /tmp/bench-cpu &
+  SAMPLER=$!
+}
+
+# Prints the sampled processes' CPU per operation over the timed part of a run of SECONDS
+# that ended at END (loadgen writes the keys of a get workload before it starts timing).
+cpu_per_op() { # END SECONDS OPS_PER_SECOND
+  kill "$SAMPLER" 2> /dev/null; SAMPLER=
+  python3 - "$1" "$2" "$3" "$(getconf CLK_TCK)" <<'PY'
+import sys
+end, secs, ops, tick = map(float, sys.argv[1:])
+rows = [tuple(map(float, l.split())) for l in open('/tmp/bench-cpu') if len(l.split()) == 2]
+timed = [r for r in rows if end - secs + 0.5 <= r[0] <= end - 0.3]
+(t0, c0), (t1, c1) = timed[0], timed[-1]
+print('server cpu/op us: %.1f (cores busy %.2f)' % ((c1 - c0) / tick * 1e6 / (ops * (t1 - t0)), (c1 - c0) / tick / (t1 - t0)))
+PY
+}
+
+# Prints loadgen's CPU per operation (puts only: for gets it would include the keys written
+# before the timed part).
+loadgen_cpu_per_op() { # WORKLOAD TIME_OUTPUT OPS_PER_SECOND SECONDS
+  [ "$1" = put ] || return 0
+  grep "loadgen cpu" "$2" | python3 -c "import sys; u,s=map(float,sys.stdin.read().split()[2:4]); print('loadgen cpu/op us: %.1f' % ((u+s)*1e6/($3*$4)))"
 }

@@ -38,15 +38,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 mod membership;
-#[cfg(test)]
-mod membership_tests;
 mod persist;
-#[cfg(test)]
-mod persist_tests;
 mod reads;
 mod snapshots;
 #[cfg(test)]
-mod test_node;
+mod tests;
 
 use persist::{Persisting, Synced};
 use reads::PendingRead;
@@ -376,22 +372,19 @@ fn node_session_id() -> u64 {
 }
 
 /// The loop's task: it ends with the loop's outcome (an error when a disk failure stopped it).
-pub type LoopTask = tokio::task::JoinHandle<Result<(), String>>;
+pub(crate) type LoopTask = tokio::task::JoinHandle<Result<(), String>>;
 
-/// The node's handle and its loop task.
-pub type Started = (NodeHandle, LoopTask);
-
-/// Opens the log in `config.data_dir` on `vfs` (the real file system, [`StdVfs`], but for
-/// tests that hold or break its syncs), restores the state and starts the loop as a task on
-/// `runtime`.
-pub fn start(
+/// Opens the log in `config.data_dir` on `vfs`, restores the state and starts the loop as a
+/// task on `runtime`. The server gives the real file system
+/// ([`StdVfs`](raft_log::vfs::StdVfs)); tests give one that holds or breaks its syncs.
+pub(crate) fn start(
     vfs: Arc<dyn Vfs>,
     config: NodeConfig,
     transport: Arc<Transport>,
     events: tokio::sync::mpsc::Receiver<Event>,
     runtime: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
-) -> Result<Started, StartError> {
+) -> Result<(NodeHandle, LoopTask), StartError> {
     let wal = Wal::open_with(vfs, &config.data_dir, WalOptions::default())?;
     let report = wal.recovery_report().clone();
     if report.torn_bytes > 0 {

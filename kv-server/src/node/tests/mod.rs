@@ -1,6 +1,11 @@
-//! A one-node cluster in the test's process, for tests of the loop that need a running node:
-//! it elects itself, its log lives on the file system the test gives, and the test can hand
-//! the loop peer events of its own (answers from a peer that does not exist, say).
+//! Tests of the loop that need a running node, and their harness: a one-node cluster in the
+//! test's process. It elects itself, its log lives on the file system the test gives, and the
+//! test can hand the loop peer events of its own (answers from a peer that does not exist).
+//! - `persist`: stopping waits for the batch being synced; a dead sync thread stops the node.
+//! - `membership`: a learner silent for an election timeout is not promoted.
+
+mod membership;
+mod persist;
 
 use super::*;
 use kv_proto::kv::Put;
@@ -9,19 +14,19 @@ use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, 
 use std::path::Path;
 
 /// A running one-node cluster.
-pub(super) struct OneNode {
-    pub(super) node: NodeHandle,
-    pub(super) task: LoopTask,
+struct OneNode {
+    node: NodeHandle,
+    task: LoopTask,
     /// Events for the loop, beside the transport's.
-    pub(super) inject: mpsc::Sender<Event>,
+    inject: mpsc::Sender<Event>,
 }
 
 /// The election timeout of [`OneNode`]: 3 ticks of 10 ms.
-pub(super) const ELECTION_TIMEOUT: Duration = Duration::from_millis(30);
+const ELECTION_TIMEOUT: Duration = Duration::from_millis(30);
 
 impl OneNode {
     /// Starts node 1, the only voter, with its data in `dir` on `vfs`.
-    pub(super) async fn start(dir: &Path, vfs: Arc<dyn Vfs>) -> OneNode {
+    async fn start(dir: &Path, vfs: Arc<dyn Vfs>) -> OneNode {
         let listen = "127.0.0.1:0".parse().unwrap();
         let config = TransportConfig::new(NodeId(1), "test-node", listen);
         let security = Security::Tls(tls_identity(dir));
@@ -61,7 +66,7 @@ impl OneNode {
     }
 
     /// The node's status, once it answers.
-    pub(super) async fn status(&self) -> NodeStatus {
+    async fn status(&self) -> NodeStatus {
         within("the status", self.node.status()).await.expect("the loop answers")
     }
 }
@@ -86,12 +91,13 @@ fn tls_identity(dir: &Path) -> TlsIdentity {
     TlsIdentity::load(&paths).unwrap()
 }
 
-pub(super) fn put(key: &str) -> Op {
+/// A put of value `v` at `key`.
+fn put(key: &str) -> Op {
     Op::Put(Put { key: Bytes::from(key.to_owned()), value: Bytes::from_static(b"v") })
 }
 
 /// `future`, or a panic naming `what` after ten seconds.
-pub(super) async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
     match tokio::time::timeout(Duration::from_secs(10), future).await {
         Ok(output) => output,
         Err(_) => panic!("timed out waiting for {what}"),
@@ -99,7 +105,7 @@ pub(super) async fn within<T>(what: &str, future: impl std::future::Future<Outpu
 }
 
 /// Polls `condition` every few milliseconds until it holds.
-pub(super) async fn until(what: &str, condition: impl Fn() -> bool) {
+async fn until(what: &str, condition: impl Fn() -> bool) {
     within(what, async {
         while !condition() {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -2,8 +2,8 @@
 //! for it, so that it can be caught up and then silent, which real processes cannot stage
 //! without a race.
 
-use super::test_node::{put, within, OneNode, ELECTION_TIMEOUT};
-use super::*;
+use super::super::*;
+use super::{put, within, OneNode, ELECTION_TIMEOUT};
 use kv_proto::kv::SetMember;
 use raft_core::{AppendResult, Term};
 use raft_log::vfs::StdVfs;
@@ -43,6 +43,13 @@ async fn a_learner_that_fell_silent_is_promoted_only_once_it_answers_again() {
     let status = one.status().await;
     assert!(status.learners.contains(&LEARNER), "{:?}", status.learners);
     answer_as_learner(&one, status.term, status.last_index).await;
+    let caught_up = status.last_index;
+    within("the answer to count", async {
+        while one.status().await.matched.get(&LEARNER) != Some(&caught_up) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
 
     // Silent for many election timeouts: ticks follow the loop's turns, and a loaded machine
     // may delay some.
@@ -51,6 +58,7 @@ async fn a_learner_that_fell_silent_is_promoted_only_once_it_answers_again() {
     assert!(matches!(row, Ok(WriteResult::Member { id: 2, .. })), "{row:?}");
     tokio::time::sleep(ELECTION_TIMEOUT * 10).await;
     let status = one.status().await;
+    assert!(status.members.get(&LEARNER.0).is_some_and(|row| row.promote), "its row: to vote");
     assert!(
         !status.voters.contains(&LEARNER),
         "a learner silent for many election timeouts was promoted (voters {:?})",
@@ -64,4 +72,6 @@ async fn a_learner_that_fell_silent_is_promoted_only_once_it_answers_again() {
         }
     })
     .await;
+    within("the stop", one.node.stop()).await;
+    assert_eq!(within("the loop", one.task).await.unwrap(), Ok(()));
 }
