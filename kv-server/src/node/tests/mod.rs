@@ -1,7 +1,8 @@
 //! Tests of the loop that need a running node, and their harness: a one-node cluster in the
 //! test's process. It elects itself, its log lives on the file system the test gives, and the
 //! test can hand the loop peer events of its own (answers from a peer that does not exist).
-//! - `persist`: stopping waits for the batch being synced; a dead sync thread stops the node.
+//! - `persist`: stopping, or losing every handle, waits for the batch being synced; a dead
+//!   sync thread stops the node.
 //! - `membership`: a learner silent for an election timeout is not promoted.
 
 mod membership;

@@ -190,6 +190,27 @@ async fn a_stopping_node_waits_for_the_batch_being_synced() {
     assert_eq!(within("the loop", task).await.unwrap(), Ok(()));
 }
 
+/// Every handle is dropped while the batch holding a write is being synced (the server is
+/// gone). As with a stop, the loop ends only once that sync has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_handles_are_gone_waits_for_the_batch_being_synced() {
+    let (_dir, gate, node, task) = one_node_that_wrote().await;
+    let _released = Released(gate.clone());
+
+    gate.set(SyncMode::Hold);
+    let writer = node.clone();
+    let write = tokio::spawn(async move { writer.write(put("b"), None).await });
+    until("the batch with b to be written and its sync held", || gate.held() == 1).await;
+    drop(node);
+    write.abort(); // its handle goes too
+    until("the write's handle to go", || write.is_finished()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!task.is_finished(), "the loop ended while its batch was being synced");
+
+    gate.set(SyncMode::Pass);
+    assert_eq!(within("the loop", task).await.unwrap(), Ok(()));
+}
+
 /// The sync thread dies (a panic in the sync). The loop must see it and stop with an error
 /// naming it; otherwise every write waits forever for a sync no one runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
