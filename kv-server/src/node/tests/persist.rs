@@ -164,6 +164,19 @@ async fn one_node_that_wrote() -> (tempfile::TempDir, Arc<Gate>, NodeHandle, Loo
     (dir, gate, one.node, one.task)
 }
 
+/// Writes `b` with the gate holding syncs; returns once its batch is written and its sync
+/// held. The write's task holds a handle of its own.
+async fn write_held(
+    gate: &Gate,
+    node: &NodeHandle,
+) -> tokio::task::JoinHandle<Result<WriteResult, WriteError>> {
+    gate.set(SyncMode::Hold);
+    let writer = node.clone();
+    let write = tokio::spawn(async move { writer.write(put("b"), None).await });
+    until("the batch with b to be written and its sync held", || gate.held() == 1).await;
+    write
+}
+
 /// Stop is asked while the batch holding a write is being synced. The node must not stop
 /// before that sync ends: a stop that left at once would let the process exit with a batch
 /// whose answers may have left (to a leader that counts them) and that no sync covered.
@@ -172,10 +185,7 @@ async fn a_stopping_node_waits_for_the_batch_being_synced() {
     let (_dir, gate, node, task) = one_node_that_wrote().await;
     let _released = Released(gate.clone());
 
-    gate.set(SyncMode::Hold);
-    let writer = node.clone();
-    let _write = tokio::spawn(async move { writer.write(put("b"), None).await });
-    until("the batch with b to be written and its sync held", || gate.held() == 1).await;
+    let _write = write_held(&gate, &node).await;
     let stopper = node.clone();
     let stopping = tokio::spawn(async move { stopper.stop().await });
     // The loop has taken the stop once its queue is empty; a stop that did not wait for the
@@ -197,10 +207,7 @@ async fn a_node_whose_handles_are_gone_waits_for_the_batch_being_synced() {
     let (_dir, gate, node, task) = one_node_that_wrote().await;
     let _released = Released(gate.clone());
 
-    gate.set(SyncMode::Hold);
-    let writer = node.clone();
-    let write = tokio::spawn(async move { writer.write(put("b"), None).await });
-    until("the batch with b to be written and its sync held", || gate.held() == 1).await;
+    let write = write_held(&gate, &node).await;
     drop(node);
     write.abort(); // its handle goes too
     until("the write's handle to go", || write.is_finished()).await;
