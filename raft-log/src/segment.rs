@@ -68,7 +68,8 @@ pub struct OpenMode {
 
 /// An open segment file.
 pub struct Segment {
-    path: PathBuf,
+    /// Shared with the [`SegmentSync`]s handed out (one per batch: a count, not a copy).
+    path: Arc<Path>,
     /// Shared with the [`SegmentSync`]s handed out, which only sync it.
     file: Arc<dyn VfsFile>,
     /// Bytes of intact records.
@@ -80,7 +81,7 @@ pub struct Segment {
 
 /// Syncs a segment's file from another thread ([`Segment::sync_later`]).
 pub struct SegmentSync {
-    path: PathBuf,
+    path: Arc<Path>,
     file: Arc<dyn VfsFile>,
 }
 
@@ -100,7 +101,7 @@ impl Segment {
     /// Creates an empty segment at `path` (the caller syncs the directory).
     pub fn create(vfs: &dyn Vfs, path: &Path) -> Result<Segment, SegmentError> {
         let file = vfs.create_new(path).map_err(io_error(path))?;
-        Ok(Segment { path: path.to_path_buf(), file: file.into(), len: 0, size: 0 })
+        Ok(Segment { path: path.into(), file: file.into(), len: 0, size: 0 })
     }
 
     /// Opens the segment at `path` and returns it with its intact records' bytes, applying
@@ -131,8 +132,7 @@ impl Segment {
             file.sync().map_err(io_error(path))?;
         }
         bytes.truncate(intact);
-        let segment =
-            Segment { path: path.to_path_buf(), file: file.into(), len: intact as u64, size };
+        let segment = Segment { path: path.into(), file: file.into(), len: intact as u64, size };
         Ok((segment, bytes, recovery))
     }
 
@@ -147,7 +147,7 @@ impl Segment {
         if file.size().map_err(io_error(path))? != len {
             return Ok(None);
         }
-        Ok(Some(Segment { path: path.to_path_buf(), file: file.into(), len, size: len }))
+        Ok(Some(Segment { path: path.into(), file: file.into(), len, size: len }))
     }
 
     /// Appends already-framed records (one `write`, no sync). When they do not fit in the
