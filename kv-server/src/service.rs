@@ -166,7 +166,7 @@ impl Service {
             Err(WriteError::Forgotten { .. }) => "forgotten",
             Err(WriteError::Superseded) => "superseded",
         };
-        self.metrics.proposals.get_or_create(&OutcomeLabel { outcome: outcome.into() }).inc();
+        self.metrics.proposals.get_or_create(&OutcomeLabel { outcome }).inc();
         written.map_err(|error| match error {
             WriteError::NoLeader | WriteError::Stopped | WriteError::Busy(_) => {
                 Status::unavailable(error.to_string())
