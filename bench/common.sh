@@ -70,3 +70,19 @@ loadgen_cpu_per_op() { # WORKLOAD TIME_OUTPUT OPS_PER_SECOND SECONDS
   [ "$1" = put ] || return 0
   grep "loadgen cpu" "$2" | python3 -c "import sys; u,s=map(float,sys.stdin.read().split()[2:4]); print('loadgen cpu/op us: %.1f' % ((u+s)*1e6/($3*$4)))"
 }
+
+# Runs loadgen against TARGET (native or etcd) while the processes given to start_sampler
+# are sampled, then prints loadgen's line, the servers' CPU per operation over the timed
+# part, and loadgen's own (puts).
+run_loadgen() { # TARGET WORKLOAD CLIENTS SECONDS [LOADGEN ARGS...]
+  local target=$1 workload=$2 clients=$3 secs=$4 end ops
+  shift 4
+  /usr/bin/time -f "loadgen cpu %U %S" "$LOADGEN" --target "$target" "$@" \
+    --clients "$clients" --conns 4 --duration "$secs" --workload "$workload" \
+    > /tmp/bench-lg.out 2> /tmp/bench-lg.err
+  end=$(date +%s.%N)
+  head -1 /tmp/bench-lg.out
+  ops=$(grep -o '"ops_per_s":[0-9.]*' /tmp/bench-lg.out | cut -d: -f2)
+  cpu_per_op "$end" "$secs" "$ops"
+  loadgen_cpu_per_op "$workload" /tmp/bench-lg.err "$ops" "$secs"
+}

@@ -6,16 +6,15 @@ set -u
 . "$(dirname "$0")/common.sh"
 W=${1:-put}; C=${2:-64}; T=${3:-8}
 D=/tmp/etcd-bench
-trap '[ -n "$SAMPLER" ] && kill $SAMPLER 2> /dev/null; "$ETCD_CLUSTER" stop $D > /dev/null 2>&1' EXIT
-"$ETCD_CLUSTER" stop $D > /dev/null 2>&1
+# Stops the members and waits until they are gone (one may take seconds), so that the next
+# run finds its ports free.
+stop_etcd() {
+  "$ETCD_CLUSTER" stop $D > /dev/null 2>&1
+  for _ in $(seq 1 150); do pgrep -f "etcd --name e. --data-dir $D/" > /dev/null || break; sleep 0.1; done
+}
+trap '[ -n "$SAMPLER" ] && kill $SAMPLER 2> /dev/null; stop_etcd' EXIT
+stop_etcd
 "$ETCD_CLUSTER" start $D > /dev/null || exit 1
 sleep 2
 start_sampler $(cat $D/e*.pid)
-/usr/bin/time -f "loadgen cpu %U %S" "$LOADGEN" --target etcd \
-  --endpoints 127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793 \
-  --clients "$C" --conns 4 --duration "$T" --workload "$W" > /tmp/bench-lge.out 2> /tmp/bench-lge.err
-END=$(date +%s.%N)
-head -1 /tmp/bench-lge.out
-ops=$(grep -o '"ops_per_s":[0-9.]*' /tmp/bench-lge.out | cut -d: -f2)
-cpu_per_op "$END" "$T" "$ops"
-loadgen_cpu_per_op "$W" /tmp/bench-lge.err "$ops" "$T"
+run_loadgen etcd "$W" "$C" "$T" --endpoints 127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793

@@ -9,11 +9,5 @@ trap '[ -n "$SAMPLER" ] && kill $SAMPLER 2> /dev/null; stop_dev' EXIT
 start_dev
 start_sampler $NODE_PIDS
 certs=$DEV_DIR/certs
-/usr/bin/time -f "loadgen cpu %U %S" "$LOADGEN" --target native --endpoints $ENDPOINTS \
-  --cacert $certs/ca.pem --cert $certs/client-root.pem --key $certs/client-root-key.pem \
-  --clients "$C" --conns 4 --duration "$T" --workload "$W" > /tmp/bench-lg.out 2> /tmp/bench-lg.err
-END=$(date +%s.%N)
-head -1 /tmp/bench-lg.out
-ops=$(grep -o '"ops_per_s":[0-9.]*' /tmp/bench-lg.out | cut -d: -f2)
-cpu_per_op "$END" "$T" "$ops"
-loadgen_cpu_per_op "$W" /tmp/bench-lg.err "$ops" "$T"
+run_loadgen native "$W" "$C" "$T" --endpoints $ENDPOINTS \
+  --cacert $certs/ca.pem --cert $certs/client-root.pem --key $certs/client-root-key.pem

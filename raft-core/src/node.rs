@@ -375,7 +375,7 @@ impl<S: LogStore> RawNode<S> {
     /// survives. False on a node that does not lead.
     pub fn heard_from_recently(&self, peer: NodeId) -> bool {
         let window = u64::from(self.raft.config.election_ticks);
-        self.progress(peer).is_some_and(|pr| self.raft.ticks.saturating_sub(pr.heard_at) < window)
+        self.progress(peer).is_some_and(|pr| pr.heard_within(self.raft.ticks, window))
     }
 
     /// The voting members.

@@ -72,8 +72,7 @@ impl ProgressTracker {
     /// `now` (CheckQuorum, thesis §6.2).
     pub fn quorum_heard_within(&self, me: NodeId, now: u64, ticks: u64) -> bool {
         self.membership.is_quorum(|id| {
-            id == me
-                || self.progress.get(&id).is_some_and(|pr| now.saturating_sub(pr.heard_at) < ticks)
+            id == me || self.progress.get(&id).is_some_and(|pr| pr.heard_within(now, ticks))
         })
     }
 }

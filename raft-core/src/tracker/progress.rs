@@ -65,6 +65,12 @@ impl Progress {
         }
     }
 
+    /// Whether the follower answered (or the leader took office) within the `ticks` ticks up
+    /// to `now`: the window CheckQuorum counts a follower in, and promotion asks of a learner.
+    pub fn heard_within(&self, now: u64, ticks: u64) -> bool {
+        now.saturating_sub(self.heard_at) < ticks
+    }
+
     /// Whether no append may be sent now.
     pub fn is_paused(&self) -> bool {
         match self.state {

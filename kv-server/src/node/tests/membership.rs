@@ -44,12 +44,8 @@ async fn a_learner_that_fell_silent_is_promoted_only_once_it_answers_again() {
     assert!(status.learners.contains(&LEARNER), "{:?}", status.learners);
     answer_as_learner(&one, status.term, status.last_index).await;
     let caught_up = status.last_index;
-    within("the answer to count", async {
-        while one.status().await.matched.get(&LEARNER) != Some(&caught_up) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let counted = |status: &NodeStatus| status.matched.get(&LEARNER) == Some(&caught_up);
+    one.status_when("the answer to count", counted).await;
 
     // Silent for many election timeouts: ticks follow the loop's turns, and a loaded machine
     // may delay some.
@@ -66,12 +62,7 @@ async fn a_learner_that_fell_silent_is_promoted_only_once_it_answers_again() {
     );
 
     answer_as_learner(&one, status.term, status.last_index).await;
-    within("the promotion", async {
-        while !one.status().await.voters.contains(&LEARNER) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    one.status_when("the promotion", |status| status.voters.contains(&LEARNER)).await;
     within("the stop", one.node.stop()).await;
     assert_eq!(within("the loop", one.task).await.unwrap(), Ok(()));
 }

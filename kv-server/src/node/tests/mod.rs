@@ -70,6 +70,16 @@ impl OneNode {
     async fn status(&self) -> NodeStatus {
         within("the status", self.node.status()).await.expect("the loop answers")
     }
+
+    /// Polls the status every few milliseconds until `condition` holds of it.
+    async fn status_when(&self, what: &str, condition: impl Fn(&NodeStatus) -> bool) {
+        within(what, async {
+            while !condition(&self.status().await) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
 }
 
 /// A CA and a certificate it signed for 127.0.0.1, as the transport's files.

@@ -1,6 +1,7 @@
 //! The loop and its sync thread together, with the log on a file system whose syncs the
 //! test holds or breaks: the promises of `persist.rs` that only a running loop can break.
-//! - A node asked to stop while a batch is being synced stops only once it is durable.
+//! - A node asked to stop, or whose every handle is dropped, while a batch is being synced
+//!   stops only once it is durable.
 //! - A node whose sync thread died stops with an error, instead of waiting for it forever.
 
 use super::super::*;
