@@ -11,6 +11,7 @@ pub mod health;
 mod incoming;
 pub mod metrics;
 pub mod node;
+pub mod scheduling;
 pub mod server;
 pub mod service;
 
@@ -29,6 +30,8 @@ pub fn init_logging() {
 /// Runs a server with checked `settings` on a runtime of its own (`--threads`) until it
 /// stops: what the `kv-server` binary and `kvctl node` both do once their flags are checked.
 pub fn run_until_stopped(settings: flags::Settings) -> Result<(), String> {
+    // Before the runtime: its threads, and every thread the node starts, inherit the policy.
+    scheduling::apply(settings.flags.scheduling).map_err(|e| e.to_string())?;
     let runtime = server_runtime(settings.flags.threads)
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(server::run(settings)).map_err(|e| e.to_string())

@@ -4,6 +4,7 @@
 //! leadership if it leads, and exits once its log is flushed).
 
 use crate::certs;
+use kv_server::scheduling::Scheduling;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,6 +20,17 @@ fn ports(base: u16, i: u16) -> (u16, u16) {
 /// add thread hand-overs (on 2 cores, three nodes run one thread each).
 fn threads_per_node(cores: usize, nodes: u16) -> usize {
     (cores / usize::from(nodes.max(1))).max(1)
+}
+
+/// The scheduling each of `nodes` nodes on this machine gets (`--scheduling`): batch when
+/// there are more nodes than cores, so that a node woken by another does not stop it
+/// mid-turn (kv_server::scheduling); the kernel's default otherwise, and off Linux.
+fn scheduling_for(cores: usize, nodes: u16) -> Scheduling {
+    if cfg!(target_os = "linux") && usize::from(nodes) > cores {
+        Scheduling::Batch
+    } else {
+        Scheduling::Normal
+    }
 }
 
 /// The example access policy shipped in `config/auth-policy.toml`.
@@ -51,6 +63,7 @@ pub async fn run(dir: &Path, nodes: u16, base_port: u16) -> Result<(), String> {
         base_port,
         initial_cluster: &initial_cluster,
         threads: threads_per_node(cores, nodes),
+        scheduling: scheduling_for(cores, nodes),
     };
     let mut children = Vec::new();
     for i in 1..=nodes {
@@ -79,10 +92,11 @@ struct NodeSetup<'a> {
     base_port: u16,
     initial_cluster: &'a str,
     threads: usize,
+    scheduling: Scheduling,
 }
 
 fn spawn(setup: &NodeSetup<'_>, i: u16) -> Result<Child, String> {
-    let NodeSetup { exe, dir, certs_dir, base_port, initial_cluster, threads } = *setup;
+    let NodeSetup { exe, dir, certs_dir, base_port, initial_cluster, threads, scheduling } = *setup;
     let (client, peer) = ports(base_port, i);
     let name = format!("n{i}");
     let cert = |file: &str| certs_dir.join(file).display().to_string();
@@ -104,6 +118,10 @@ fn spawn(setup: &NodeSetup<'_>, i: u16) -> Result<Child, String> {
         .arg(format!("--trusted-ca-file={}", cert("ca.pem")))
         .arg(format!("--auth-policy-file={}", dir.join("auth-policy.toml").display()))
         .arg(format!("--threads={threads}"))
+        .arg(match scheduling {
+            Scheduling::Normal => "--scheduling=normal",
+            Scheduling::Batch => "--scheduling=batch",
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -162,7 +180,8 @@ async fn stop(child: &mut Child) {
 
 #[cfg(test)]
 mod tests {
-    use super::threads_per_node;
+    use super::{scheduling_for, threads_per_node};
+    use kv_server::scheduling::Scheduling;
 
     #[test]
     fn nodes_share_the_cores_with_at_least_one_thread_each() {
@@ -171,5 +190,15 @@ mod tests {
         assert_eq!(threads_per_node(8, 3), 2);
         assert_eq!(threads_per_node(16, 1), 16);
         assert_eq!(threads_per_node(4, 0), 4, "no nodes is treated as one");
+    }
+
+    #[test]
+    fn nodes_are_batch_scheduled_only_when_they_outnumber_the_cores() {
+        let crowded =
+            if cfg!(target_os = "linux") { Scheduling::Batch } else { Scheduling::Normal };
+        assert_eq!(scheduling_for(2, 3), crowded);
+        assert_eq!(scheduling_for(1, 2), crowded);
+        assert_eq!(scheduling_for(2, 2), Scheduling::Normal);
+        assert_eq!(scheduling_for(8, 3), Scheduling::Normal);
     }
 }
