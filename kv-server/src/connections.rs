@@ -21,7 +21,7 @@ pub struct CountedStream {
 }
 
 impl CountedStream {
-    fn new(stream: TcpStream, open: Gauge) -> CountedStream {
+    pub(crate) fn new(stream: TcpStream, open: Gauge) -> CountedStream {
         open.inc();
         CountedStream { stream, open }
     }

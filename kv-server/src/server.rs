@@ -4,17 +4,16 @@
 use crate::auth::{self, Authorizer};
 use crate::connections;
 use crate::flags::Settings;
+use crate::grpc;
 use crate::health;
 use crate::metrics::{self, Metrics};
 use crate::node::{self, NodeConfig, NodeHandle};
 use crate::service::{MemberInfo, Service};
-use kv_proto::kv::cluster_server::ClusterServer;
-use kv_proto::kv::kv_server::KvServer;
 use raft_log::vfs::StdVfs;
 use raft_net::{Security, TlsIdentity, TlsPaths, Transport, TransportConfig};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tokio_rustls::TlsAcceptor;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -44,19 +43,18 @@ pub enum ServerError {
     Failed(String),
 }
 
-fn read_file(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
-    std::fs::read(path).map_err(|e| ServerError::ClientTls(format!("{}: {e}", path.display())))
-}
-
-fn client_tls(settings: &Settings) -> Result<Option<ServerTlsConfig>, ServerError> {
+/// The TLS of the client API (`--cert-file`, `--key-file`, `--trusted-ca-file`), if set.
+fn client_tls(settings: &Settings) -> Result<Option<TlsAcceptor>, ServerError> {
     let flags = &settings.flags;
     let (Some(cert), Some(key)) = (&flags.cert_file, &flags.key_file) else { return Ok(None) };
-    let mut tls =
-        ServerTlsConfig::new().identity(Identity::from_pem(read_file(cert)?, read_file(key)?));
-    if let Some(ca) = &flags.trusted_ca_file {
-        tls = tls.client_ca_root(Certificate::from_pem(read_file(ca)?));
-    }
-    Ok(Some(tls))
+    let config = raft_net::tls::client_listener_config(
+        cert,
+        key,
+        flags.trusted_ca_file.as_deref(),
+        &[b"h2"],
+    )
+    .map_err(|e| ServerError::ClientTls(e.to_string()))?;
+    Ok(Some(TlsAcceptor::from(config)))
 }
 
 /// Runs the node until a signal stops it, as a task of the runtime (on a multi-threaded
@@ -176,10 +174,6 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
             }
         })
     });
-    let mut server = Server::builder().layer(metrics::CountRequests::new(metrics.clone()));
-    if let Some(tls) = client_tls {
-        server = server.tls_config(tls).map_err(|e| ServerError::ClientTls(e.to_string()))?;
-    }
     let address = flags.listen_client_address;
     let incoming = connections::incoming(address, &metrics)
         .map_err(|e| ServerError::Serve { address, reason: e.to_string() })?;
@@ -208,14 +202,9 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServerError::Failed(format!("gRPC reflection: {e}")))?;
-    let served = server
-        .add_service(KvServer::new(service.clone()))
-        .add_service(ClusterServer::new(service))
-        .add_service(health_service)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(incoming, stop_serving)
-        .await
-        .map_err(|e| ServerError::Serve { address, reason: e.to_string() });
+    let services = grpc::Services::new(service).with(health_service).with(reflection);
+    let count = metrics::CountRequests::new(metrics.clone());
+    grpc::serve(incoming, client_tls, services, count, stop_serving).await;
     health.abort();
     if let Some(reload) = reload {
         reload.abort();
@@ -225,7 +214,6 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
     }
     stop(&node).await;
     transport.shutdown();
-    served?;
     match loop_result.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(ServerError::Failed(error)),

@@ -134,41 +134,77 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         .map_err(|_| TlsError::Empty { path: path.into(), what: "PRIVATE KEY" })
 }
 
-/// Fails unless `key` is the private half of the leaf certificate's public key.
+/// Fails unless `key` (read from `key_path`) is the private half of the public key of
+/// `leaf` (read from `cert_path`).
 fn check_key_matches(
-    paths: &TlsPaths,
-    leaf: &CertificateDer<'_>,
-    key: &PrivateKeyDer<'_>,
+    (cert_path, leaf): (&Path, &CertificateDer<'_>),
+    (key_path, key): (&Path, &PrivateKeyDer<'_>),
 ) -> Result<(), TlsError> {
     let signing = provider()
         .key_provider
         .load_private_key(key.clone_key())
-        .map_err(|e| TlsError::Rejected { path: paths.key.clone(), reason: e.to_string() })?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(|e| {
-        TlsError::BadCertificate { path: paths.cert.clone(), reason: e.to_string() }
-    })?;
+        .map_err(|e| TlsError::Rejected { path: key_path.into(), reason: e.to_string() })?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| TlsError::BadCertificate { path: cert_path.into(), reason: e.to_string() })?;
     let from_cert = parsed.tbs_certificate.subject_pki.raw;
     match signing.public_key() {
         Some(from_key) if from_key.as_ref() == from_cert => Ok(()),
-        _ => Err(TlsError::KeyMismatch { key: paths.key.clone(), cert: paths.cert.clone() }),
+        _ => Err(TlsError::KeyMismatch { key: key_path.into(), cert: cert_path.into() }),
     }
+}
+
+/// The roots `ca` (a PEM file of certificates) holds.
+fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Rejected { path: ca.into(), reason: e.to_string() })?;
+    }
+    Ok(roots)
+}
+
+/// The rustls configuration of a listener for clients (the gRPC API), checked as a peer
+/// identity is: `cert` (chain, leaf first) and its `key`; with `client_ca`, a client must
+/// present a certificate that chains to it, and without, none is asked for. It offers the
+/// application protocols `alpn` (HTTP/2 is `h2`).
+pub fn client_listener_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = certificates(cert)?;
+    let private = private_key(key)?;
+    check_key_matches((cert, &chain[0]), (key, &private))?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rejected { path: cert.into(), reason: e.to_string() })?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                    .build()
+                    .map_err(|e| TlsError::Rejected { path: ca.into(), reason: e.to_string() })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, private)
+        .map_err(|e| TlsError::Rejected { path: cert.into(), reason: e.to_string() })?;
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    Ok(Arc::new(config))
 }
 
 impl TlsIdentity {
     /// Loads and checks the files: each must be readable PEM, every certificate valid now, the
     /// key must match the leaf certificate.
     pub fn load(paths: &TlsPaths) -> Result<TlsIdentity, TlsError> {
-        let ca = certificates(&paths.ca)?;
+        let roots = roots(&paths.ca)?;
         let chain = certificates(&paths.cert)?;
         let key = private_key(&paths.key)?;
-        check_key_matches(paths, &chain[0], &key)?;
-        let mut roots = RootCertStore::empty();
-        for cert in ca {
-            roots.add(cert).map_err(|e| TlsError::Rejected {
-                path: paths.ca.clone(),
-                reason: e.to_string(),
-            })?;
-        }
+        check_key_matches((&paths.cert, &chain[0]), (&paths.key, &key))?;
         TlsIdentity::from_parts(Arc::new(roots), chain, key, paths)
     }
 

@@ -72,3 +72,24 @@ fn a_key_that_does_not_match_its_certificate_is_named() {
     assert!(text.contains(&paths.key.display().to_string()), "{text}");
     assert!(text.contains(&paths.cert.display().to_string()), "{text}");
 }
+
+/// The client API's listener is checked as a peer identity is: good files load (with or
+/// without a client CA), a key that is not the certificate's is named, and HTTP/2 is offered.
+#[test]
+fn a_client_listener_checks_its_files_as_a_peer_identity_does() {
+    use raft_net::tls::client_listener_config;
+    let pki = Pki::new("cluster");
+    let paths = pki.node(1);
+    let with_ca = client_listener_config(&paths.cert, &paths.key, Some(&paths.ca), &[b"h2"]);
+    assert_eq!(with_ca.unwrap().alpn_protocols, [b"h2".to_vec()]);
+    client_listener_config(&paths.cert, &paths.key, None, &[b"h2"]).unwrap();
+
+    let wrong_key = pki.node(2).key;
+    let error = client_listener_config(&paths.cert, &wrong_key, None, &[]).unwrap_err();
+    assert!(matches!(error, TlsError::KeyMismatch { .. }), "{error}");
+    assert!(error.to_string().contains(&wrong_key.display().to_string()), "{error}");
+    let missing_ca = pki.dir.path().join("no-ca.pem");
+    let error =
+        client_listener_config(&paths.cert, &paths.key, Some(&missing_ca), &[]).unwrap_err();
+    assert!(error.to_string().contains(&missing_ca.display().to_string()), "{error}");
+}

@@ -4,9 +4,12 @@
 //! - `persist`: stopping, or losing every handle, waits for the batch being synced; a dead
 //!   sync thread stops the node.
 //! - `membership`: a learner silent for an election timeout is not promoted.
+//! - `serving`: the client API served on it: unknown services are UNIMPLEMENTED, and a stop
+//!   lets the calls in flight finish.
 
 mod membership;
 mod persist;
+mod serving;
 
 use super::*;
 use kv_proto::kv::Put;

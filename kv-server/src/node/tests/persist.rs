@@ -13,7 +13,7 @@ use std::sync::{Condvar, Mutex};
 
 /// What a sync of a log segment does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum SyncMode {
+pub(super) enum SyncMode {
     /// Syncs at once.
     #[default]
     Pass,
@@ -35,7 +35,7 @@ struct GateState {
 /// syncs (the loop's own, when it seals or cuts a segment, and the one at open) pass at once,
 /// so that holding one never blocks a runtime thread.
 #[derive(Default)]
-struct Gate {
+pub(super) struct Gate {
     state: Mutex<GateState>,
     changed: Condvar,
 }
@@ -45,12 +45,12 @@ impl Gate {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn set(&self, mode: SyncMode) {
+    pub(super) fn set(&self, mode: SyncMode) {
         self.state().mode = mode;
         self.changed.notify_all();
     }
 
-    fn held(&self) -> usize {
+    pub(super) fn held(&self) -> usize {
         self.state().held
     }
 
@@ -76,7 +76,7 @@ impl Gate {
 
 /// Sets the gate back to [`SyncMode::Pass`] when dropped, so that a failed assertion never
 /// leaves the sync thread waiting.
-struct Released(Arc<Gate>);
+pub(super) struct Released(pub(super) Arc<Gate>);
 
 impl Drop for Released {
     fn drop(&mut self) {
@@ -157,7 +157,7 @@ impl VfsFile for GatedFile {
 }
 
 /// A one-node cluster on a gated file system that has elected itself and applied a write.
-async fn one_node_that_wrote() -> (tempfile::TempDir, Arc<Gate>, NodeHandle, LoopTask) {
+pub(super) async fn one_node_that_wrote() -> (tempfile::TempDir, Arc<Gate>, NodeHandle, LoopTask) {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Gate::default());
     let one = OneNode::start(dir.path(), Arc::new(GatedVfs { gate: gate.clone() })).await;

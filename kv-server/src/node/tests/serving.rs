@@ -1,0 +1,118 @@
+//! The client API served on a one-node cluster (`crate::grpc`), over plain HTTP/2 on
+//! loopback, with the node's log on the gated file system of `persist`: what the dispatch
+//! and the stop promise.
+
+use super::persist::{one_node_that_wrote, Released, SyncMode};
+use super::{until, within};
+use crate::grpc;
+use crate::metrics::{CountRequests, Metrics};
+use crate::service::Service;
+use kv_proto::kv::kv_client::KvClient;
+use kv_proto::kv::{GetRequest, SetRequest};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+
+/// The server's address and the task serving; sending on the sender stops it.
+struct Served {
+    address: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Serves the API of `node` on a loopback port of its own, without TLS.
+async fn serve(node: crate::node::NodeHandle) -> Served {
+    let metrics = Arc::new(Metrics::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (accepted, incoming) = tokio::sync::mpsc::channel(8);
+    let open = metrics.client_connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let stream = listener
+                .accept()
+                .await
+                .map(|(stream, _)| crate::connections::CountedStream::new(stream, open.clone()));
+            if accepted.send(stream).await.is_err() {
+                return;
+            }
+        }
+    });
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
+    let services = grpc::Services::new(Service::new(node, Vec::new(), 1 << 20, metrics.clone()));
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let stopped = async move {
+        let _ = stopped.await;
+    };
+    let task =
+        tokio::spawn(grpc::serve(incoming, None, services, CountRequests::new(metrics), stopped));
+    Served { address, stop, task }
+}
+
+async fn channel(address: std::net::SocketAddr) -> Channel {
+    within("a connection", Endpoint::from_shared(format!("http://{address}")).unwrap().connect())
+        .await
+        .expect("connected")
+}
+
+fn set(key: &str) -> SetRequest {
+    SetRequest {
+        key: key.as_bytes().to_vec().into(),
+        value: b"v".to_vec().into(),
+        ..Default::default()
+    }
+}
+
+/// The API's methods are reached by their paths; a service the server does not have gets
+/// UNIMPLEMENTED, and the connection goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_reach_the_service_their_path_names_and_unknown_ones_are_unimplemented() {
+    let (_dir, _gate, node, _task) = one_node_that_wrote().await;
+    let served = serve(node).await;
+    let channel = channel(served.address).await;
+    let mut kv = KvClient::new(channel.clone());
+
+    within("a set", kv.set(set("k"))).await.expect("set");
+    let got = within("a get", kv.get(GetRequest { key: "k".into(), ..Default::default() }))
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(got.found && got.value == b"v".as_slice());
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let unknown =
+        within("a call to a service not served", health.check(HealthCheckRequest::default()))
+            .await
+            .expect_err("no health service here");
+    assert_eq!(unknown.code(), tonic::Code::Unimplemented, "{unknown:?}");
+
+    within("a set after it", kv.set(set("k2"))).await.expect("the connection still serves");
+    let _ = served.stop.send(());
+    within("the server to stop", served.task).await.unwrap();
+}
+
+/// A stop comes while a call waits for its write's sync (held by the test). The server must
+/// not return, or drop the call, until the call has its answer: stopping lets the calls in
+/// flight finish (HTTP/2 GOAWAY), as tonic's server did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_answers_the_calls_in_flight_first() {
+    let (_dir, gate, node, _task) = one_node_that_wrote().await;
+    let _released = Released(gate.clone());
+    let served = serve(node).await;
+    let mut kv = KvClient::new(channel(served.address).await);
+
+    gate.set(SyncMode::Hold);
+    let call = tokio::spawn(async move { kv.set(set("held")).await });
+    until("the call's batch to be written and its sync held", || gate.held() == 1).await;
+    let _ = served.stop.send(());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!served.task.is_finished(), "the server stopped with a call in flight");
+    assert!(!call.is_finished(), "the call ended before its write was durable");
+
+    gate.set(SyncMode::Pass);
+    let answer = within("the held call", call).await.unwrap();
+    assert!(answer.is_ok(), "the call in flight was answered: {answer:?}");
+    within("the server to stop", served.task).await.unwrap();
+}
