@@ -339,6 +339,9 @@ impl Flags {
         if self.request_timeout_ms == 0 {
             return Err(flag_error("request-timeout-ms", "must be at least 1"));
         }
+        if self.scheduling == Scheduling::Batch && !cfg!(target_os = "linux") {
+            return Err(flag_error("scheduling", "batch is only available on Linux"));
+        }
         let advertise_client_address = self
             .advertise_client_address
             .clone()

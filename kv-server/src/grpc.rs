@@ -11,11 +11,20 @@
 //! - a request carries the connection's facts as extensions (`TcpConnectInfo`, or
 //!   `TlsConnectInfo` with the client's certificates), so `Request::peer_certs` and
 //!   `Request::remote_addr` work in the services;
-//! - a TLS handshake runs in the connection's own task, bounded by [`HANDSHAKE_TIMEOUT`],
-//!   so a slow client holds up no one else;
-//! - stopping stops accepting, asks every connection to finish (HTTP/2 GOAWAY: calls in
+//! - a TLS handshake runs in the connection's own task, so a slow client holds up no one
+//!   else;
+//! - stopping closes the listener, asks every connection to finish (HTTP/2 GOAWAY: calls in
 //!   flight complete, new ones are refused), and returns once all have closed;
-//! - an unknown service or method gets gRPC's UNIMPLEMENTED.
+//! - an unknown service or method gets gRPC's UNIMPLEMENTED;
+//! - HTTP/2 only (ALPN `h2` with TLS), no bound on a connection's concurrent calls.
+//!
+//! What it does differently:
+//! - a handshake must end within [`HANDSHAKE_TIMEOUT`], and a stop waits at most
+//!   [`Serving::drain`] for a connection's calls (tonic waited without bound);
+//! - hyper's default limits on reset streams apply (tonic lifted one of them);
+//! - a client's `grpc-timeout` header is not enforced here: the client ends the call at its
+//!   deadline (a stream reset, which drops the handler), and the server's own
+//!   `--request-timeout-ms` bounds every write and read.
 
 use crate::connections::CountedStream;
 use crate::metrics::{CountRequests, Counted};
@@ -134,42 +143,54 @@ impl<I: Clone + Send + Sync + 'static> tower::Service<http::Request<Incoming>> f
     }
 }
 
-/// Serves `services` on the connections `incoming` yields (over TLS when `tls` is given)
-/// until `stop` completes, then lets every connection finish its calls and returns once all
-/// have closed.
+/// How the server runs: its TLS, its services, how requests are counted, and how long a
+/// stop waits for the calls in flight.
+pub struct Serving {
+    /// The client TLS, if the API is served over TLS.
+    pub tls: Option<TlsAcceptor>,
+    /// The services.
+    pub services: Services,
+    /// Counts each request.
+    pub count: CountRequests,
+    /// How long a connection may take, once asked to stop, to finish its calls; it is
+    /// closed then. Without a bound, a client that never reads the end of a stream (or
+    /// never speaks at all) would keep the node from stopping.
+    pub drain: Duration,
+}
+
+/// Serves on the connections `incoming` yields until `stop` completes. Then it closes the
+/// listener (new clients are refused at once and try another node), asks every connection to
+/// finish its calls, and returns once all have closed, each within `serving.drain`.
 pub async fn serve(
     incoming: impl Stream<Item = std::io::Result<CountedStream>>,
-    tls: Option<TlsAcceptor>,
-    services: Services,
-    count: CountRequests,
+    serving: Serving,
     stop: impl Future<Output = ()>,
 ) {
+    let Serving { tls, services, count, drain } = serving;
     let services = Arc::new(services);
     // Each connection holds a receiver; a change asks it to stop; all dropped: all closed.
     let (stopping, connections) = watch::channel(());
-    let mut incoming = pin!(incoming);
-    let mut stop = pin!(stop);
-    loop {
-        let accepted = tokio::select! {
-            () = &mut stop => break,
-            accepted = incoming.next() => accepted,
-        };
-        match accepted {
-            Some(Ok(stream)) => {
-                let connection = Connection {
-                    services: services.clone(),
-                    count: count.clone(),
-                    stopping: connections.clone(),
-                };
-                tokio::spawn(connection.run(stream, tls.clone()));
+    {
+        let mut incoming = pin!(incoming); // dropped at the end of this block: the listener
+        let mut stop = pin!(stop);
+        loop {
+            let accepted = tokio::select! {
+                () = &mut stop => break,
+                accepted = incoming.next() => accepted,
+            };
+            match accepted {
+                Some(Ok(stream)) => {
+                    let connection = Connection {
+                        services: services.clone(),
+                        count: count.clone(),
+                        stopping: connections.clone(),
+                        drain,
+                    };
+                    tokio::spawn(connection.run(stream, tls.clone()));
+                }
+                Some(Err(error)) => refused(&error).await,
+                None => break,
             }
-            Some(Err(error)) => {
-                // An accept that failed (the client gave up, or no file descriptors left):
-                // the listener goes on; a pause keeps a lasting error from spinning.
-                tracing::warn!("accepting a client connection: {error}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            None => break,
         }
     }
     drop(connections);
@@ -177,11 +198,25 @@ pub async fn serve(
     stopping.closed().await;
 }
 
+/// Logs an accept that failed. A client that gave up before it was accepted is routine;
+/// anything else (no file descriptors left) is worth a warning, and a pause keeps a lasting
+/// error from spinning.
+async fn refused(error: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset};
+    if matches!(error.kind(), ConnectionAborted | ConnectionReset) {
+        tracing::debug!("a client left before its connection was accepted: {error}");
+    } else {
+        tracing::warn!("accepting a client connection: {error}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One client connection's task.
 struct Connection {
     services: Arc<Services>,
     count: CountRequests,
     stopping: watch::Receiver<()>,
+    drain: Duration,
 }
 
 impl Connection {
@@ -228,7 +263,13 @@ impl Connection {
             _ = self.stopping.changed() => {}
         }
         connection.as_mut().graceful_shutdown();
-        log_end(connection.await);
+        match tokio::time::timeout(self.drain, connection).await {
+            Ok(served) => log_end(served),
+            Err(_) => tracing::info!(
+                "closing a client connection whose calls did not end within {:?} of the stop",
+                self.drain
+            ),
+        }
     }
 }
 

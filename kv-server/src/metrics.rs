@@ -318,8 +318,9 @@ pub async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, String
         .map_err(|e| format!("--listen-metrics-address {address}: {e}"))
 }
 
-/// A tower layer around the gRPC server that counts each request by its method and the
-/// status code it was answered with (`kv_grpc_requests_total`).
+/// A tower layer around each client connection's dispatch (`crate::grpc`) that counts each
+/// request by its method and the status code it was answered with
+/// (`kv_grpc_requests_total`).
 ///
 /// The code is read from the response's headers, where a failed call carries it
 /// (`grpc-status`, "trailers-only"); a response without it is counted `Ok` (its status

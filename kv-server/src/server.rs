@@ -15,6 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_rustls::TlsAcceptor;
 
+/// How long, past the request timeout, a stopping server waits for a client connection's
+/// calls to end before it closes the connection.
+const DRAIN_MARGIN: Duration = Duration::from_secs(1);
+
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -203,8 +207,14 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
         .build_v1()
         .map_err(|e| ServerError::Failed(format!("gRPC reflection: {e}")))?;
     let services = grpc::Services::new(service).with(health_service).with(reflection);
-    let count = metrics::CountRequests::new(metrics.clone());
-    grpc::serve(incoming, client_tls, services, count, stop_serving).await;
+    let serving = grpc::Serving {
+        tls: client_tls,
+        services,
+        count: metrics::CountRequests::new(metrics.clone()),
+        // A call in flight ends within the request timeout; then its answer must leave.
+        drain: settings.request_timeout() + DRAIN_MARGIN,
+    };
+    grpc::serve(incoming, serving, stop_serving).await;
     health.abort();
     if let Some(reload) = reload {
         reload.abort();

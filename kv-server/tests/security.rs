@@ -253,3 +253,33 @@ async fn the_policy_is_reloaded_on_sighup_and_a_broken_one_is_refused() {
     assert_eq!(code(set_as(&cluster, follower, "app", "shared/2").await), Code::Ok);
     assert!(cluster.log(follower).contains("\"ghost\", which is not defined"));
 }
+
+/// Client TLS files are checked before the node starts: a key that is not the certificate's
+/// stops the process with a message naming both files, as for the peer files.
+#[test]
+fn a_client_key_that_is_not_the_certificates_stops_the_node_naming_the_files() {
+    let cluster = Cluster::new(1);
+    let dir = cluster.dir.path();
+    client_certificate(dir, "app");
+    let file = |name: &str| dir.join(name).display().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_kv-server"))
+        .args([
+            "--name=n1".to_string(),
+            "--initial-cluster=n1=127.0.0.1:1".to_string(),
+            format!("--data-dir={}", file("data")),
+            "--listen-peer-address=127.0.0.1:1".to_string(),
+            "--listen-client-address=127.0.0.1:2".to_string(),
+            format!("--peer-cert-file={}", file("peer.pem")),
+            format!("--peer-key-file={}", file("peer-key.pem")),
+            format!("--peer-trusted-ca-file={}", file("ca.pem")),
+            format!("--cert-file={}", file("peer.pem")),
+            format!("--key-file={}", file("client-app-key.pem")),
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("client TLS"), "{stderr}");
+    assert!(stderr.contains(&file("client-app-key.pem")), "the key is named: {stderr}");
+    assert!(stderr.contains(&file("peer.pem")), "the certificate is named: {stderr}");
+}

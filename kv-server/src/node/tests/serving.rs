@@ -22,8 +22,10 @@ struct Served {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Serves the API of `node` on a loopback port of its own, without TLS.
-async fn serve(node: crate::node::NodeHandle) -> Served {
+/// Serves the API of `node` on a loopback port of its own, without TLS, waiting up to
+/// `drain` for a connection's calls once stopped. The listener closes when the server drops
+/// its stream of connections, as `connections::incoming`'s does.
+async fn serve(node: crate::node::NodeHandle, drain: Duration) -> Served {
     let metrics = Arc::new(Metrics::new());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -31,9 +33,11 @@ async fn serve(node: crate::node::NodeHandle) -> Served {
     let open = metrics.client_connections.clone();
     tokio::spawn(async move {
         loop {
-            let stream = listener
-                .accept()
-                .await
+            let accept = tokio::select! {
+                () = accepted.closed() => return, // the listener goes with this task
+                accept = listener.accept() => accept,
+            };
+            let stream = accept
                 .map(|(stream, _)| crate::connections::CountedStream::new(stream, open.clone()));
             if accepted.send(stream).await.is_err() {
                 return;
@@ -46,8 +50,8 @@ async fn serve(node: crate::node::NodeHandle) -> Served {
     let stopped = async move {
         let _ = stopped.await;
     };
-    let task =
-        tokio::spawn(grpc::serve(incoming, None, services, CountRequests::new(metrics), stopped));
+    let serving = grpc::Serving { tls: None, services, count: CountRequests::new(metrics), drain };
+    let task = tokio::spawn(grpc::serve(incoming, serving, stopped));
     Served { address, stop, task }
 }
 
@@ -70,7 +74,7 @@ fn set(key: &str) -> SetRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_reach_the_service_their_path_names_and_unknown_ones_are_unimplemented() {
     let (_dir, _gate, node, _task) = one_node_that_wrote().await;
-    let served = serve(node).await;
+    let served = serve(node, Duration::from_secs(20)).await;
     let channel = channel(served.address).await;
     let mut kv = KvClient::new(channel.clone());
 
@@ -95,12 +99,13 @@ async fn calls_reach_the_service_their_path_names_and_unknown_ones_are_unimpleme
 
 /// A stop comes while a call waits for its write's sync (held by the test). The server must
 /// not return, or drop the call, until the call has its answer: stopping lets the calls in
-/// flight finish (HTTP/2 GOAWAY), as tonic's server did.
+/// flight finish (HTTP/2 GOAWAY), as tonic's server did. Meanwhile new clients are refused
+/// at once (the listener is closed), so that they try another node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_server_answers_the_calls_in_flight_first() {
     let (_dir, gate, node, _task) = one_node_that_wrote().await;
     let _released = Released(gate.clone());
-    let served = serve(node).await;
+    let served = serve(node, Duration::from_secs(20)).await;
     let mut kv = KvClient::new(channel(served.address).await);
 
     gate.set(SyncMode::Hold);
@@ -110,9 +115,28 @@ async fn a_stopping_server_answers_the_calls_in_flight_first() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!served.task.is_finished(), "the server stopped with a call in flight");
     assert!(!call.is_finished(), "the call ended before its write was durable");
+    let newcomer = tokio::net::TcpStream::connect(served.address).await;
+    assert!(newcomer.is_err(), "a new client was let in during the drain");
 
     gate.set(SyncMode::Pass);
     let answer = within("the held call", call).await.unwrap();
     assert!(answer.is_ok(), "the call in flight was answered: {answer:?}");
     within("the server to stop", served.task).await.unwrap();
+}
+
+/// A client that connected and never spoke (no HTTP/2 preface) would keep a connection, and
+/// so the stop, waiting forever. The stop waits for it only as long as the drain allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waits_for_a_silent_client_only_as_long_as_the_drain() {
+    let (_dir, _gate, node, _task) = one_node_that_wrote().await;
+    let drain = Duration::from_millis(300);
+    let served = serve(node, drain).await;
+    let silent = tokio::net::TcpStream::connect(served.address).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await; // accepted, waiting for a preface
+
+    let _ = served.stop.send(());
+    tokio::time::sleep(drain / 2).await;
+    assert!(!served.task.is_finished(), "the silent connection was not given its drain");
+    within("the server to stop after the drain", served.task).await.unwrap();
+    drop(silent);
 }
