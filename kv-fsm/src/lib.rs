@@ -14,9 +14,11 @@
 //!
 //! The command format in the log is `kv/v1/command.proto` (crate `kv-proto`).
 
+pub mod key;
 pub mod session;
 pub mod snapshot;
 mod state;
 
+pub use key::Key;
 pub use snapshot::SnapshotError;
 pub use state::{encode_command, ApplyError, KvState, Member, Stored, WriteResult};

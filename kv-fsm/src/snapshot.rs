@@ -25,6 +25,7 @@
 //! Reading checks the order, the lengths against the limits, the counts and the checksum;
 //! damage of any kind is an error, never a panic or a wrong state.
 
+use crate::key::Key;
 use crate::session::Session;
 use crate::state::{KvState, Stored, WriteResult};
 use bytes::Bytes;
@@ -194,7 +195,7 @@ impl KvState {
                     }
                     let value = reader.bytes(VALUE_BYTES_MAX, "value")?;
                     let mod_revision = reader.u64()?;
-                    state.map.insert(key.clone(), Stored { value, mod_revision });
+                    state.map.insert(Key::from(key.clone()), Stored { value, mod_revision });
                     last_key = Some(key);
                 }
                 TAG_SESSION => {

@@ -1,6 +1,7 @@
 //! The key-value state: an ordered map from key to value and the revision that last wrote it,
 //! changed only by applying committed log entries, in log order, identically on every node.
 
+use crate::key::Key;
 use crate::session::{Check, Sessions};
 use bytes::Bytes;
 use imbl::OrdMap;
@@ -100,7 +101,7 @@ pub enum ApplyError {
 /// written from a clone while entries keep being applied to the original.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvState {
-    pub(crate) map: OrdMap<Bytes, Stored>,
+    pub(crate) map: OrdMap<Key, Stored>,
     pub(crate) sessions: Sessions,
     pub(crate) members: OrdMap<u64, Member>,
     /// The next id an allocating SetMember may give: ids are never reused.
@@ -219,11 +220,12 @@ impl KvState {
     fn execute(&mut self, index: u64, op: Op) -> WriteResult {
         match op {
             Op::Put(put) => {
-                self.map.insert(put.key, Stored { value: put.value, mod_revision: index });
+                self.map
+                    .insert(Key::from(put.key), Stored { value: put.value, mod_revision: index });
                 WriteResult::Put { revision: index }
             }
             Op::Delete(delete) => {
-                let deleted = self.map.remove(&delete.key).is_some();
+                let deleted = self.map.remove(delete.key.as_ref()).is_some();
                 WriteResult::Delete { deleted, revision: index }
             }
             Op::SetMember(member) => {
@@ -255,9 +257,10 @@ impl KvState {
                 WriteResult::Member { revision: index, id: member.id }
             }
             Op::CompareAndSet(cas) => {
-                let current = self.map.get(&cas.key).map(|stored| stored.value.clone());
+                let current = self.map.get(cas.key.as_ref()).map(|stored| stored.value.clone());
                 if current == cas.expected {
-                    self.map.insert(cas.key, Stored { value: cas.value, mod_revision: index });
+                    let stored = Stored { value: cas.value, mod_revision: index };
+                    self.map.insert(Key::from(cas.key), stored);
                     WriteResult::CompareAndSet { succeeded: true, current: None, revision: index }
                 } else {
                     WriteResult::CompareAndSet { succeeded: false, current, revision: index }
@@ -278,15 +281,15 @@ impl KvState {
         prefix: &'a [u8],
         start_after: &[u8],
         limit: usize,
-    ) -> impl Iterator<Item = (&'a Bytes, &'a Stored)> + 'a {
+    ) -> impl Iterator<Item = (&'a Key, &'a Stored)> + 'a {
         let start = if start_after.is_empty() || start_after < prefix {
-            Bound::Included(Bytes::copy_from_slice(prefix))
+            Bound::Included(prefix)
         } else {
-            Bound::Excluded(Bytes::copy_from_slice(start_after))
+            Bound::Excluded(start_after)
         };
         let limit = if limit == 0 { usize::MAX } else { limit };
         self.map
-            .range((start, Bound::Unbounded))
+            .range::<_, [u8]>((start, Bound::Unbounded))
             .take_while(move |(key, _)| key.starts_with(prefix))
             .take(limit)
     }

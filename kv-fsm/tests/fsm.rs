@@ -155,7 +155,7 @@ fn run(steps: &[Step]) -> Result<KvState, TestCaseError> {
     }
     let got: Vec<(Bytes, (Bytes, u64))> = state
         .list(b"", b"", 0)
-        .map(|(k, s)| (k.clone(), (s.value.clone(), s.mod_revision)))
+        .map(|(k, s)| (k.to_bytes(), (s.value.clone(), s.mod_revision)))
         .collect();
     let want: Vec<(Bytes, (Bytes, u64))> = model.map.into_iter().collect();
     prop_assert_eq!(got, want);

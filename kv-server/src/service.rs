@@ -496,7 +496,7 @@ impl Kv for Service {
             let items = state.list(&prefix, &start_after, request.limit as usize);
             for (key, stored) in items {
                 let item = api::KeyValue {
-                    key: key.clone(),
+                    key: key.to_bytes(),
                     value: stored.value.clone(),
                     mod_revision: stored.mod_revision,
                 };
