@@ -211,7 +211,8 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
         tls: client_tls,
         services,
         count: metrics::CountRequests::new(metrics.clone()),
-        // A call in flight ends within the request timeout; then its answer must leave.
+        // A write or read in flight ends within the request timeout; then its answer must
+        // leave. Longer calls (a membership change, a List or snapshot stream) may be cut.
         drain: settings.request_timeout() + DRAIN_MARGIN,
     };
     grpc::serve(incoming, serving, stop_serving).await;

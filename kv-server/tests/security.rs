@@ -262,21 +262,33 @@ fn a_client_key_that_is_not_the_certificates_stops_the_node_naming_the_files() {
     let dir = cluster.dir.path();
     client_certificate(dir, "app");
     let file = |name: &str| dir.join(name).display().to_string();
-    let output = Command::new(env!("CARGO_BIN_EXE_kv-server"))
+    let (peer, client) = (cluster.peer_ports[0], cluster.client_ports[0]);
+    let mut node = Command::new(env!("CARGO_BIN_EXE_kv-server"))
         .args([
             "--name=n1".to_string(),
-            "--initial-cluster=n1=127.0.0.1:1".to_string(),
+            format!("--initial-cluster=n1=127.0.0.1:{peer}"),
             format!("--data-dir={}", file("data")),
-            "--listen-peer-address=127.0.0.1:1".to_string(),
-            "--listen-client-address=127.0.0.1:2".to_string(),
+            format!("--listen-peer-address=127.0.0.1:{peer}"),
+            format!("--listen-client-address=127.0.0.1:{client}"),
             format!("--peer-cert-file={}", file("peer.pem")),
             format!("--peer-key-file={}", file("peer-key.pem")),
             format!("--peer-trusted-ca-file={}", file("ca.pem")),
             format!("--cert-file={}", file("peer.pem")),
             format!("--key-file={}", file("client-app-key.pem")),
         ])
-        .output()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // A node that started anyway would run forever: wait a bounded time, then fail.
+    let deadline = Instant::now() + WAIT;
+    while node.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = node.kill();
+            panic!("the node started with a key that is not its certificate's");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = node.wait_with_output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("client TLS"), "{stderr}");

@@ -11,6 +11,7 @@ use kv_proto::kv::kv_client::KvClient;
 use kv_proto::kv::{GetRequest, SetRequest};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
@@ -112,11 +113,12 @@ async fn a_stopping_server_answers_the_calls_in_flight_first() {
     let call = tokio::spawn(async move { kv.set(set("held")).await });
     until("the call's batch to be written and its sync held", || gate.held() == 1).await;
     let _ = served.stop.send(());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let address = served.address;
+    // The listener closes once the server drops its stream of connections (here one hop
+    // later, in the test's accept task); with the call held, that must happen.
+    until("new clients to be refused", || std::net::TcpStream::connect(address).is_err()).await;
     assert!(!served.task.is_finished(), "the server stopped with a call in flight");
     assert!(!call.is_finished(), "the call ended before its write was durable");
-    let newcomer = tokio::net::TcpStream::connect(served.address).await;
-    assert!(newcomer.is_err(), "a new client was let in during the drain");
 
     gate.set(SyncMode::Pass);
     let answer = within("the held call", call).await.unwrap();
@@ -131,12 +133,15 @@ async fn a_stop_waits_for_a_silent_client_only_as_long_as_the_drain() {
     let (_dir, _gate, node, _task) = one_node_that_wrote().await;
     let drain = Duration::from_millis(300);
     let served = serve(node, drain).await;
-    let silent = tokio::net::TcpStream::connect(served.address).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await; // accepted, waiting for a preface
+    let mut silent = tokio::net::TcpStream::connect(served.address).await.unwrap();
+    // The server's HTTP/2 SETTINGS arrive once the connection's task serves it.
+    let mut settings = [0u8; 9];
+    within("the server's settings", silent.read_exact(&mut settings)).await.unwrap();
+    assert_eq!(settings[3], 0x4, "an HTTP/2 SETTINGS frame");
 
+    let stopped_at = tokio::time::Instant::now();
     let _ = served.stop.send(());
-    tokio::time::sleep(drain / 2).await;
-    assert!(!served.task.is_finished(), "the silent connection was not given its drain");
     within("the server to stop after the drain", served.task).await.unwrap();
+    assert!(stopped_at.elapsed() >= drain, "the silent connection was not given its drain");
     drop(silent);
 }
