@@ -188,7 +188,10 @@ pub async fn serve(
                     };
                     tokio::spawn(connection.run(stream, tls.clone()));
                 }
-                Some(Err(error)) => refused(&error).await,
+                Some(Err(error)) => tokio::select! {
+                    () = &mut stop => break,
+                    () = refused(&error) => {}
+                },
                 None => break,
             }
         }
