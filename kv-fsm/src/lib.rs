@@ -14,7 +14,7 @@
 //!
 //! The command format in the log is `kv/v1/command.proto` (crate `kv-proto`).
 
-pub mod key;
+mod key;
 pub mod session;
 pub mod snapshot;
 mod state;

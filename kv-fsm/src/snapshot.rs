@@ -183,20 +183,18 @@ impl KvState {
             _ => return Err(reader.damaged("not a key-value snapshot (bad magic)")),
         };
         let mut state = KvState { applied: reader.u64()?, ..KvState::default() };
-        let mut last_key: Option<Bytes> = None;
         let mut last_client: Option<u64> = None;
         let mut last_member: Option<u64> = None;
         loop {
             match reader.u8()? {
                 TAG_KEY => {
-                    let key = reader.bytes(KEY_BYTES_MAX, "key")?;
-                    if last_key.as_ref().is_some_and(|last| *last >= key) {
+                    let key = Key::from(reader.bytes(KEY_BYTES_MAX, "key")?);
+                    if state.map.get_max().is_some_and(|(last, _)| *last >= key) {
                         return Err(reader.damaged("keys out of order"));
                     }
                     let value = reader.bytes(VALUE_BYTES_MAX, "value")?;
                     let mod_revision = reader.u64()?;
-                    state.map.insert(Key::from(key.clone()), Stored { value, mod_revision });
-                    last_key = Some(key);
+                    state.map.insert(key, Stored { value, mod_revision });
                 }
                 TAG_SESSION => {
                     let client_id = reader.u64()?;

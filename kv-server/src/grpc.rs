@@ -27,7 +27,7 @@
 //!   `--request-timeout-ms` bounds every write and read.
 
 use crate::connections::CountedStream;
-use crate::metrics::{CountRequests, Counted};
+use crate::metrics::{CountedAnswer, Metrics};
 use crate::service::Service;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -44,7 +44,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::transport::server::Connected;
-use tower::{Layer, Service as _};
+use tower::Service as _;
 
 /// How long a client may take to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,7 +62,8 @@ pub type OtherService =
 pub struct Services {
     kv: KvServer<Service>,
     cluster: ClusterServer<Service>,
-    others: Vec<(String, OtherService)>,
+    /// By service name (`grpc.health.v1.Health`).
+    others: Vec<(&'static str, OtherService)>,
 }
 
 impl Services {
@@ -89,7 +90,7 @@ impl Services {
             + 'static,
         S::Future: Send + 'static,
     {
-        self.others.push((format!("/{}/", S::NAME), OtherService::new(service)));
+        self.others.push((S::NAME, OtherService::new(service)));
         self
     }
 
@@ -102,7 +103,7 @@ impl Services {
         if under(path, ClusterServer::<Service>::NAME).is_some() {
             return self.cluster.clone().call(request);
         }
-        match self.others.iter().find(|(prefix, _)| path.starts_with(prefix.as_str())) {
+        match self.others.iter().find(|(name, _)| under(path, name).is_some()) {
             Some((_, service)) => service.clone().call(request),
             None => {
                 let status = tonic::Status::unimplemented(format!("no such service: {path}"));
@@ -118,17 +119,18 @@ fn under<'a>(path: &'a str, service: &str) -> Option<&'a str> {
 }
 
 /// One connection's view of the services: it answers a request from the service its path
-/// names, with the connection's facts added to the request.
+/// names, with the connection's facts added to the request, and counts the answer.
 #[derive(Clone)]
 struct Dispatch<I> {
     services: Arc<Services>,
+    metrics: Arc<Metrics>,
     connect_info: I,
 }
 
 impl<I: Clone + Send + Sync + 'static> tower::Service<http::Request<Incoming>> for Dispatch<I> {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = Answer;
+    type Future = CountedAnswer<Answer>;
 
     fn poll_ready(
         &mut self,
@@ -137,9 +139,10 @@ impl<I: Clone + Send + Sync + 'static> tower::Service<http::Request<Incoming>> f
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: http::Request<Incoming>) -> Answer {
+    fn call(&mut self, mut request: http::Request<Incoming>) -> CountedAnswer<Answer> {
         request.extensions_mut().insert(self.connect_info.clone());
-        self.services.call(request)
+        let uri = request.uri().clone(); // shares the request's bytes, no copy
+        CountedAnswer::new(self.services.call(request), uri, self.metrics.clone())
     }
 }
 
@@ -150,8 +153,8 @@ pub struct Serving {
     pub tls: Option<TlsAcceptor>,
     /// The services.
     pub services: Services,
-    /// Counts each request.
-    pub count: CountRequests,
+    /// Where each request is counted.
+    pub metrics: Arc<Metrics>,
     /// How long a connection may take, once asked to stop, to finish its calls; it is
     /// closed then. Without a bound, a client that never reads the end of a stream (or
     /// never speaks at all) would keep the node from stopping.
@@ -166,7 +169,7 @@ pub async fn serve(
     serving: Serving,
     stop: impl Future<Output = ()>,
 ) {
-    let Serving { tls, services, count, drain } = serving;
+    let Serving { tls, services, metrics, drain } = serving;
     let services = Arc::new(services);
     // Each connection holds a receiver; a change asks it to stop; all dropped: all closed.
     let (stopping, connections) = watch::channel(());
@@ -182,7 +185,7 @@ pub async fn serve(
                 Some(Ok(stream)) => {
                     let connection = Connection {
                         services: services.clone(),
-                        count: count.clone(),
+                        metrics: metrics.clone(),
                         stopping: connections.clone(),
                         drain,
                     };
@@ -217,7 +220,7 @@ async fn refused(error: &std::io::Error) {
 /// One client connection's task.
 struct Connection {
     services: Arc<Services>,
-    count: CountRequests,
+    metrics: Arc<Metrics>,
     stopping: watch::Receiver<()>,
     drain: Duration,
 }
@@ -252,8 +255,11 @@ impl Connection {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         I: Clone + Send + Sync + 'static,
     {
-        let dispatch: Counted<Dispatch<I>> =
-            self.count.layer(Dispatch { services: self.services.clone(), connect_info });
+        let dispatch = Dispatch {
+            services: self.services.clone(),
+            metrics: self.metrics.clone(),
+            connect_info,
+        };
         let service = hyper_util::service::TowerToHyperService::new(dispatch);
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         // No bound on a connection's concurrent calls, as with tonic's server (hyper's own

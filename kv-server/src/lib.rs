@@ -7,7 +7,7 @@ mod backup;
 pub mod config_file;
 mod connections;
 pub mod flags;
-pub mod grpc;
+mod grpc;
 pub mod health;
 mod incoming;
 pub mod metrics;

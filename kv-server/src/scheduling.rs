@@ -16,11 +16,10 @@
 use clap::ValueEnum;
 
 /// The scheduling policy of a node's threads.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Scheduling {
     /// The kernel's default policy (`SCHED_OTHER`): a thread that wakes may preempt the
     /// one running.
-    #[default]
     Normal,
     /// `SCHED_BATCH` (Linux only): a thread that wakes waits for the running one to block
     /// or use up its slice.

@@ -210,7 +210,7 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
     let serving = grpc::Serving {
         tls: client_tls,
         services,
-        count: metrics::CountRequests::new(metrics.clone()),
+        metrics: metrics.clone(),
         // A write or read in flight ends within the request timeout; then its answer must
         // leave. Longer calls (a membership change, a List or snapshot stream) may be cut.
         drain: settings.request_timeout() + DRAIN_MARGIN,

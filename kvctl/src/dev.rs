@@ -33,6 +33,11 @@ fn scheduling_for(cores: usize, nodes: u16) -> Scheduling {
     }
 }
 
+/// `value` as its flag spells it (clap's name for the variant).
+fn flag_value(value: impl clap::ValueEnum) -> String {
+    value.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+}
+
 /// The example access policy shipped in `config/auth-policy.toml`.
 const EXAMPLE_POLICY: &str = include_str!("../../config/auth-policy.toml");
 
@@ -118,10 +123,7 @@ fn spawn(setup: &NodeSetup<'_>, i: u16) -> Result<Child, String> {
         .arg(format!("--trusted-ca-file={}", cert("ca.pem")))
         .arg(format!("--auth-policy-file={}", dir.join("auth-policy.toml").display()))
         .arg(format!("--threads={threads}"))
-        .arg(match scheduling {
-            Scheduling::Normal => "--scheduling=normal",
-            Scheduling::Batch => "--scheduling=batch",
-        })
+        .arg(format!("--scheduling={}", flag_value(scheduling)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -180,7 +182,7 @@ async fn stop(child: &mut Child) {
 
 #[cfg(test)]
 mod tests {
-    use super::{scheduling_for, threads_per_node};
+    use super::{flag_value, scheduling_for, threads_per_node};
     use kv_server::scheduling::Scheduling;
 
     #[test]
@@ -200,5 +202,6 @@ mod tests {
         assert_eq!(scheduling_for(1, 2), crowded);
         assert_eq!(scheduling_for(2, 2), Scheduling::Normal);
         assert_eq!(scheduling_for(8, 3), Scheduling::Normal);
+        assert_eq!(flag_value(Scheduling::Batch), "batch", "what kv-server's flag accepts");
     }
 }

@@ -164,6 +164,35 @@ fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// What rustls said against the material in `path`.
+fn rejected(path: &Path) -> impl FnOnce(rustls::Error) -> TlsError {
+    let path = path.to_path_buf();
+    move |e| TlsError::Rejected { path, reason: e.to_string() }
+}
+
+/// A listener's rustls configuration: the certificate `chain` and its `key` (both from the
+/// file `cert`); with `client_roots` (read from the file `ca`), a client must present a
+/// certificate that chains to them, and without, none is asked for.
+fn listener_config(
+    (cert, chain, key): (&Path, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    client_roots: Option<(&Path, Arc<RootCertStore>)>,
+) -> Result<ServerConfig, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(rejected(cert))?;
+    let builder = match client_roots {
+        Some((ca, roots)) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots, provider())
+                    .build()
+                    .map_err(|e| TlsError::Rejected { path: ca.into(), reason: e.to_string() })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    builder.with_single_cert(chain, key).map_err(rejected(cert))
+}
+
 /// The rustls configuration of a listener for clients (the gRPC API), checked as a peer
 /// identity is: `cert` (chain, leaf first) and its `key`; with `client_ca`, a client must
 /// present a certificate that chains to it, and without, none is asked for. It offers the
@@ -177,22 +206,8 @@ pub fn client_listener_config(
     let chain = certificates(cert)?;
     let private = private_key(key)?;
     check_key_matches((cert, &chain[0]), (key, &private))?;
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Rejected { path: cert.into(), reason: e.to_string() })?;
-    let builder = match client_ca {
-        Some(ca) => {
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
-                    .build()
-                    .map_err(|e| TlsError::Rejected { path: ca.into(), reason: e.to_string() })?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder
-        .with_single_cert(chain, private)
-        .map_err(|e| TlsError::Rejected { path: cert.into(), reason: e.to_string() })?;
+    let client_roots = client_ca.map(|ca| roots(ca).map(|roots| (ca, Arc::new(roots))));
+    let mut config = listener_config((cert, chain, private), client_roots.transpose()?)?;
     config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -224,19 +239,10 @@ impl TlsIdentity {
         key: PrivateKeyDer<'static>,
         paths: &TlsPaths,
     ) -> Result<TlsIdentity, TlsError> {
-        let rejected = |path: &Path| {
-            let path = path.to_path_buf();
-            move |e: rustls::Error| TlsError::Rejected { path, reason: e.to_string() }
-        };
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
-            .build()
-            .map_err(|e| TlsError::Rejected { path: paths.ca.clone(), reason: e.to_string() })?;
-        let server = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(rejected(&paths.cert))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(rejected(&paths.cert))?;
+        let server = listener_config(
+            (&paths.cert, chain.clone(), key.clone_key()),
+            Some((&paths.ca, roots.clone())),
+        )?;
         let client = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(rejected(&paths.cert))?

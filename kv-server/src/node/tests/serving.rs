@@ -5,7 +5,7 @@
 use super::persist::{one_node_that_wrote, Released, SyncMode};
 use super::{until, within};
 use crate::grpc;
-use crate::metrics::{CountRequests, Metrics};
+use crate::metrics::Metrics;
 use crate::service::Service;
 use kv_proto::kv::kv_client::KvClient;
 use kv_proto::kv::{GetRequest, SetRequest};
@@ -51,7 +51,7 @@ async fn serve(node: crate::node::NodeHandle, drain: Duration) -> Served {
     let stopped = async move {
         let _ = stopped.await;
     };
-    let serving = grpc::Serving { tls: None, services, count: CountRequests::new(metrics), drain };
+    let serving = grpc::Serving { tls: None, services, metrics, drain };
     let task = tokio::spawn(grpc::serve(incoming, serving, stopped));
     Served { address, stop, task }
 }
