@@ -76,7 +76,8 @@ impl Sessions {
         index: u64,
         result: WriteResult,
     ) {
-        let mut session = self.by_client.remove(&client_id).unwrap_or_default();
+        // Changed in place: a remove and an insert would walk and rebalance the map twice.
+        let session = self.by_client.entry(client_id).or_default();
         self.by_last_index.remove(&(session.last_index, client_id));
         session.acked_below = session.acked_below.max(acked_below);
         while let Some(&(oldest, _)) = session.results.get_min() {
@@ -94,7 +95,6 @@ impl Sessions {
         }
         session.last_index = index;
         self.by_last_index.insert((index, client_id), ());
-        self.by_client.insert(client_id, session);
         while self.by_client.len() > SESSIONS_MAX {
             let Some(&(idlest, ())) = self.by_last_index.get_min() else { break };
             self.by_last_index.remove(&idlest);

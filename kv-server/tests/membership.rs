@@ -1,5 +1,6 @@
 //! Membership changes on real kv-server processes: a wiped member leaves and rejoins through
-//! a snapshot, the leader removes itself, a learner that asked to vote is promoted by
+//! a snapshot, the leader removes itself, a member removed while down stops once the others
+//! disown it, a learner that asked to vote is promoted by
 //! whichever node leads once it has caught up, and a newcomer follows a leader that its
 //! snapshot predates.
 
@@ -173,6 +174,37 @@ async fn the_leader_removes_itself_steps_down_and_the_others_go_on() {
         let members = members_at(&cluster, node).await;
         assert_eq!(members.len(), 2, "{members:?}");
         assert!(members.iter().all(|(n, learner)| *n != name && !learner), "{members:?}");
+    }
+}
+
+/// A member is removed while its process is down, so it never applies its own removal.
+/// Restarted from its data, it still counts itself a member and dials the others, who no
+/// longer count it a peer and say so at the hello. Once a majority of the other voters has
+/// disowned it and nobody has spoken to it for three election timeouts, it stops by itself
+/// and exits cleanly, and the two others go on without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_while_down_stops_when_the_others_disown_it() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    set(&cluster, leader, "before", "1").await;
+    let removed = (leader + 1) % 3;
+    let name = format!("n{}", removed + 1);
+    cluster.kill(removed);
+    let mut client = ClusterClient::new(cluster.channel(leader).await);
+    let left = client.member_leave(MemberLeaveRequest { name: name.clone() }).await;
+    assert_eq!(left.expect("the removal is answered").into_inner().members.len(), 2);
+    set(&cluster, leader, "after", "2").await;
+    cluster.spawn(removed);
+    let status = cluster.wait_exit(removed, "a member removed while down stops once disowned");
+    assert!(status.success(), "it exits cleanly: {status}");
+    let log = cluster.log(removed);
+    assert!(log.contains("removed from the cluster; stopping"), "{log}");
+    let next = cluster.leader().await;
+    set(&cluster, next, "later", "3").await;
+    for node in (0..3).filter(|&n| n != removed) {
+        assert_eq!(get(&cluster, node, "after").await.as_deref(), Some("2"));
+        let members = members_at(&cluster, node).await;
+        assert!(members.iter().all(|(n, _)| *n != name), "{members:?}");
     }
 }
 
