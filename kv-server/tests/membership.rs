@@ -199,6 +199,10 @@ async fn a_member_removed_while_down_stops_when_the_others_disown_it() {
     assert!(status.success(), "it exits cleanly: {status}");
     let log = cluster.log(removed);
     assert!(log.contains("removed from the cluster; stopping"), "{log}");
+    assert!(
+        log.contains("disowned by 2 of the 2 other voters"),
+        "stopped on being disowned: {log}"
+    );
     let next = cluster.leader().await;
     set(&cluster, next, "later", "3").await;
     for node in (0..3).filter(|&n| n != removed) {

@@ -37,7 +37,15 @@ impl Core {
             self.raw.voters().iter().copied().filter(|&id| id != me).collect();
         let recent = |id: &NodeId| self.disowned_by.get(id).is_some_and(|&at| at > self.last_heard);
         let disowning = others.iter().filter(|id| recent(id)).count();
-        self.was_member && !others.is_empty() && disowning * 2 > others.len()
+        let disowned = self.was_member && !others.is_empty() && disowning * 2 > others.len();
+        if disowned {
+            tracing::info!(
+                "disowned by {disowning} of the {} other voters, who no longer count this node \
+                 a peer: it was removed",
+                others.len()
+            );
+        }
+        disowned
     }
 
     /// Writes this node's row of the member table once a leader is known and the row differs
