@@ -76,8 +76,12 @@ impl Sessions {
         index: u64,
         result: WriteResult,
     ) {
-        // Changed in place: a remove and an insert would walk and rebalance the map twice.
-        let session = self.by_client.entry(client_id).or_default();
+        // Changed in place: one walk for a known client (imbl's `entry` walks twice), and no
+        // rebalancing by a remove and an insert.
+        let session = match self.by_client.get_mut(&client_id) {
+            Some(session) => session,
+            None => self.by_client.entry(client_id).or_default(),
+        };
         self.by_last_index.remove(&(session.last_index, client_id));
         session.acked_below = session.acked_below.max(acked_below);
         while let Some(&(oldest, _)) = session.results.get_min() {

@@ -13,7 +13,7 @@ impl Core {
     ///
     /// A removed follower often never receives the configuration that removes it (the
     /// leader stops replicating to it); it learns of its removal when most of the other
-    /// voters refuse its connections as not one of their members.
+    /// voters refuse its connections as not one of their members (and logs that it did).
     ///
     /// Only committed configurations count: an entry that removes this node may still be
     /// replaced by a new leader, and a node that stopped for it would be a member gone missing.
@@ -37,7 +37,7 @@ impl Core {
             self.raw.voters().iter().copied().filter(|&id| id != me).collect();
         let recent = |id: &NodeId| self.disowned_by.get(id).is_some_and(|&at| at > self.last_heard);
         let disowning = others.iter().filter(|id| recent(id)).count();
-        let disowned = self.was_member && !others.is_empty() && disowning * 2 > others.len();
+        let disowned = self.was_member && disowning * 2 > others.len();
         if disowned {
             tracing::info!(
                 "disowned by {disowning} of the {} other voters, who no longer count this node \
