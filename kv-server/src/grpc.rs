@@ -265,7 +265,9 @@ impl Connection {
         // No bound on a connection's concurrent calls, as with tonic's server (hyper's own
         // default is 200): a client multiplexing many callers over one connection, as
         // `kvctl bench` does, is not throttled. hyper's limits on reset streams stay.
-        builder.timer(TokioTimer::new()).max_concurrent_streams(None);
+        // No `date` header on responses: gRPC has no use for it (grpc-go's server, etcd's,
+        // sends none), and each one costs both ends a header to encode and decode.
+        builder.timer(TokioTimer::new()).max_concurrent_streams(None).auto_date_header(false);
         let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
         tokio::select! {
             served = connection.as_mut() => return log_end(served),

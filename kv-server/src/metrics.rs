@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use raft_core::Role;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -35,8 +36,9 @@ pub struct PeerLabel {
 /// Labels of a gRPC request: its method and the status code it was answered with.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// The method, such as `Get` or `MemberJoin`.
-    pub method: String,
+    /// The full method, such as `/kv.v1.KV/Get`: borrowed for the API's own methods (no
+    /// text allocated per request), owned for others (health, reflection).
+    pub method: Cow<'static, str>,
     /// The gRPC status code, such as `Ok` or `Unavailable`.
     pub code: &'static str,
 }
@@ -97,6 +99,29 @@ pub struct Metrics {
 pub struct EventLabel {
     /// Such as `messages_sent` or `connections_refused`.
     pub event: &'static str,
+}
+
+/// The API's methods (`kv.v1.KV` and `kv.v1.Cluster`, as `kv/v1/kv.proto` declares them),
+/// so that counting a call to one allocates no label text for it. A test checks the list
+/// against the compiled descriptors.
+const API_METHODS: &[&str] = &[
+    "/kv.v1.KV/Get",
+    "/kv.v1.KV/Set",
+    "/kv.v1.KV/Delete",
+    "/kv.v1.KV/CompareAndSet",
+    "/kv.v1.KV/List",
+    "/kv.v1.KV/GetServers",
+    "/kv.v1.Cluster/MemberList",
+    "/kv.v1.Cluster/MemberJoin",
+    "/kv.v1.Cluster/MemberLeave",
+    "/kv.v1.Cluster/Status",
+    "/kv.v1.Cluster/TransferLeadership",
+    "/kv.v1.Cluster/SnapshotSave",
+];
+
+/// `path` as a static string if it is one of the API's methods.
+fn api_method(path: &str) -> Option<&'static str> {
+    API_METHODS.iter().copied().find(|&method| method == path)
 }
 
 /// The name of a gRPC status code, as the label says it (`Ok`, `InvalidArgument`, ...):
@@ -246,7 +271,9 @@ impl Metrics {
 
     /// Counts a gRPC request answered with `code`.
     pub fn request(&self, method: &str, code: tonic::Code) {
-        let labels = RequestLabels { method: method.into(), code: code_name(code) };
+        let method =
+            api_method(method).map_or_else(|| Cow::Owned(method.to_owned()), Cow::Borrowed);
+        let labels = RequestLabels { method, code: code_name(code) };
         self.requests.get_or_create(&labels).inc();
     }
 
@@ -377,5 +404,28 @@ mod tests {
             let code = tonic::Code::from(number);
             assert_eq!(code_name(code), format!("{code:?}"), "code {number}");
         }
+    }
+
+    /// Every method of the API's services, as compiled from the `.proto` files, has its
+    /// static label, and the list names nothing else.
+    #[test]
+    fn the_static_method_labels_are_exactly_the_apis_methods() {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(kv_proto::FILE_DESCRIPTOR_SET)
+            .expect("the compiled descriptors decode");
+        let mut compiled = Vec::new();
+        for file in set.file.iter().filter(|file| file.package() == "kv.v1") {
+            for service in &file.service {
+                for method in &service.method {
+                    compiled.push(format!("/kv.v1.{}/{}", service.name(), method.name()));
+                }
+            }
+        }
+        let mut listed: Vec<String> = API_METHODS.iter().map(|m| m.to_string()).collect();
+        compiled.sort();
+        listed.sort();
+        assert_eq!(listed, compiled);
+        assert_eq!(api_method("/kv.v1.KV/Set"), Some("/kv.v1.KV/Set"));
+        assert_eq!(api_method("/grpc.health.v1.Health/Check"), None);
     }
 }

@@ -71,7 +71,7 @@ fn set(key: &str) -> SetRequest {
 }
 
 /// The API's methods are reached by their paths; a service the server does not have gets
-/// UNIMPLEMENTED, and the connection goes on serving.
+/// UNIMPLEMENTED, and the connection goes on serving. Answers carry no `date` header.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_reach_the_service_their_path_names_and_unknown_ones_are_unimplemented() {
     let (_dir, _gate, node, _task) = one_node_that_wrote().await;
@@ -79,7 +79,8 @@ async fn calls_reach_the_service_their_path_names_and_unknown_ones_are_unimpleme
     let channel = channel(served.address).await;
     let mut kv = KvClient::new(channel.clone());
 
-    within("a set", kv.set(set("k"))).await.expect("set");
+    let answer = within("a set", kv.set(set("k"))).await.expect("set");
+    assert!(answer.metadata().get("date").is_none(), "no date header: {:?}", answer.metadata());
     let got = within("a get", kv.get(GetRequest { key: "k".into(), ..Default::default() }))
         .await
         .expect("get")
