@@ -239,7 +239,7 @@ peer-trusted-ca-file = "ca.pem"
         assert_eq!(flags.tick_ms, 9, "the command line beats the file");
         assert_eq!(flags.snapshot_catchup_entries, 13, "the environment beats the file");
         assert_eq!(flags.election_ticks, 5, "the file beats the default");
-        assert_eq!(flags.snapshot_entries, 10_000, "the default stays without the others");
+        assert_eq!(flags.snapshot_entries, 100_000, "the default stays without the others");
         assert_eq!(flags.data_dir, PathBuf::from("/tmp/from-the-file"));
         let settings = flags.check().unwrap();
         assert_eq!(settings.members.len(), 3, "an array is a comma-separated list");
