@@ -2,7 +2,7 @@
 # usage: bench/ab.sh ROUNDS "NAME:BINDIR:ENV" ...
 # Interleaved rounds over several builds or settings (W=put, C=64 by default, 8 s each);
 # ratios of each variant's ops/s to the last one's, per round, and medians. ENV is passed to
-# the cluster, for example "new:/tmp/new:KV_SNAPSHOT_ENTRIES=100000" "old:target/release:".
+# the cluster, for example "new:/tmp/new:KV_SNAPSHOT_ENTRIES=10000" "old:target/release:".
 R=$1; shift
 HERE=$(cd "$(dirname "$0")" && pwd)
 : > /tmp/bench-ab.res

@@ -2,7 +2,7 @@
 # BIN: the directory holding kvctl (default: this repository's target/release).
 # LOADGEN: the loadgen binary (default: ../shared/loadgen beside this repository).
 # ETCD_CLUSTER: loadgen's etcd-cluster.sh (default: beside loadgen's sources).
-# NODEENV: a command prefix for the cluster, such as "env KV_SNAPSHOT_ENTRIES=100000".
+# NODEENV: a command prefix for the cluster, such as "env KV_SNAPSHOT_ENTRIES=10000".
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN=${BIN:-$HERE/../target/release}
 LOADGEN=${LOADGEN:-$HERE/../../shared/loadgen/target/release/loadgen}

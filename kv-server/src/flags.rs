@@ -127,9 +127,10 @@ pub struct Flags {
     pub election_ticks: u32,
 
     /// Take a snapshot (and compact the log) after this many applied entries. The default
-    /// is etcd 3.4's `--snapshot-count`: each snapshot writes the whole state, so taking them
-    /// ten times as often cost about 4% more CPU per write (docs/performance.md), while the
-    /// log between snapshots stays bounded by --snapshot-bytes.
+    /// is etcd 3.4's `--snapshot-count`. Each snapshot writes the whole state: taking them
+    /// ten times as often cost about 4% more CPU per put in `bench/ab.sh` (10,000 keys,
+    /// docs/performance.md). The entries since the last snapshot are in the log's files,
+    /// not in memory (only the newest 8 MiB are), and --snapshot-bytes bounds them too.
     #[arg(long, env = "KV_SNAPSHOT_ENTRIES", default_value_t = 100_000)]
     pub snapshot_entries: u64,
 

@@ -36,8 +36,8 @@ pub struct PeerLabel {
 /// Labels of a gRPC request: its method and the status code it was answered with.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// The full method, such as `/kv.v1.KV/Get`: borrowed for the API's own methods (no
-    /// text allocated per request), owned for others (health, reflection).
+    /// The full method, such as `/kv.v1.KV/Get`, or `unknown`: borrowed for these (no text
+    /// allocated per request), owned for other services' methods (health, reflection).
     pub method: Cow<'static, str>,
     /// The gRPC status code, such as `Ok` or `Unavailable`.
     pub code: &'static str,
@@ -118,6 +118,9 @@ const API_METHODS: &[&str] = &[
     "/kv.v1.Cluster/TransferLeadership",
     "/kv.v1.Cluster/SnapshotSave",
 ];
+
+/// The label of a call to a path no service serves.
+const UNKNOWN_METHOD: &str = "unknown";
 
 /// `path` as a static string if it is one of the API's methods.
 fn api_method(path: &str) -> Option<&'static str> {
@@ -271,8 +274,9 @@ impl Metrics {
 
     /// Counts a gRPC request answered with `code`.
     pub fn request(&self, method: &str, code: tonic::Code) {
-        let method =
-            api_method(method).map_or_else(|| Cow::Owned(method.to_owned()), Cow::Borrowed);
+        let method = api_method(method)
+            .or((method == UNKNOWN_METHOD).then_some(UNKNOWN_METHOD))
+            .map_or_else(|| Cow::Owned(method.to_owned()), Cow::Borrowed);
         let labels = RequestLabels { method, code: code_name(code) };
         self.requests.get_or_create(&labels).inc();
     }
@@ -386,7 +390,7 @@ where
                 .and_then(|value| value.parse::<i32>().ok())
                 .map_or(tonic::Code::Ok, tonic::Code::from);
             let method =
-                if code == tonic::Code::Unimplemented { "unknown" } else { this.uri.path() };
+                if code == tonic::Code::Unimplemented { UNKNOWN_METHOD } else { this.uri.path() };
             this.metrics.request(method, code);
         }
         std::task::Poll::Ready(answer)
