@@ -152,6 +152,12 @@ pub struct Flags {
     #[arg(long, env = "KV_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
     pub request_timeout_ms: u64,
 
+    /// The most calls one client connection may have open at once (HTTP/2's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS, as etcd's --max-concurrent-streams); a client asks
+    /// for more only once one ends. No bound without it, as in etcd.
+    #[arg(long, env = "KV_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+
     /// A planted bug, for the test harness only (docs/testing.md): linearizable reads are
     /// served from this node's state without ReadIndex, so a node cut off from the leader
     /// answers stale reads. The harness must report them; never use it otherwise.
@@ -340,6 +346,9 @@ impl Flags {
                 format!("must be between 1 and {}", kv_fsm::snapshot::VALUE_BYTES_MAX),
             ));
         }
+        if self.max_concurrent_streams == Some(0) {
+            return Err(flag_error("max-concurrent-streams", "must be at least 1"));
+        }
         if self.request_timeout_ms == 0 {
             return Err(flag_error("request-timeout-ms", "must be at least 1"));
         }
@@ -420,6 +429,7 @@ mod tests {
             (&["--value-bytes-max=0"], "--value-bytes-max"),
             (&["--snapshot-entries=0"], "--snapshot-entries"),
             (&["--snapshot-bytes=0"], "--snapshot-bytes"),
+            (&["--max-concurrent-streams=0"], "--max-concurrent-streams: must be at least 1"),
             (&["--initial-cluster-state=existing"], "needs every id given"),
         ];
         for (extra, needle) in cases {

@@ -16,7 +16,8 @@
 //! - stopping closes the listener, asks every connection to finish (HTTP/2 GOAWAY: calls in
 //!   flight complete, new ones are refused), and returns once all have closed;
 //! - an unknown service or method gets gRPC's UNIMPLEMENTED;
-//! - HTTP/2 only (ALPN `h2` with TLS), no bound on a connection's concurrent calls.
+//! - HTTP/2 only (ALPN `h2` with TLS), no bound on a connection's concurrent calls unless
+//!   `--max-concurrent-streams` sets one.
 //!
 //! What it does differently:
 //! - a handshake must end within [`HANDSHAKE_TIMEOUT`], and a stop waits at most
@@ -159,6 +160,8 @@ pub struct Serving {
     /// closed then. Without a bound, a client that never reads the end of a stream (or
     /// never speaks at all) would keep the node from stopping.
     pub drain: Duration,
+    /// The most calls a connection may have open at once; `None`: no bound.
+    pub streams_max: Option<u32>,
 }
 
 /// Serves on the connections `incoming` yields until `stop` completes. Then it closes the
@@ -169,7 +172,7 @@ pub async fn serve(
     serving: Serving,
     stop: impl Future<Output = ()>,
 ) {
-    let Serving { tls, services, metrics, drain } = serving;
+    let Serving { tls, services, metrics, drain, streams_max } = serving;
     let services = Arc::new(services);
     // Each connection holds a receiver; a change asks it to stop; all dropped: all closed.
     let (stopping, connections) = watch::channel(());
@@ -188,6 +191,7 @@ pub async fn serve(
                         metrics: metrics.clone(),
                         stopping: connections.clone(),
                         drain,
+                        streams_max,
                     };
                     tokio::spawn(connection.run(stream, tls.clone()));
                 }
@@ -223,6 +227,7 @@ struct Connection {
     metrics: Arc<Metrics>,
     stopping: watch::Receiver<()>,
     drain: Duration,
+    streams_max: Option<u32>,
 }
 
 impl Connection {
@@ -262,12 +267,16 @@ impl Connection {
         };
         let service = hyper_util::service::TowerToHyperService::new(dispatch);
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        // No bound on a connection's concurrent calls, as with tonic's server (hyper's own
-        // default is 200): a client multiplexing many callers over one connection, as
-        // `kvctl bench` does, is not throttled. hyper's limits on reset streams stay.
-        // No `date` header on responses: gRPC has no use for it (grpc-go's server, etcd's,
-        // sends none), and each one costs both ends a header to encode and decode.
-        builder.timer(TokioTimer::new()).max_concurrent_streams(None).auto_date_header(false);
+        // By default no bound on a connection's concurrent calls, as with tonic's server and
+        // etcd's (hyper's own default is 200): a client multiplexing many callers over one
+        // connection, as `kvctl bench` does, is not throttled. hyper's limits on reset
+        // streams stay. No `date` header on responses: gRPC has no use for it (grpc-go's
+        // server, etcd's, sends none), and each one costs both ends a header to encode and
+        // decode.
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.streams_max)
+            .auto_date_header(false);
         let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
         tokio::select! {
             served = connection.as_mut() => return log_end(served),

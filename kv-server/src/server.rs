@@ -214,6 +214,7 @@ async fn serve(settings: Settings) -> Result<(), ServerError> {
         // A write or read in flight ends within the request timeout; then its answer must
         // leave. Longer calls (a membership change, a List or snapshot stream) may be cut.
         drain: settings.request_timeout() + DRAIN_MARGIN,
+        streams_max: flags.max_concurrent_streams,
     };
     grpc::serve(incoming, serving, stop_serving).await;
     health.abort();

@@ -27,6 +27,15 @@ struct Served {
 /// `drain` for a connection's calls once stopped. The listener closes when the server drops
 /// its stream of connections, as `connections::incoming`'s does.
 async fn serve(node: crate::node::NodeHandle, drain: Duration) -> Served {
+    serve_with(node, drain, None).await
+}
+
+/// As [`serve`], with at most `streams_max` calls open per connection.
+async fn serve_with(
+    node: crate::node::NodeHandle,
+    drain: Duration,
+    streams_max: Option<u32>,
+) -> Served {
     let metrics = Arc::new(Metrics::new());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -51,7 +60,7 @@ async fn serve(node: crate::node::NodeHandle, drain: Duration) -> Served {
     let stopped = async move {
         let _ = stopped.await;
     };
-    let serving = grpc::Serving { tls: None, services, metrics, drain };
+    let serving = grpc::Serving { tls: None, services, metrics, drain, streams_max };
     let task = tokio::spawn(grpc::serve(incoming, serving, stopped));
     Served { address, stop, task }
 }
@@ -145,4 +154,38 @@ async fn a_stop_waits_for_a_silent_client_only_as_long_as_the_drain() {
     within("the server to stop after the drain", served.task).await.unwrap();
     assert!(stopped_at.elapsed() >= drain, "the silent connection was not given its drain");
     drop(silent);
+}
+
+/// The HTTP/2 settings a server sends first on a new connection, as (identifier, value).
+async fn server_settings(address: std::net::SocketAddr) -> Vec<(u16, u32)> {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut header = [0u8; 9];
+    within("the server's settings", stream.read_exact(&mut header)).await.unwrap();
+    assert_eq!(header[3], 0x4, "an HTTP/2 SETTINGS frame");
+    let length = usize::from(header[1]) << 8 | usize::from(header[2]);
+    let mut payload = vec![0u8; length];
+    within("the settings' payload", stream.read_exact(&mut payload)).await.unwrap();
+    payload
+        .chunks_exact(6)
+        .map(|s| (u16::from_be_bytes([s[0], s[1]]), u32::from_be_bytes([s[2], s[3], s[4], s[5]])))
+        .collect()
+}
+
+/// `--max-concurrent-streams` reaches the wire as SETTINGS_MAX_CONCURRENT_STREAMS (0x3);
+/// without it the server announces no bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_on_concurrent_calls_is_announced_to_every_client() {
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    let (_dir, _gate, node, _task) = one_node_that_wrote().await;
+    let bounded = serve_with(node.clone(), Duration::from_secs(1), Some(2)).await;
+    let settings = server_settings(bounded.address).await;
+    assert!(settings.contains(&(MAX_CONCURRENT_STREAMS, 2)), "{settings:?}");
+
+    let unbounded = serve(node, Duration::from_secs(1)).await;
+    let settings = server_settings(unbounded.address).await;
+    assert!(settings.iter().all(|(id, _)| *id != MAX_CONCURRENT_STREAMS), "{settings:?}");
+    for served in [bounded, unbounded] {
+        let _ = served.stop.send(());
+        within("the server to stop", served.task).await.unwrap();
+    }
 }
