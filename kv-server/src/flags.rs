@@ -153,8 +153,10 @@ pub struct Flags {
     pub request_timeout_ms: u64,
 
     /// The most calls one client connection may have open at once (HTTP/2's
-    /// SETTINGS_MAX_CONCURRENT_STREAMS, as etcd's --max-concurrent-streams); a client asks
-    /// for more only once one ends. No bound without it, as in etcd.
+    /// SETTINGS_MAX_CONCURRENT_STREAMS, as etcd's --max-concurrent-streams); a client waits
+    /// for one to end, and a call over the bound is refused (REFUSED_STREAM). None without
+    /// it (etcd's default, 2^32 - 1, is none in effect). The number of connections is not
+    /// bounded here.
     #[arg(long, env = "KV_MAX_CONCURRENT_STREAMS")]
     pub max_concurrent_streams: Option<u32>,
 
