@@ -4,7 +4,8 @@
 //! Every metric is an atomic, updated where the thing happens: the node loop (role, term,
 //! indexes, the log's batches and their fdatasync, replication lag, snapshots, dropped messages), the
 //! gRPC services (requests by method and code, proposal and ReadIndex latency) and the
-//! client listener (open connections). Nothing here takes a lock on those paths.
+//! client listener (open connections). A labelled metric's family takes a short read lock to
+//! find its counter; no lock is held across an await.
 
 use crate::node::role_name;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -272,11 +273,13 @@ impl Metrics {
         text
     }
 
-    /// Counts a gRPC request answered with `code`.
-    pub fn request(&self, method: &str, code: tonic::Code) {
-        let method = api_method(method)
-            .or((method == UNKNOWN_METHOD).then_some(UNKNOWN_METHOD))
-            .map_or_else(|| Cow::Owned(method.to_owned()), Cow::Borrowed);
+    /// Counts a gRPC request for `path` answered with `code`. One no service serves
+    /// (UNIMPLEMENTED) counts as method `unknown`, so that clients cannot grow the label set.
+    pub fn request(&self, path: &str, code: tonic::Code) {
+        let method = match code {
+            tonic::Code::Unimplemented => Cow::Borrowed(UNKNOWN_METHOD),
+            _ => api_method(path).map_or_else(|| Cow::Owned(path.to_owned()), Cow::Borrowed),
+        };
         let labels = RequestLabels { method, code: code_name(code) };
         self.requests.get_or_create(&labels).inc();
     }
@@ -389,9 +392,7 @@ where
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.parse::<i32>().ok())
                 .map_or(tonic::Code::Ok, tonic::Code::from);
-            let method =
-                if code == tonic::Code::Unimplemented { UNKNOWN_METHOD } else { this.uri.path() };
-            this.metrics.request(method, code);
+            this.metrics.request(this.uri.path(), code);
         }
         std::task::Poll::Ready(answer)
     }
@@ -431,5 +432,23 @@ mod tests {
         assert_eq!(listed, compiled);
         assert_eq!(api_method("/kv.v1.KV/Set"), Some("/kv.v1.KV/Set"));
         assert_eq!(api_method("/grpc.health.v1.Health/Check"), None);
+    }
+
+    /// A call is counted under its full path; one no service serves under `unknown`.
+    #[test]
+    fn requests_are_counted_by_path_and_unserved_ones_as_unknown() {
+        let metrics = Metrics::new();
+        metrics.request("/kv.v1.KV/Set", tonic::Code::Ok);
+        metrics.request("/grpc.health.v1.Health/Check", tonic::Code::Ok);
+        metrics.request("/no.such.Service/Call", tonic::Code::Unimplemented);
+        let text = metrics.encode();
+        for line in [
+            r#"kv_grpc_requests_total{method="/kv.v1.KV/Set",code="Ok"} 1"#,
+            r#"kv_grpc_requests_total{method="/grpc.health.v1.Health/Check",code="Ok"} 1"#,
+            r#"kv_grpc_requests_total{method="unknown",code="Unimplemented"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        assert!(!text.contains("no.such.Service"), "{text}");
     }
 }

@@ -7,45 +7,46 @@ use kv_proto::kv::command::Op;
 use raft_core::{ConfChange, NodeId, Role};
 use tokio::sync::oneshot;
 
+/// How a node learned that it was removed from the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Removal {
+    /// A committed configuration without it took effect after one with it.
+    Applied,
+    /// `by` of the `of` other voters refused its connections as not one of their members.
+    Disowned { by: usize, of: usize },
+}
+
 impl Core {
-    /// Whether a configuration without this node took effect after one with it: the node
-    /// was removed and stops (as an etcd member does).
+    /// Whether, and how, this node learned that it was removed: it then stops (as an etcd
+    /// member does).
     ///
     /// A removed follower often never receives the configuration that removes it (the
     /// leader stops replicating to it); it learns of its removal when most of the other
-    /// voters refuse its connections as not one of their members (and logs that it did).
+    /// voters refuse its connections as not one of their members.
     ///
     /// Only committed configurations count: an entry that removes this node may still be
     /// replaced by a new leader, and a node that stopped for it would be a member gone missing.
-    pub(super) fn removed(&mut self) -> bool {
+    pub(super) fn removal(&mut self) -> Option<Removal> {
         let me = self.config.id;
         let member = self.raw.committed_membership().contains(me);
         self.was_member |= member;
         // A leader stays until it has committed the configuration without it, then steps down.
         if self.was_member && !member && self.raw.role() != Role::Leader {
-            return true;
+            return Some(Removal::Applied);
         }
         // Only refusals after the last message from anyone count, and only once nobody has
         // spoken to this node for three election timeouts: a peer that restarts, or has not
         // applied this node's addition yet, refuses it for a moment while the leader still
         // sends it heartbeats.
         let silent = self.config.tick * self.config.election_ticks * 3;
-        if self.last_heard.elapsed() < silent {
-            return false;
+        if !self.was_member || self.last_heard.elapsed() < silent {
+            return None;
         }
         let others: Vec<NodeId> =
             self.raw.voters().iter().copied().filter(|&id| id != me).collect();
         let recent = |id: &NodeId| self.disowned_by.get(id).is_some_and(|&at| at > self.last_heard);
-        let disowning = others.iter().filter(|id| recent(id)).count();
-        let disowned = self.was_member && disowning * 2 > others.len();
-        if disowned {
-            tracing::info!(
-                "disowned by {disowning} of the {} other voters, who no longer count this node \
-                 a peer: it was removed",
-                others.len()
-            );
-        }
-        disowned
+        let by = others.iter().filter(|id| recent(id)).count();
+        (by * 2 > others.len()).then_some(Removal::Disowned { by, of: others.len() })
     }
 
     /// Writes this node's row of the member table once a leader is known and the row differs

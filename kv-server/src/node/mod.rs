@@ -44,6 +44,7 @@ mod snapshots;
 #[cfg(test)]
 mod tests;
 
+use membership::Removal;
 use persist::{Persisting, Synced};
 use reads::PendingRead;
 use snapshots::{SnapshotNotSent, SnapshotOutcome};
@@ -520,7 +521,13 @@ impl Core {
                 let _ = reply.send(());
                 return stopped;
             }
-            if self.removed() {
+            if let Some(removal) = self.removal() {
+                if let Removal::Disowned { by, of } = removal {
+                    tracing::info!(
+                        "disowned by {by} of the {of} other voters, who no longer count this \
+                         node a peer: it was removed"
+                    );
+                }
                 tracing::info!(node = %self.config.id, "removed from the cluster; stopping");
                 self.removed.store(true, Ordering::Release);
                 return self.finish_and_fail_everything().await;
