@@ -237,12 +237,12 @@ impl Cluster {
 
     /// The newest segment file of node `i`'s log (the one a crash can tear), if any.
     pub fn newest_segment(&self, i: usize) -> Option<PathBuf> {
-        newest_segment(&self.data_dir(i))
+        newest_segment_in(&self.data_dir(i))
     }
 }
 
 /// The segment file with the highest first index under `data_dir`.
-fn newest_segment(data_dir: &Path) -> Option<PathBuf> {
+pub(crate) fn newest_segment_in(data_dir: &Path) -> Option<PathBuf> {
     let mut segments: Vec<PathBuf> =
         walk(data_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).collect();
     segments.sort();
