@@ -192,10 +192,13 @@ pub async fn apply(cluster: &mut Cluster, fault: Fault, rng: &mut fastrand::Rng)
         Fault::TornTail | Fault::LostTail => {
             let node = random(rng);
             cluster.kill(node);
-            let what = match (cluster.newest_segment(node), fault) {
-                (Some(segment), Fault::TornTail) => tear_after_records(&segment, rng),
-                (Some(segment), _) => cut_last_record(&segment, rng),
-                (None, _) => "no segment to damage".to_string(),
+            let damage = match fault {
+                Fault::TornTail => tear_after_records,
+                _ => cut_last_record,
+            };
+            let what = match cluster.newest_segment(node) {
+                Some(segment) => damage(&segment, rng),
+                None => "no segment to damage".to_string(),
             };
             (format!("killed n{}; {what}", node + 1), Heal::Restart(node))
         }
@@ -379,7 +382,7 @@ async fn wait_until_voter(cluster: &Cluster, name: &str) -> Result<(), String> {
 fn fullest_segment(cluster: &Cluster) -> Option<usize> {
     let records = |i: usize| {
         let bytes = cluster.newest_segment(i).and_then(|s| std::fs::read(s).ok());
-        bytes.map_or(0, |b| records_end(&b))
+        bytes.map_or(0, |b| intact_end(&b))
     };
     (0..cluster.size()).max_by_key(|&i| records(i))
 }
@@ -395,16 +398,11 @@ async fn join(
     .await
 }
 
-/// Where the records of a segment end: the room after them is zeros.
-fn records_end(bytes: &[u8]) -> usize {
-    bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1)
-}
-
 /// Cuts `segment` inside its last record; says what it did. The record may have been synced
 /// and acknowledged: this loses it ([`Fault::LostTail`]).
 fn cut_last_record(segment: &Path, rng: &mut fastrand::Rng) -> String {
     let Ok(bytes) = std::fs::read(segment) else { return "the segment could not be read".into() };
-    let end = records_end(&bytes);
+    let end = intact_end(&bytes);
     if end == 0 {
         return "the newest segment is empty".into();
     }
@@ -444,12 +442,10 @@ fn tear_after_records(segment: &Path, rng: &mut fastrand::Rng) -> String {
 /// The first bytes of the last batch of `bytes` (a segment), cut inside its first record:
 /// at least one byte that is not zero, and fewer bytes than that record has.
 fn torn_batch(bytes: &[u8], rng: &mut fastrand::Rng) -> Option<Vec<u8>> {
-    use raft_log::record::{scan, RecordKind};
-    let (records, _) = scan(bytes);
-    let start = records.iter().rposition(|r| r.kind == RecordKind::BatchStart)?;
-    let first = records[start].offset;
-    let first_end = records.get(start + 1).map_or_else(|| intact_end(bytes), |next| next.offset);
-    let record = &bytes[first..first_end];
+    use raft_log::record::{decode, Decoded};
+    let start = last_batch_start(bytes)?;
+    let Ok(Decoded::Record { len, .. }) = decode(&bytes[start..]) else { return None };
+    let record = &bytes[start..start + len];
     // Through at least one byte that is not zero: zeros alone would leave the room as it was.
     let shortest = record.iter().position(|&b| b != 0)? + 1;
     (shortest < record.len()).then(|| record[..rng.usize(shortest..record.len())].to_vec())
@@ -465,13 +461,13 @@ fn intact_end(bytes: &[u8]) -> usize {
     }
 }
 
-/// Where the last batch of a segment's records starts (0 if there is none): every byte
+/// Where the last batch of a segment's intact records starts, if it holds one: every byte
 /// before it is in a batch that a later one follows, so it was durable when the node died.
-fn last_batch_start(bytes: &[u8]) -> usize {
+fn last_batch_start(bytes: &[u8]) -> Option<usize> {
     use raft_log::record::{scan, RecordKind};
     let (records, _) = scan(bytes);
     let last = records.iter().rev().find(|r| r.kind == RecordKind::BatchStart);
-    last.map_or(0, |start| start.offset)
+    last.map(|start| start.offset)
 }
 
 /// Kills `node`, flips a byte in the first half of its newest segment's durable batches
@@ -490,7 +486,7 @@ async fn corrupt_a_record(
     let Ok(mut bytes) = std::fs::read(&segment) else {
         return (format!("killed {name}: its segment could not be read"), Heal::Restart(node));
     };
-    let durable = last_batch_start(&bytes);
+    let durable = last_batch_start(&bytes).unwrap_or(0);
     if durable < 256 {
         return (format!("killed {name}: too few records to damage"), Heal::Restart(node));
     }
