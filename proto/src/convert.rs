@@ -115,7 +115,9 @@ fn body(body: &MessageBody) -> Body {
         MessageBody::InstallSnapshot { snapshot } => {
             Body::InstallSnapshot(peer::InstallSnapshot { snapshot: Some(snapshot_meta(snapshot)) })
         }
-        MessageBody::Propose { data } => Body::Propose(peer::Propose { data: data.clone() }),
+        MessageBody::Propose { proposals } => {
+            Body::Propose(peer::Propose { data: proposals.clone() })
+        }
         MessageBody::TimeoutNow => Body::TimeoutNow(peer::TimeoutNow {}),
     }
 }
@@ -216,7 +218,7 @@ fn from_body(body: Body) -> Result<MessageBody, WireError> {
         Body::InstallSnapshot(m) => {
             MessageBody::InstallSnapshot { snapshot: from_snapshot_meta(m.snapshot)? }
         }
-        Body::Propose(m) => MessageBody::Propose { data: m.data },
+        Body::Propose(m) => MessageBody::Propose { proposals: m.data },
         Body::TimeoutNow(_) => MessageBody::TimeoutNow,
     })
 }
@@ -279,7 +281,9 @@ mod tests {
             MessageBody::InstallSnapshot {
                 snapshot: SnapshotMeta { index: Index(9), term: Term(3), membership: config() },
             },
-            MessageBody::Propose { data: Bytes::from_static(b"cas y") },
+            MessageBody::Propose {
+                proposals: vec![Bytes::from_static(b"cas y"), Bytes::from_static(b"put z")],
+            },
             MessageBody::TimeoutNow,
         ]
     }

@@ -97,12 +97,12 @@ pub enum MessageBody {
         /// What the snapshot covers.
         snapshot: SnapshotMeta,
     },
-    /// A proposal a follower forwards to its leader. Its term carries no meaning: only a
-    /// leader appends it, anyone else drops it, and nobody answers (the proposer learns the
-    /// outcome by seeing its entry applied, or times out).
+    /// Proposals a follower forwards to its leader, in the order they were made there. Its
+    /// term carries no meaning: only a leader appends them, anyone else drops them, and nobody
+    /// answers (each proposer learns the outcome by seeing its entry applied, or times out).
     Propose {
-        /// The proposal.
-        data: Bytes,
+        /// The proposals (one or more; the proposals of one turn share a message).
+        proposals: Vec<Bytes>,
     },
     /// Leadership transfer (thesis §3.10): the leader, having brought the receiver's log up to
     /// date, asks it to campaign at once.
@@ -191,9 +191,9 @@ impl fmt::Display for Message {
             MessageBody::ReadIndexResponse { request, index } => {
                 write!(f, " request={request} index={index}")
             }
-            MessageBody::Propose { data } => {
+            MessageBody::Propose { proposals } => proposals.iter().try_for_each(|data| {
                 write!(f, " \"{}\"", String::from_utf8_lossy(data).escape_debug())
-            }
+            }),
         }
     }
 }

@@ -213,6 +213,7 @@ impl<S: LogStore> RawNode<S> {
     pub fn has_ready(&self) -> bool {
         let raft = &self.raft;
         raft.pending_broadcast
+            || raft.pending_commit_news
             || !raft.msgs.is_empty()
             || !raft.msgs_after_persist.is_empty()
             || raft.hard_state() != self.prev_hard_state

@@ -51,6 +51,9 @@ pub(crate) struct Raft<S> {
     pub(crate) msgs_after_persist: Vec<Message>,
     /// New entries wait to be sent to followers (sent in one batch at the next Ready).
     pub(crate) pending_broadcast: bool,
+    /// Leader only: the commit index advanced since the last Ready, and followers learn it
+    /// from that Ready's appends (one per follower at most, however often it advanced).
+    pub(crate) pending_commit_news: bool,
     /// Leader only: bytes of this term's proposals not yet handed out to apply.
     /// Invariant: at most `config.uncommitted_bytes_max` plus one proposal.
     pub(crate) uncommitted_bytes: u64,
@@ -81,6 +84,7 @@ impl<S: LogStore> Raft<S> {
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
             pending_broadcast: false,
+            pending_commit_news: false,
             uncommitted_bytes: 0,
             ticks: 0,
             transfer: None,
@@ -137,6 +141,9 @@ impl<S: LogStore> Raft<S> {
     /// Adopts `term` (if newer, forgetting the vote) and follows `leader`.
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         assert!(term >= self.term, "node {} at term {} moved back to {term}", self.id, self.term);
+        // A leader stepping down still tells its followers the commit it reached (a leader
+        // that commits its own removal, say, so they apply it without waiting for a new one).
+        self.flush_commit_news();
         if term > self.term {
             self.enter_term(term);
         }
@@ -208,7 +215,7 @@ impl<S: LogStore> Raft<S> {
                 self.handle_read_index_response(from, request, index)
             }
             MessageBody::TimeoutNow => self.handle_timeout_now(from),
-            MessageBody::Propose { data } => self.handle_forwarded_proposal(from, data),
+            MessageBody::Propose { proposals } => self.handle_forwarded_proposals(from, proposals),
         }
         Ok(())
     }

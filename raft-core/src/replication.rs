@@ -11,7 +11,7 @@
 //! the commit index learned from the leader.
 
 use crate::error::{ProposeError, StoreError};
-use crate::message::{AppendResult, MessageBody};
+use crate::message::{AppendResult, Message, MessageBody};
 use crate::node::Proposed;
 use crate::planted::PlantedBug;
 use crate::raft::Raft;
@@ -27,23 +27,45 @@ impl<S: LogStore> Raft<S> {
         match (self.role, self.leader) {
             (Role::Leader, _) => self.append_proposal(data).map(Proposed::Appended),
             (_, Some(leader)) if self.config.proposal_forwarding => {
-                self.send(leader, self.term, MessageBody::Propose { data });
+                self.forward(leader, data);
                 Ok(Proposed::Forwarded(leader))
             }
             (_, leader) => Err(ProposeError::NotLeader { leader }),
         }
     }
 
-    /// A proposal forwarded by `from`. Only a leader takes it; anyone else drops it (it is
-    /// forwarded at most once, so it can never circle), and so does a leader that refuses
-    /// proposals right now. The proposer times out in both cases.
-    pub(crate) fn handle_forwarded_proposal(&mut self, from: NodeId, data: Bytes) {
+    /// Queues `data` for `leader`: in the Propose message queued last, if that one goes to
+    /// `leader` too and stays within `append_bytes_max`, so that the proposals of one turn
+    /// travel in one message (one frame to encode and decode, one step at the leader).
+    fn forward(&mut self, leader: NodeId, data: Bytes) {
+        let bytes_max = self.config.append_bytes_max;
+        if let Some(Message { to, term, body: MessageBody::Propose { proposals }, .. }) =
+            self.msgs.last_mut()
+        {
+            let queued: u64 = proposals.iter().map(|p| p.len() as u64).sum();
+            if *to == leader && *term == self.term && queued + data.len() as u64 <= bytes_max {
+                proposals.push(data);
+                return;
+            }
+        }
+        self.send(leader, self.term, MessageBody::Propose { proposals: vec![data] });
+    }
+
+    /// Proposals forwarded by `from`, in order. Only a leader takes them; anyone else drops
+    /// them (a proposal is forwarded at most once, so it can never circle), and so does a
+    /// leader that refuses proposals right now. The proposers time out in both cases.
+    pub(crate) fn handle_forwarded_proposals(&mut self, from: NodeId, proposals: Vec<Bytes>) {
         if self.role != Role::Leader {
-            tracing::debug!(id = %self.id, %from, "forwarded proposal dropped: not the leader");
+            tracing::debug!(id = %self.id, %from, "forwarded proposals dropped: not the leader");
             return;
         }
-        if let Err(error) = self.append_proposal(data) {
-            tracing::debug!(id = %self.id, %from, %error, "forwarded proposal dropped");
+        let count = proposals.len();
+        for (taken, data) in proposals.into_iter().enumerate() {
+            if let Err(error) = self.append_proposal(data) {
+                let dropped = count - taken;
+                tracing::debug!(id = %self.id, %from, %error, dropped, "forwarded proposals dropped");
+                return;
+            }
         }
     }
 
@@ -66,10 +88,46 @@ impl<S: LogStore> Raft<S> {
         Ok(index)
     }
 
-    /// Sends what new entries are waiting to every follower that can take them.
+    /// Sends what new entries are waiting to every follower that can take them, and tells
+    /// every follower a commit index that advanced since the last Ready.
     pub(crate) fn flush_broadcast(&mut self) {
         if std::mem::take(&mut self.pending_broadcast) && self.role == Role::Leader {
             self.broadcast_append(false);
+        }
+        self.flush_commit_news();
+    }
+
+    /// Tells every follower a commit index that advanced since the last Ready (leader only).
+    pub(crate) fn flush_commit_news(&mut self) {
+        if std::mem::take(&mut self.pending_commit_news) && self.role == Role::Leader {
+            self.tell_commit();
+        }
+    }
+
+    /// Tells every follower the commit index, with one message each at most: the appends
+    /// already queued for this Ready carry it, and a follower with none queued gets an append
+    /// (empty if it is up to date). A commit that advanced several times in one turn (on the
+    /// leader's own sync and on each follower's answer) so costs one message per follower, not
+    /// one per advance, and one answer back.
+    ///
+    /// Raising a queued append's commit is safe: this leader's log only grows in its term, and
+    /// a follower commits no further than the last entry the append proves it holds
+    /// (`min(commit, last new index)`, in `handle_append`).
+    fn tell_commit(&mut self) {
+        let (term, commit) = (self.term, self.log.commit);
+        let mut told = Vec::new();
+        for msg in &mut self.msgs {
+            if let MessageBody::Append { commit: carried, .. } = &mut msg.body {
+                if msg.term == term && msg.from == self.id {
+                    *carried = commit;
+                    told.push(msg.to);
+                }
+            }
+        }
+        for peer in self.peers() {
+            if !told.contains(&peer) && self.maybe_send_append(peer, true) {
+                self.send_appends(peer);
+            }
         }
     }
 
@@ -238,10 +296,9 @@ impl<S: LogStore> Raft<S> {
                 }
                 self.maybe_send_timeout_now(from);
                 if news && self.maybe_commit() {
-                    self.broadcast_append(true);
-                } else {
-                    self.send_appends(from);
+                    self.pending_commit_news = true;
                 }
+                self.send_appends(from);
             }
             AppendResult::Rejected { rejected, hint } => {
                 // Skip back over the follower's whole conflicting term, and over ours.
@@ -318,7 +375,7 @@ impl<S: LogStore> Raft<S> {
             own.update_match(persisted);
         }
         if self.maybe_commit() {
-            self.broadcast_append(true);
+            self.pending_commit_news = true;
         }
     }
 

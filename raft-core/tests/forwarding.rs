@@ -52,7 +52,8 @@ fn forwarded_proposal_at_a_follower_is_dropped() {
     let mut cluster = Cluster::new(3, |_| {});
     cluster.elect(1);
     let last = cluster.node(3).last_index();
-    let forwarded = msg(2, 3, 1, MessageBody::Propose { data: Bytes::from_static(b"x") });
+    let forwarded =
+        msg(2, 3, 1, MessageBody::Propose { proposals: vec![Bytes::from_static(b"x")] });
     cluster.node(3).step(forwarded).unwrap();
     assert!(!cluster.node(3).has_ready());
     assert_eq!(cluster.node(3).last_index(), last);
@@ -73,4 +74,48 @@ fn lost_forwarded_proposal_is_never_applied() {
         cluster.stabilize();
     }
     assert!(!anyone_holds(&mut cluster, b"lost"));
+}
+
+/// The proposals a follower takes in one turn travel to the leader in one message, in the
+/// order they were made, and the leader appends them in that order.
+#[test]
+fn proposals_of_one_turn_share_one_message() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    for data in [&b"a"[..], b"b", b"c"] {
+        cluster.node(2).propose(Bytes::copy_from_slice(data)).unwrap();
+    }
+    let ready = common::persist_ready(cluster.node(2));
+    let proposes: Vec<_> =
+        ready.messages.iter().filter(|m| matches!(m.body, MessageBody::Propose { .. })).collect();
+    assert_eq!(proposes.len(), 1, "one message: {proposes:?}");
+    let MessageBody::Propose { proposals } = &proposes[0].body else { unreachable!() };
+    assert_eq!(proposals, &[&b"a"[..], b"b", b"c"]);
+
+    cluster.node(1).step(proposes[0].clone()).unwrap();
+    let last = cluster.node(1).last_index();
+    let appended = cluster.node(1).log_entries(Index(last.0 - 2), last.next(), u64::MAX).unwrap();
+    let data: Vec<_> = appended.iter().map(|e| e.data.clone()).collect();
+    assert_eq!(data, [&b"a"[..], b"b", b"c"]);
+}
+
+/// A message of forwarded proposals stays within `append_bytes_max`: the proposal that would
+/// take it over starts the next message.
+#[test]
+fn a_message_of_proposals_is_bounded_in_bytes() {
+    let mut cluster = Cluster::new(3, |c| c.append_bytes_max = 5);
+    cluster.elect(1);
+    for _ in 0..5 {
+        cluster.node(2).propose(Bytes::from_static(b"xx")).unwrap();
+    }
+    let ready = common::persist_ready(cluster.node(2));
+    let sizes: Vec<usize> = ready
+        .messages
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::Propose { proposals } => Some(proposals.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes, [2, 2, 1]);
 }

@@ -229,3 +229,47 @@ fn a_follower_that_lost_acknowledged_entries_is_repaired_by_the_same_leader() {
     assert_eq!(cluster.node(3).commit(), last);
     assert_eq!(cluster.node(1).progress(NodeId(3)).unwrap().match_index, last);
 }
+
+/// Steps `messages` into their receivers and returns what those send back once persisted.
+fn answers(cluster: &mut Cluster, messages: Vec<Message>) -> Vec<Message> {
+    let mut back = Vec::new();
+    for m in messages {
+        let to = m.to.0;
+        cluster.node(to).step(m).unwrap();
+        back.extend(common::persist_ready(cluster.node(to)).messages_after_persist);
+    }
+    back
+}
+
+/// A follower learns a new commit index once per Ready, in the append that Ready sends it:
+/// an append queued earlier in the turn is raised to the commit index reached since, and no
+/// empty append follows it.
+#[test]
+fn a_turns_commit_index_rides_on_one_append_per_follower() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    cluster.node(1).propose(Bytes::from_static(b"x")).unwrap();
+    let sending_x = cluster.node(1).ready(); // the leader's own write of x is still going on
+    let x = cluster.node(1).last_index();
+    let mut acks = answers(&mut cluster, sending_x.messages);
+    cluster.node(1).propose(Bytes::from_static(b"y")).unwrap();
+
+    // Node 3's answer commits nothing (node 1's copy is not durable yet) and lets y go to node
+    // 3 at once, with the old commit index. Node 2's answer then commits x.
+    acks.sort_by_key(|m| std::cmp::Reverse(m.from));
+    for ack in acks {
+        cluster.node(1).step(ack).unwrap();
+    }
+    assert_eq!(cluster.node(1).commit(), x);
+    let ready = cluster.node(1).ready();
+    let mut appends: Vec<(NodeId, Index)> = ready
+        .messages
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::Append { commit, .. } => Some((m.to, *commit)),
+            _ => None,
+        })
+        .collect();
+    appends.sort();
+    assert_eq!(appends, [(NodeId(2), x), (NodeId(3), x)]);
+}

@@ -154,7 +154,7 @@ pub fn heartbeat(from: u64, to: u64, n: u64) -> Message {
 
 /// A proposal of `len` bytes from `from` to `to`.
 pub fn proposal(from: u64, to: u64, len: usize) -> Message {
-    let body = MessageBody::Propose { data: Bytes::from(vec![0x5a; len]) };
+    let body = MessageBody::Propose { proposals: vec![Bytes::from(vec![0x5a; len])] };
     Message { from: NodeId(from), to: NodeId(to), term: Term(1), body }
 }
 
