@@ -191,6 +191,10 @@ impl<S: LogStore> Raft<S> {
 
     /// Appends a configuration entry, which takes effect at once (step 3).
     fn append_config(&mut self, membership: Membership) -> Index {
+        // Tell the followers the commit index reached so far before the new configuration
+        // may drop some of them: a member removed now still learns that the joint entry
+        // removing it committed, say.
+        self.flush_commit_news();
         let index = self.log.last_index().next();
         tracing::info!(id = %self.id, term = %self.term, %index, %membership, "configuration change");
         let kind = EntryKind::Config(Box::new(membership));

@@ -51,6 +51,9 @@ pub(crate) struct Raft<S> {
     pub(crate) msgs_after_persist: Vec<Message>,
     /// New entries wait to be sent to followers (sent in one batch at the next Ready).
     pub(crate) pending_broadcast: bool,
+    /// The bytes (data plus `ENTRY_HEADER_BYTES` each) of the proposals in the `Propose`
+    /// message `forward` queued last; meaningless once another message is queued after it.
+    pub(crate) forward_bytes: u64,
     /// Leader only: the commit index advanced since the last Ready, and followers learn it
     /// from that Ready's appends (one per follower at most, however often it advanced).
     pub(crate) pending_commit_news: bool,
@@ -85,6 +88,7 @@ impl<S: LogStore> Raft<S> {
             msgs_after_persist: Vec::new(),
             pending_broadcast: false,
             pending_commit_news: false,
+            forward_bytes: 0,
             uncommitted_bytes: 0,
             ticks: 0,
             transfer: None,

@@ -17,7 +17,7 @@ use crate::planted::PlantedBug;
 use crate::raft::Raft;
 use crate::storage::LogStore;
 use crate::tracker::{ProgressState, Rejection};
-use crate::types::{Entry, EntryId, EntryKind, Index, NodeId, Role};
+use crate::types::{Entry, EntryId, EntryKind, Index, NodeId, Role, ENTRY_HEADER_BYTES};
 use bytes::Bytes;
 
 impl<S: LogStore> Raft<S> {
@@ -38,16 +38,18 @@ impl<S: LogStore> Raft<S> {
     /// `leader` too and stays within `append_bytes_max`, so that the proposals of one turn
     /// travel in one message (one frame to encode and decode, one step at the leader).
     fn forward(&mut self, leader: NodeId, data: Bytes) {
-        let bytes_max = self.config.append_bytes_max;
+        let size = data.len() as u64 + ENTRY_HEADER_BYTES;
         if let Some(Message { to, term, body: MessageBody::Propose { proposals }, .. }) =
             self.msgs.last_mut()
         {
-            let queued: u64 = proposals.iter().map(|p| p.len() as u64).sum();
-            if *to == leader && *term == self.term && queued + data.len() as u64 <= bytes_max {
+            let fits = self.forward_bytes + size <= self.config.append_bytes_max;
+            if *to == leader && *term == self.term && fits {
                 proposals.push(data);
+                self.forward_bytes += size;
                 return;
             }
         }
+        self.forward_bytes = size;
         self.send(leader, self.term, MessageBody::Propose { proposals: vec![data] });
     }
 

@@ -130,14 +130,17 @@ impl Entry {
 
     /// The bytes this entry counts for against the size limits of messages and windows.
     pub fn size_bytes(&self) -> u64 {
-        // A small fixed overhead stands for the header (term, index, kind) on the wire.
         let members = match &self.kind {
             EntryKind::Config(membership) => membership.members().len() as u64 * 8,
             EntryKind::Normal | EntryKind::Noop => 0,
         };
-        self.data.len() as u64 + 24 + members
+        self.data.len() as u64 + ENTRY_HEADER_BYTES + members
     }
 }
+
+/// The bytes an entry is counted for beyond its data (and a configuration's members): its
+/// header (term, index, kind) on the wire.
+pub(crate) const ENTRY_HEADER_BYTES: u64 = 24;
 
 /// What a snapshot of the state machine covers (paper §7): every entry up to `index`, the
 /// last of which has `term`, and the configuration at that point. The bytes of

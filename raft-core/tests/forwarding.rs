@@ -99,11 +99,24 @@ fn proposals_of_one_turn_share_one_message() {
     assert_eq!(data, [&b"a"[..], b"b", b"c"]);
 }
 
-/// A message of forwarded proposals stays within `append_bytes_max`: the proposal that would
-/// take it over starts the next message.
+/// A `Propose` carrying no proposal (a peer may send one) changes nothing at the leader.
+#[test]
+fn an_empty_propose_changes_nothing() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    let last = cluster.node(1).last_index();
+    let empty = msg(2, 1, 1, MessageBody::Propose { proposals: Vec::new() });
+    cluster.node(1).step(empty).unwrap();
+    assert!(!cluster.node(1).has_ready());
+    assert_eq!(cluster.node(1).last_index(), last);
+}
+
+/// A message of forwarded proposals stays within `append_bytes_max`, each counted as the
+/// entry it becomes: the proposal that would take it over starts the next message.
 #[test]
 fn a_message_of_proposals_is_bounded_in_bytes() {
-    let mut cluster = Cluster::new(3, |c| c.append_bytes_max = 5);
+    let proposal_bytes = 2 + 24; // two data bytes and an entry's header
+    let mut cluster = Cluster::new(3, |c| c.append_bytes_max = 2 * proposal_bytes + 1);
     cluster.elect(1);
     for _ in 0..5 {
         cluster.node(2).propose(Bytes::from_static(b"xx")).unwrap();
@@ -118,4 +131,20 @@ fn a_message_of_proposals_is_bounded_in_bytes() {
         })
         .collect();
     assert_eq!(sizes, [2, 2, 1]);
+}
+
+/// A leader takes a message's proposals in order until it refuses one (here: too many bytes
+/// uncommitted); that one and the rest are dropped, and their proposers time out.
+#[test]
+fn a_leader_takes_a_messages_proposals_until_it_refuses_one() {
+    let entry_bytes = 1 + 24; // one data byte and an entry's header
+    let mut cluster = Cluster::new(3, |c| c.uncommitted_bytes_max = 2 * entry_bytes);
+    cluster.elect(1);
+    let last = cluster.node(1).last_index();
+    let proposals = [&b"a"[..], b"b", b"c", b"d"].map(Bytes::copy_from_slice).to_vec();
+    cluster.node(1).step(msg(2, 1, 1, MessageBody::Propose { proposals })).unwrap();
+    let node = cluster.node(1);
+    let appended = node.log_entries(last.next(), node.last_index().next(), u64::MAX).unwrap();
+    let data: Vec<_> = appended.iter().map(|e| e.data.clone()).collect();
+    assert_eq!(data, [&b"a"[..], b"b"]);
 }

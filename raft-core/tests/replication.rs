@@ -272,4 +272,10 @@ fn a_turns_commit_index_rides_on_one_append_per_follower() {
         .collect();
     appends.sort();
     assert_eq!(appends, [(NodeId(2), x), (NodeId(3), x)]);
+
+    // Node 3 takes y with the raised index: it commits x, not y (not committed yet).
+    let to_3: Vec<Message> = ready.messages.into_iter().filter(|m| m.to == NodeId(3)).collect();
+    answers(&mut cluster, to_3);
+    assert_eq!(cluster.node(3).commit(), x);
+    assert_eq!(cluster.node(3).last_index(), x.next());
 }
