@@ -120,7 +120,7 @@ impl<S: LogStore> Raft<S> {
         let mut told = Vec::new();
         for msg in &mut self.msgs {
             if let MessageBody::Append { commit: carried, .. } = &mut msg.body {
-                if msg.term == term && msg.from == self.id {
+                if msg.term == term {
                     *carried = commit;
                     told.push(msg.to);
                 }

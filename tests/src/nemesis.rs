@@ -382,7 +382,7 @@ async fn wait_until_voter(cluster: &Cluster, name: &str) -> Result<(), String> {
 fn fullest_segment(cluster: &Cluster) -> Option<usize> {
     let records = |i: usize| {
         let bytes = cluster.newest_segment(i).and_then(|s| std::fs::read(s).ok());
-        bytes.map_or(0, |b| intact_end(&b))
+        bytes.map_or(0, |b| records_of(&b).end)
     };
     (0..cluster.size()).max_by_key(|&i| records(i))
 }
@@ -402,7 +402,7 @@ async fn join(
 /// and acknowledged: this loses it ([`Fault::LostTail`]).
 fn cut_last_record(segment: &Path, rng: &mut fastrand::Rng) -> String {
     let Ok(bytes) = std::fs::read(segment) else { return "the segment could not be read".into() };
-    let end = intact_end(&bytes);
+    let end = records_of(&bytes).end;
     if end == 0 {
         return "the newest segment is empty".into();
     }
@@ -421,10 +421,10 @@ fn cut_last_record(segment: &Path, rng: &mut fastrand::Rng) -> String {
 /// stays. Says what it did.
 fn tear_after_records(segment: &Path, rng: &mut fastrand::Rng) -> String {
     let Ok(bytes) = std::fs::read(segment) else { return "the segment could not be read".into() };
-    let Some(torn) = torn_batch(&bytes, rng) else {
+    let Records { end, last_batch_first } = records_of(&bytes);
+    let Some(torn) = last_batch_first.and_then(|first| torn_record(&bytes[first], rng)) else {
         return "the newest segment holds no batch to repeat torn".into();
     };
-    let end = intact_end(&bytes);
     let write = std::fs::OpenOptions::new().write(true).open(segment).and_then(|file| {
         use std::os::unix::fs::FileExt;
         file.write_all_at(&torn, end as u64)
@@ -439,35 +439,37 @@ fn tear_after_records(segment: &Path, rng: &mut fastrand::Rng) -> String {
     }
 }
 
-/// The first bytes of the last batch of `bytes` (a segment), cut inside its first record:
-/// at least one byte that is not zero, and fewer bytes than that record has.
-fn torn_batch(bytes: &[u8], rng: &mut fastrand::Rng) -> Option<Vec<u8>> {
-    use raft_log::record::{decode, Decoded};
-    let start = last_batch_start(bytes)?;
-    let Ok(Decoded::Record { len, .. }) = decode(&bytes[start..]) else { return None };
-    let record = &bytes[start..start + len];
+/// The first bytes of `record` (a batch's first record), cut inside it: at least one byte
+/// that is not zero, and fewer bytes than the record has.
+fn torn_record(record: &[u8], rng: &mut fastrand::Rng) -> Option<Vec<u8>> {
     // Through at least one byte that is not zero: zeros alone would leave the room as it was.
     let shortest = record.iter().position(|&b| b != 0)? + 1;
     (shortest < record.len()).then(|| record[..rng.usize(shortest..record.len())].to_vec())
 }
 
-/// Where the intact records of `bytes` (a segment) end: what follows is room (zeros) or
-/// damage.
-fn intact_end(bytes: &[u8]) -> usize {
-    use raft_log::record::{scan, ScanEnd};
-    match scan(bytes).1 {
-        ScanEnd::Clean => bytes.len(),
-        ScanEnd::Torn { offset } | ScanEnd::Corrupt { offset, .. } => offset,
-    }
+/// What one scan of a segment's bytes finds.
+struct Records {
+    /// Where the intact records end: what follows is room (zeros) or damage.
+    end: usize,
+    /// The bytes of the first record of the last batch, if there is a batch. Every byte
+    /// before its start is in a batch that a later one follows, so it was durable when the
+    /// node died.
+    last_batch_first: Option<std::ops::Range<usize>>,
 }
 
-/// Where the last batch of a segment's intact records starts, if it holds one: every byte
-/// before it is in a batch that a later one follows, so it was durable when the node died.
-fn last_batch_start(bytes: &[u8]) -> Option<usize> {
-    use raft_log::record::{scan, RecordKind};
-    let (records, _) = scan(bytes);
-    let last = records.iter().rev().find(|r| r.kind == RecordKind::BatchStart);
-    last.map(|start| start.offset)
+fn records_of(bytes: &[u8]) -> Records {
+    use raft_log::record::{scan, RecordKind, ScanEnd};
+    let (records, scan_end) = scan(bytes);
+    let end = match scan_end {
+        ScanEnd::Clean => bytes.len(),
+        ScanEnd::Torn { offset } | ScanEnd::Corrupt { offset, .. } => offset,
+    };
+    let last_batch_first =
+        records.iter().rposition(|r| r.kind == RecordKind::BatchStart).map(|i| {
+            let next = records.get(i + 1).map_or(end, |r| r.offset);
+            records[i].offset..next
+        });
+    Records { end, last_batch_first }
 }
 
 /// Kills `node`, flips a byte in the first half of its newest segment's durable batches
@@ -486,7 +488,7 @@ async fn corrupt_a_record(
     let Ok(mut bytes) = std::fs::read(&segment) else {
         return (format!("killed {name}: its segment could not be read"), Heal::Restart(node));
     };
-    let durable = last_batch_start(&bytes).unwrap_or(0);
+    let durable = records_of(&bytes).last_batch_first.map_or(0, |first| first.start);
     if durable < 256 {
         return (format!("killed {name}: too few records to damage"), Heal::Restart(node));
     }
@@ -577,7 +579,7 @@ mod tests {
             let what = tear_after_records(&segment, &mut fastrand::Rng::with_seed(seed));
             assert!(what.starts_with("wrote "), "seed {seed}: {what}");
             let after = std::fs::read(&segment).unwrap();
-            let end = intact_end(&before);
+            let end = records_of(&before).end;
             assert!(after[..end] == before[..end], "seed {seed}: a synced byte changed");
             assert!(after != before, "seed {seed}: nothing was torn");
             assert_eq!(last_index_after_reopening(dir.path()), 15, "seed {seed}");
@@ -590,8 +592,10 @@ mod tests {
     fn a_torn_batch_is_cut_inside_its_first_record() {
         let dir = tempfile::tempdir().unwrap();
         let bytes = std::fs::read(written_log(dir.path(), 2)).unwrap();
+        let first = records_of(&bytes).last_batch_first.expect("a batch");
         for seed in 0..200 {
-            let torn = torn_batch(&bytes, &mut fastrand::Rng::with_seed(seed)).expect("a batch");
+            let torn = torn_record(&bytes[first.clone()], &mut fastrand::Rng::with_seed(seed))
+                .expect("a record to tear");
             let (records, _) = raft_log::record::scan(&torn);
             assert!(records.is_empty() && !torn.is_empty(), "seed {seed}: {} bytes", torn.len());
         }
