@@ -1,10 +1,16 @@
 //! Snapshot files: the state machine's bytes at an index, with the snapshot's metadata and a
 //! checksum, installed atomically (paper §7).
 //!
-//! A snapshot is written to `<index>-<term>.snap.tmp`, synced, renamed to
+//! A snapshot is written to `<index>-<term>.<n>.snap.tmp`, synced, renamed to
 //! `<index>-<term>.snap`, and the directory synced; only then are older snapshot files
 //! removed. A crash at any step leaves either the old snapshot or the new one whole, plus at
 //! worst a temporary file, which the next open removes.
+//!
+//! Two snapshots may be written at once: one the node took of its own state and one received
+//! from a leader, each on a thread of its own. So a temporary file is its writer's alone
+//! until the next open: `n` tells apart two writers of the same index and term, and putting
+//! one snapshot in force removes older snapshot files but never another writer's temporary
+//! file.
 //!
 //! ```text
 //! magic "RLSN" | version u32 (1) | meta length u32 | meta | data length u64 | data | CRC-32
@@ -189,13 +195,13 @@ impl TempSnapshot {
         &self.file.meta
     }
 
-    /// Gives the snapshot its name (durably: the directory is synced), then removes older
-    /// snapshot files and temporary ones.
+    /// Gives the snapshot its name (durably: the directory is synced), then removes the
+    /// other snapshot files (not the temporary ones: those are their writers').
     pub fn publish(self, vfs: &dyn Vfs, dir: &Path) -> Result<SnapshotFile, SnapshotError> {
         let path = &self.file.path;
         vfs.rename(&self.temp, path).map_err(io_error(path))?;
         vfs.sync_dir(dir).map_err(io_error(dir))?;
-        remove_all_but(vfs, dir, path)?;
+        remove_all_but(vfs, dir, path, Leftovers::Keep)?;
         Ok(self.file)
     }
 
@@ -213,13 +219,33 @@ pub fn write_temp(
     fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
 ) -> Result<TempSnapshot, SnapshotError> {
     let path = dir.join(file_name(meta));
-    let temp = dir.join(format!("{}.tmp", file_name(meta)));
+    let writer = NEXT_WRITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = dir.join(format!("{:020}-{:020}.{writer}{TEMP_SUFFIX}", meta.index.0, meta.term.0));
     remove_if_present(vfs, &temp).map_err(io_error(&temp))?;
+    let written = write_temp_file(vfs, &temp, meta, fill);
+    if written.is_err() {
+        let _ = remove_if_present(vfs, &temp); // best effort: the next open removes it too
+    }
+    let (data_offset, data_len) = written?;
+    let file = SnapshotFile { meta: meta.clone(), path, data_offset, data_len };
+    Ok(TempSnapshot { file, temp })
+}
+
+/// Tells apart the temporary files of snapshots written at once in this process.
+static NEXT_WRITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Writes and syncs the snapshot file at `temp`; returns where its data lies and its length.
+fn write_temp_file(
+    vfs: &dyn Vfs,
+    temp: &Path,
+    meta: &SnapshotMeta,
+    fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+) -> Result<(u64, u64), SnapshotError> {
     let meta_payload = encode_meta(meta);
     let data_offset = 4 + 4 + 4 + meta_payload.len() as u64 + 8;
-    let file = vfs.create_new(&temp).map_err(io_error(&temp))?;
+    let file = vfs.create_new(temp).map_err(io_error(temp))?;
     let mut data = DataWriter { file, offset: data_offset, crc: crc32fast::Hasher::new() };
-    fill(&mut data).map_err(io_error(&temp))?;
+    fill(&mut data).map_err(io_error(temp))?;
     let DataWriter { file, offset: end, crc: data_crc } = data;
     let data_len = end - data_offset;
     let mut head = Vec::with_capacity(data_offset as usize);
@@ -231,11 +257,10 @@ pub fn write_temp(
     let mut crc = crc32fast::Hasher::new();
     crc.update(&head);
     crc.combine(&data_crc);
-    file.write_at(&head, 0).map_err(io_error(&temp))?;
-    file.write_at(&crc.finalize().to_le_bytes(), end).map_err(io_error(&temp))?;
-    file.sync().map_err(io_error(&temp))?;
-    let file = SnapshotFile { meta: meta.clone(), path, data_offset, data_len };
-    Ok(TempSnapshot { file, temp })
+    file.write_at(&head, 0).map_err(io_error(temp))?;
+    file.write_at(&crc.finalize().to_le_bytes(), end).map_err(io_error(temp))?;
+    file.sync().map_err(io_error(temp))?;
+    Ok((data_offset, data_len))
 }
 
 /// Appends a snapshot's data to its file by position, checksumming it.
@@ -266,11 +291,30 @@ fn encode_meta(meta: &SnapshotMeta) -> Vec<u8> {
     payload
 }
 
-/// Removes every snapshot file and temporary file in `dir` but `keep` (durably).
-fn remove_all_but(vfs: &dyn Vfs, dir: &Path, keep: &Path) -> Result<(), SnapshotError> {
+/// Whether [`remove_all_but`] removes temporary files too.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leftovers {
+    /// At open: every temporary file is a dead writer's.
+    Remove,
+    /// While running: a temporary file may be a live writer's.
+    Keep,
+}
+
+/// Removes every snapshot file in `dir` but `keep`, and the temporary files if `leftovers`
+/// says so (durably).
+fn remove_all_but(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    keep: &Path,
+    leftovers: Leftovers,
+) -> Result<(), SnapshotError> {
     let mut removed = false;
     for path in vfs.list(dir).map_err(io_error(dir))? {
-        if path != keep && is_snapshot_file(&path) {
+        let goes = match is_temporary_file(&path) {
+            true => leftovers == Leftovers::Remove,
+            false => is_snapshot_file(&path),
+        };
+        if goes && path != keep {
             vfs.remove(&path).map_err(io_error(&path))?;
             removed = true;
         }
@@ -282,8 +326,12 @@ fn remove_all_but(vfs: &dyn Vfs, dir: &Path, keep: &Path) -> Result<(), Snapshot
 }
 
 fn is_snapshot_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == EXTENSION)
+}
+
+fn is_temporary_file(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    name.ends_with(TEMP_SUFFIX) || path.extension().is_some_and(|e| e == EXTENSION)
+    name.ends_with(TEMP_SUFFIX)
 }
 
 /// The newest snapshot in `dir`, checked whole; leftover temporary files and older snapshots
@@ -298,11 +346,11 @@ pub fn open_latest(vfs: &dyn Vfs, dir: &Path) -> Result<Option<SnapshotFile>, Sn
         }
     }
     let Some((_, _, path)) = newest else {
-        remove_all_but(vfs, dir, Path::new(""))?;
+        remove_all_but(vfs, dir, Path::new(""), Leftovers::Remove)?;
         return Ok(None);
     };
     let file = check(vfs, &path)?;
-    remove_all_but(vfs, dir, &path)?;
+    remove_all_but(vfs, dir, &path, Leftovers::Remove)?;
     Ok(Some(file))
 }
 

@@ -43,6 +43,7 @@ use raft_core::{
 use raft_log::vfs::{FakeVfs, Vfs};
 use raft_log::wal::{Wal, WalOptions};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -469,7 +470,17 @@ impl Harness {
         let data = format!("installed {index}/{meta_term}, #{serial}").into_bytes();
         let consistent = self.model.term(Index(index)) == Ok(Term(meta_term));
         self.note(format!("install snapshot {meta_term}/{index} (log holds it: {consistent})"));
-        self.wal.install_snapshot(&meta, &data).map_err(|e| format!("install refused: {e}"))?;
+        if serial.is_multiple_of(2) {
+            self.wal.install_snapshot(&meta, &data).map_err(|e| format!("install refused: {e}"))?;
+        } else {
+            // Written beside the log first, as a server does with a large received snapshot.
+            let writer = self.wal.received_snapshot_writer(meta.clone());
+            let written =
+                writer.write(&mut |out| out.write_all(&data)).map_err(|e| e.to_string())?;
+            self.wal
+                .install_written_snapshot(written)
+                .map_err(|e| format!("install refused: {e}"))?;
+        }
         if index > first - 1 {
             self.snapshot_data = Some(data);
             if !consistent {

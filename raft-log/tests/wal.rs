@@ -6,6 +6,7 @@ use raft_core::{
 };
 use raft_log::vfs::FakeVfs;
 use raft_log::wal::{Wal, WalError, WalOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -324,6 +325,80 @@ fn a_snapshot_written_on_another_thread_is_adopted_and_a_stale_one_discarded() {
     let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
     assert_eq!(wal.snapshot().index, Index(20));
     assert_eq!(wal.snapshot_data().unwrap().unwrap(), b"at 20");
+}
+
+/// A snapshot received from a leader, written and synced beside the log (as a server does
+/// with a large one, so that its loop goes on meanwhile), then installed: the log ends up as
+/// after an install given the bytes whole. Meanwhile the node put a snapshot of its own in
+/// force; that must not remove the received one's temporary file.
+#[test]
+fn a_received_snapshot_written_beside_the_log_is_installed_by_a_rename() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i)).collect();
+    wal.write(Some(hard_state(1, 30)), &entries).unwrap();
+    let membership = Membership::new([NodeId(1), NodeId(2)]);
+    let received = raft_core::SnapshotMeta { index: Index(20), term: Term(1), membership };
+    let writer = wal.received_snapshot_writer(received.clone());
+    let written = std::thread::spawn(move || writer.write(&mut |out| out.write_all(b"at 20")));
+    let written = written.join().unwrap().unwrap();
+    assert_eq!(files_ending(dir.path(), ".tmp").len(), 1);
+    wal.save_snapshot(Index(10), Membership::new([NodeId(1)]), b"at 10").unwrap();
+    assert_eq!(files_ending(dir.path(), ".tmp").len(), 1, "another writer's file was removed");
+
+    wal.install_written_snapshot(written).unwrap();
+    assert_eq!(wal.snapshot().index, Index(20));
+    assert_eq!(wal.snapshot_data().unwrap().unwrap(), b"at 20");
+    assert_eq!(wal.first_index(), Index(21), "the entries the snapshot covers went");
+    assert_eq!(wal.last_index(), Index(30), "the suffix after the snapshot stayed");
+    assert!(files_ending(dir.path(), ".tmp").is_empty());
+    drop(wal);
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(wal.snapshot(), received);
+    assert_eq!(wal.snapshot_data().unwrap().unwrap(), b"at 20");
+}
+
+/// A snapshot the node takes and one a leader sends may cover the same index and term, and
+/// be written at once: neither writer may remove or overwrite the other's file.
+#[test]
+fn two_writers_of_one_snapshot_keep_their_own_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i)).collect();
+    wal.write(Some(hard_state(1, 30)), &entries).unwrap();
+    let membership = Membership::new([NodeId(1)]);
+    let own = wal.snapshot_writer(Index(20), membership.clone()).unwrap();
+    let received = wal.received_snapshot_writer(own.meta().clone());
+    let own = own.write(&mut |out| out.write_all(b"own")).unwrap();
+    let received = received.write(&mut |out| out.write_all(b"received")).unwrap();
+    assert_eq!(files_ending(dir.path(), ".tmp").len(), 2);
+    assert!(wal.adopt_snapshot(own).unwrap());
+    assert_eq!(wal.snapshot_data().unwrap().unwrap(), b"own");
+    // Already covered by what is in force: discarded, not installed.
+    wal.compact(Index(20)).unwrap();
+    wal.install_written_snapshot(received).unwrap();
+    assert_eq!(wal.snapshot_data().unwrap().unwrap(), b"own");
+    assert!(files_ending(dir.path(), ".tmp").is_empty(), "the discarded one's file stayed");
+}
+
+/// A received snapshot that does not match the log (another term at its index): the whole
+/// log goes, as with an install given the bytes whole.
+#[test]
+fn a_received_snapshot_written_beside_a_log_it_contradicts_replaces_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i)).collect();
+    wal.write(Some(hard_state(1, 30)), &entries).unwrap();
+    let meta = raft_core::SnapshotMeta {
+        index: Index(25),
+        term: Term(2),
+        membership: Membership::new([NodeId(1)]),
+    };
+    let writer = wal.received_snapshot_writer(meta.clone());
+    let written = writer.write(&mut |out| out.write_all(b"at 25 of term 2")).unwrap();
+    wal.install_written_snapshot(written).unwrap();
+    assert_eq!(wal.snapshot(), meta);
+    assert_eq!((wal.first_index(), wal.last_index()), (Index(26), Index(25)), "the log went");
 }
 
 #[test]

@@ -354,12 +354,49 @@ impl Wal {
         if meta.index <= self.compacted.index {
             return Ok(());
         }
+        let file = snapshot::write_streamed(&*self.vfs, &self.dir, meta, fill)?;
+        self.put_installed_in_force(file)
+    }
+
+    /// Starts writing a snapshot received from a leader, described by `meta`, on any thread
+    /// (checking and syncing a large one takes a while, and the log's owner should go on
+    /// meanwhile): the returned writer is independent of the log. Hand what it wrote to
+    /// [`Wal::install_written_snapshot`].
+    pub fn received_snapshot_writer(&self, meta: SnapshotMeta) -> SnapshotWriter {
+        SnapshotWriter { vfs: self.vfs.clone(), dir: self.dir.clone(), meta }
+    }
+
+    /// As [`Wal::install_snapshot`], for a snapshot already written and synced by a
+    /// [`Wal::received_snapshot_writer`]: it is only renamed into place. One the log's
+    /// compaction already covers is discarded instead (its file removed).
+    pub fn install_written_snapshot(&mut self, written: WrittenSnapshot) -> Result<(), WalError> {
+        if written.0.meta().index <= self.compacted.index {
+            return self.discard_snapshot(written);
+        }
+        self.guarded(|wal| {
+            let file = written.0.publish(&*wal.vfs, &wal.dir)?;
+            wal.put_installed_in_force(file)
+        })
+    }
+
+    /// Removes the file of a written snapshot that will not be put in force (one received
+    /// that a newer one overtook, say). Dropping it instead leaves its temporary file until
+    /// the log's next open.
+    pub fn discard_snapshot(&self, written: WrittenSnapshot) -> Result<(), WalError> {
+        Ok(written.0.discard(&*self.vfs)?)
+    }
+
+    /// The rest of an install once the received snapshot's file is in place: the entries it
+    /// covers go, and the suffix after it stays only if the log holds its last entry (the
+    /// suffix then matches the leader's log, paper §7); otherwise the whole log goes.
+    fn put_installed_in_force(&mut self, file: snapshot::SnapshotFile) -> Result<(), WalError> {
+        let meta = file.meta.clone();
         let holds_last = self.physical_term(meta.index) == Some(meta.term);
-        self.snapshot = Some(snapshot::write_streamed(&*self.vfs, &self.dir, meta, fill)?);
+        self.snapshot = Some(file);
         if holds_last {
             self.compact_prefix(meta.index)?;
         } else {
-            self.replace_log_after(meta)?;
+            self.replace_log_after(&meta)?;
         }
         self.compacted = meta.last();
         Ok(())
