@@ -43,7 +43,6 @@ use raft_core::{
 use raft_log::vfs::{FakeVfs, Vfs};
 use raft_log::wal::{Wal, WalOptions};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -6,7 +6,6 @@ use raft_core::{
 };
 use raft_log::vfs::FakeVfs;
 use raft_log::wal::{Wal, WalError, WalOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
