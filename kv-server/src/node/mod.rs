@@ -17,7 +17,7 @@
 //! that session instead, so that the client's own retries, to this node or any other, apply
 //! once too.
 
-use crate::incoming::Incoming;
+use crate::incoming::{Checked, Incoming};
 use crate::metrics::{gauge_value, Metrics, PeerLabel};
 use bytes::Bytes;
 use kv_fsm::{ApplyError, KvState, WriteResult};
@@ -344,6 +344,10 @@ struct Core {
     sync_jobs: std::sync::mpsc::Sender<PendingSync>,
     /// Where that thread reports each sync's outcome.
     synced: mpsc::UnboundedReceiver<Synced>,
+    /// Where the threads checking received snapshots report (`incoming.rs`), and their
+    /// sender, which each such thread gets a clone of.
+    snapshot_checked: mpsc::UnboundedReceiver<Checked>,
+    snapshot_checks: mpsc::UnboundedSender<Checked>,
 }
 
 /// Client session ids below this are clients' ([`CLIENT_SESSION_ID_MAX`]); from it on,
@@ -409,6 +413,7 @@ pub(crate) fn start(
     let raw =
         RawNode::new(raft_config, wal, initial).map_err(|e| StartError::Engine(e.to_string()))?;
     let (synced_sender, synced) = mpsc::unbounded_channel();
+    let (snapshot_checks, snapshot_checked) = mpsc::unbounded_channel();
     let sync_jobs = persist::start_sync_thread(synced_sender)
         .map_err(|e| StartError::Engine(format!("starting the sync thread: {e}")))?;
     let (inputs, receiver) = mpsc::channel(INPUTS_MAX);
@@ -446,6 +451,8 @@ pub(crate) fn start(
         persisting: Persisting::default(),
         sync_jobs,
         synced,
+        snapshot_checked,
+        snapshot_checks,
     };
     core.connect_members();
     let task = core.runtime.clone().spawn(core.run(receiver, events));
@@ -461,8 +468,9 @@ impl Core {
     /// thread of its own (`persist.rs`). So on a one-thread runtime a client's request, the
     /// loop's turn and the frames it sends all run on one thread, with no hand-over between
     /// threads. Rarer disk work still runs inside a turn and holds the thread meanwhile:
-    /// saving a new term or vote, rolling or cutting a segment, adopting or installing a
-    /// snapshot (docs/performance.md, "One thread per node").
+    /// saving a new term or vote, rolling or cutting a segment, putting a snapshot in force
+    /// (a rename: a received snapshot is read, checked and synced beside the loop,
+    /// `incoming.rs`) (docs/performance.md, "One thread per node").
     async fn run(
         mut self,
         mut inputs: mpsc::Receiver<Input>,
@@ -473,8 +481,9 @@ impl Core {
         let mut events_open = true;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            let woken =
-                next_wake(&mut inputs, &mut events, &mut self.synced, events_open, wait).await;
+            let side =
+                SideChannels { synced: &mut self.synced, checked: &mut self.snapshot_checked };
+            let woken = next_wake(&mut inputs, &mut events, side, events_open, wait).await;
             let mut stop = None;
             let mut failed = None;
             match woken {
@@ -484,6 +493,7 @@ impl Core {
                 Wake::Event(None) => events_open = false,
                 Wake::Synced(Some(outcome)) => failed = self.on_synced(outcome).err(),
                 Wake::Synced(None) => failed = Some("the log's sync thread stopped".into()),
+                Wake::SnapshotChecked(checked) => self.on_snapshot_checked(checked),
                 Wake::Tick => {}
             }
             for _ in 0..INPUTS_MAX {
@@ -501,6 +511,7 @@ impl Core {
             let now = Instant::now();
             if now >= next_tick {
                 self.raw.tick();
+                self.discard_overtaken_snapshot();
                 self.promote_caught_up_learners();
                 self.measure_replication_lag();
                 next_tick = (next_tick + tick).max(now);
@@ -675,8 +686,8 @@ impl Core {
                 self.step(message);
             }
             Event::SnapshotChunk(chunk) => {
-                if let Some(install) = self.incoming.receive(chunk) {
-                    self.step(install);
+                if let Some(received) = self.incoming.receive(chunk) {
+                    self.check_received(received);
                 }
             }
             Event::Unreachable(peer) => self.raw.report_unreachable(peer),
@@ -779,6 +790,8 @@ impl Core {
                         self.raw.report_snapshot_failure(to);
                     }
                 }
+            } else if self.incoming.holds(&message) {
+                continue;
             } else if self.transport.send(&message).is_err() {
                 self.raw.report_unreachable(to);
                 self.metrics.messages_dropped.get_or_create(&peer_label(to)).inc();
@@ -944,20 +957,30 @@ enum Wake {
     /// The log's sync thread finished a sync; `None` if it stopped (it panicked: the loop
     /// holds its job queue, so it ends no other way).
     Synced(Option<Synced>),
+    /// A received snapshot's check ended.
+    SnapshotChecked(Checked),
     Tick,
 }
 
-/// Waits for an input, an event (while the transport is open), the end of a sync, or
-/// `wait` to pass.
+/// The loop's own threads' reports: the log's syncs, and the checks of received snapshots.
+struct SideChannels<'a> {
+    synced: &'a mut mpsc::UnboundedReceiver<Synced>,
+    checked: &'a mut mpsc::UnboundedReceiver<Checked>,
+}
+
+/// Waits for an input, an event (while the transport is open), the end of a sync or of a
+/// snapshot's check, or `wait` to pass.
 async fn next_wake(
     inputs: &mut mpsc::Receiver<Input>,
     events: &mut mpsc::Receiver<Event>,
-    synced: &mut mpsc::UnboundedReceiver<Synced>,
+    side: SideChannels<'_>,
     events_open: bool,
     wait: Duration,
 ) -> Wake {
     tokio::select! {
-        outcome = synced.recv() => Wake::Synced(outcome),
+        outcome = side.synced.recv() => Wake::Synced(outcome),
+        // Never `None`: the loop holds a sender.
+        Some(checked) = side.checked.recv() => Wake::SnapshotChecked(checked),
         input = inputs.recv() => Wake::Input(input),
         event = events.recv(), if events_open => Wake::Event(event),
         () = tokio::time::sleep(wait) => Wake::Tick,

@@ -2,6 +2,7 @@
 //! description, and installed from a leader (docs/snapshots.md, docs/state-machine.md).
 
 use super::Core;
+use crate::incoming::{Checked, Received};
 use raft_core::{Index, Message, MessageBody};
 use raft_log::wal::{Wal, WrittenSnapshot};
 use raft_net::SnapshotSource;
@@ -28,25 +29,74 @@ impl Core {
         }
     }
 
-    /// Installs the snapshot a leader sent (its bytes arrived through the transport): the
-    /// state is restored from them, and the log replaced or compacted (docs/snapshots.md).
+    /// Starts the check of a snapshot a leader sent, whose bytes all arrived, on a thread of
+    /// its own, unless one is under way (it then waits for it; `incoming.rs`).
+    pub(super) fn check_received(&mut self, received: Received) {
+        let Some(received) = self.incoming.next_check(received) else { return };
+        let writer = self.raw.store().received_snapshot_writer(received.meta.clone());
+        let path = received.path.clone();
+        let done = self.snapshot_checks.clone();
+        let started = std::thread::Builder::new().name("snapshot-check".into()).spawn(move || {
+            let _ = done.send(crate::incoming::check_and_write(received, writer));
+        });
+        if let Err(error) = started {
+            // Refused; the leader sends it again once it hears the node is still behind.
+            tracing::warn!("cannot start checking a received snapshot: {error}");
+            let _ = std::fs::remove_file(path);
+            if let Some(next) = self.incoming.check_abandoned() {
+                self.check_received(next);
+            }
+        }
+    }
+
+    /// A check ended: a snapshot that passed is staged and its `InstallSnapshot` stepped;
+    /// the snapshot it replaces as the one staged is discarded; the next check starts.
+    pub(super) fn on_snapshot_checked(&mut self, checked: Checked) {
+        let ended = self.incoming.checked(checked);
+        if let Some(replaced) = ended.replaced {
+            self.discard_received(replaced);
+        }
+        self.discard_overtaken_snapshot();
+        if let Some(install) = ended.install {
+            self.step(install);
+        }
+        if let Some(next) = ended.next {
+            self.check_received(next);
+        }
+    }
+
+    /// Removes the file of the received snapshot staged if the state has reached it (it was
+    /// stale when it arrived, or the entries it covers came another way): the engine will not
+    /// install it. Checked at each tick and each check's end.
+    pub(super) fn discard_overtaken_snapshot(&mut self) {
+        if let Some(written) = self.incoming.take_overtaken(self.state.applied()) {
+            self.discard_received(written);
+        }
+    }
+
+    fn discard_received(&mut self, written: raft_log::wal::WrittenSnapshot) {
+        if let Err(error) = self.raw.store().discard_snapshot(written) {
+            tracing::warn!("removing a received snapshot that will not be installed: {error}");
+        }
+    }
+
+    /// Installs the snapshot a leader sent, checked and written beside the loop: the state
+    /// is the one read from it, and the log puts the written file in force with a rename and
+    /// is replaced or compacted (docs/snapshots.md).
     pub(super) fn install_snapshot(
         &mut self,
         meta: &raft_core::SnapshotMeta,
     ) -> Result<(), String> {
-        let (path, state) = self.incoming.take(meta).ok_or_else(|| {
+        let (state, written) = self.incoming.take(meta).ok_or_else(|| {
             format!(
-                "the engine installs snapshot {}/{} but its bytes never arrived",
+                "the engine installs snapshot {}/{} but it was never checked",
                 meta.index, meta.term
             )
         })?;
-        let mut file =
-            std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         self.raw
             .store_mut()
-            .install_snapshot_with(meta, &mut |out| std::io::copy(&mut file, out).map(|_| ()))
+            .install_written_snapshot(written)
             .map_err(|e| format!("installing the snapshot: {e}"))?;
-        let _ = std::fs::remove_file(&path);
         tracing::info!(node = %self.config.id, "installed the leader's snapshot at {}/{}", meta.index, meta.term);
         self.state = state;
         self.applied_bytes_since_snapshot = 0;

@@ -6,10 +6,13 @@
 //! - `membership`: a learner silent for an election timeout is not promoted.
 //! - `serving`: the client API served on it: unknown services are UNIMPLEMENTED, and a stop
 //!   lets the calls in flight finish.
+//! - `snapshots`: a snapshot received from a leader is checked and synced while the loop
+//!   goes on answering.
 
 mod membership;
 mod persist;
 mod serving;
+mod snapshots;
 
 use super::*;
 use kv_proto::kv::Put;

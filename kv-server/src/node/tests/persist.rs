@@ -84,21 +84,36 @@ impl Drop for Released {
     }
 }
 
-/// The real file system, with the syncs of segment files (`*.seg`) passing the gate.
-struct GatedVfs {
+/// The real file system, with the syncs of some files passing the gate.
+pub(super) struct GatedVfs {
     gate: Arc<Gate>,
+    /// The files whose syncs pass it: those whose names end so.
+    suffix: &'static str,
+    /// Only the syncs run by this thread pass it, if set.
+    thread: Option<&'static str>,
 }
 
-/// A segment file whose syncs on the `wal-sync` thread pass the gate.
+/// A file whose syncs pass the gate.
 struct GatedFile {
     file: Box<dyn VfsFile>,
     gate: Arc<Gate>,
+    thread: Option<&'static str>,
 }
 
 impl GatedVfs {
+    /// Gates the syncs of the log's segment files that the `wal-sync` thread runs.
+    pub(super) fn wal_syncs(gate: Arc<Gate>) -> GatedVfs {
+        GatedVfs { gate, suffix: ".seg", thread: Some("wal-sync") }
+    }
+
+    /// Gates the syncs of every temporary snapshot file, on any thread.
+    pub(super) fn snapshot_syncs(gate: Arc<Gate>) -> GatedVfs {
+        GatedVfs { gate, suffix: ".snap.tmp", thread: None }
+    }
+
     fn wrap(&self, path: &Path, file: Box<dyn VfsFile>) -> Box<dyn VfsFile> {
-        if path.extension().is_some_and(|e| e == "seg") {
-            Box::new(GatedFile { file, gate: self.gate.clone() })
+        if path.to_string_lossy().ends_with(self.suffix) {
+            Box::new(GatedFile { file, gate: self.gate.clone(), thread: self.thread })
         } else {
             file
         }
@@ -146,7 +161,7 @@ impl VfsFile for GatedFile {
         self.file.write_at(data, offset)
     }
     fn sync(&self) -> io::Result<()> {
-        if std::thread::current().name() == Some("wal-sync") {
+        if self.thread.is_none_or(|name| std::thread::current().name() == Some(name)) {
             self.gate.pass();
         }
         self.file.sync()
@@ -160,7 +175,7 @@ impl VfsFile for GatedFile {
 pub(super) async fn one_node_that_wrote() -> (tempfile::TempDir, Arc<Gate>, NodeHandle, LoopTask) {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Gate::default());
-    let one = OneNode::start(dir.path(), Arc::new(GatedVfs { gate: gate.clone() })).await;
+    let one = OneNode::start(dir.path(), Arc::new(GatedVfs::wal_syncs(gate.clone()))).await;
     within("the first write", one.node.write(put("a"), None)).await.expect("applied");
     (dir, gate, one.node, one.task)
 }

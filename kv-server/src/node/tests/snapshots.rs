@@ -1,0 +1,75 @@
+//! A snapshot received from a leader is read back, checked and synced beside the loop
+//! (`incoming.rs`): the node goes on answering meanwhile, and installs the snapshot once it
+//! is ready. The leader is a peer the test plays: it sends node 1 its snapshot directly.
+
+use super::super::*;
+use super::persist::{Gate, GatedVfs, Released, SyncMode};
+use super::{until, OneNode};
+use raft_core::{Membership, SnapshotMeta, Term};
+use raft_net::ReceivedChunk;
+
+/// The state at `index`, with key `k` written by its last entry, as a leader's snapshot.
+fn leaders_state(index: u64) -> Bytes {
+    let mut state = KvState::new();
+    for skipped in 1..index {
+        state.skip(skipped);
+    }
+    let command = Command { op: Some(super::put("k")), ..Command::default() };
+    state.apply_command(index, command).expect("a put applies");
+    let mut bytes = Vec::new();
+    state.write_snapshot(&mut bytes).unwrap();
+    Bytes::from(bytes)
+}
+
+/// The whole snapshot `data` at `meta`, sent by node 2 in `term` as one chunk.
+fn snapshot_from_node_2(term: u64, meta: SnapshotMeta, data: Bytes) -> Event {
+    let body = MessageBody::InstallSnapshot { snapshot: meta };
+    let install = Message { from: NodeId(2), to: NodeId(1), term: Term(term), body };
+    let total_len = data.len() as u64;
+    let chunk = ReceivedChunk {
+        from: NodeId(2),
+        transfer_id: 1,
+        offset: 0,
+        total_len,
+        data,
+        install: Some(install),
+    };
+    Event::SnapshotChunk(chunk)
+}
+
+/// Node 2 leads a later term and sends node 1 its snapshot at 50. While the snapshot's file
+/// is being synced (held by the test), the loop must answer: if it checked and wrote the
+/// snapshot inside its turn, as it once did, a large snapshot would stop the node answering
+/// clients and peers for as long as that takes. Once the sync ends, the snapshot is
+/// installed: the node's state is the leader's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_snapshot_is_checked_and_synced_while_the_loop_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let one = OneNode::start(dir.path(), Arc::new(GatedVfs::snapshot_syncs(gate.clone()))).await;
+    one.status_when("node 1 to lead", |s| s.role == Role::Leader).await;
+    let before = one.status().await;
+    let _released = Released(gate.clone());
+
+    gate.set(SyncMode::Hold);
+    let membership = Membership::new([NodeId(1), NodeId(2)]);
+    let meta = SnapshotMeta { index: Index(50), term: Term(before.term + 1), membership };
+    let sent = snapshot_from_node_2(before.term + 1, meta, leaders_state(50));
+    one.inject.send(sent).await.unwrap();
+    until("the snapshot's sync to be held", || gate.held() == 1).await;
+    let meanwhile = one.status().await; // panics if the loop does not answer
+    assert!(meanwhile.applied < 50, "installed before its sync ended: {meanwhile:?}");
+    let state = one.node.read(false).await.expect("a serializable read is answered");
+    assert!(state.get(b"k").is_none(), "the leader's state is in force before its sync ended");
+
+    gate.set(SyncMode::Pass);
+    one.status_when("the snapshot to be installed", |s| s.applied == 50).await;
+    let state = one.node.read(false).await.expect("a serializable read is answered");
+    assert!(state.get(b"k").is_some(), "the state is not the leader's");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("incoming") || name.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "files left behind: {leftovers:?}");
+}
