@@ -13,11 +13,11 @@
 //! newest waits: a leader sends a new snapshot only when the one before is no longer of use.
 
 use kv_fsm::KvState;
-use raft_core::{Message, MessageBody, NodeId, SnapshotMeta};
+use raft_core::{Message, MessageBody, NodeId, SnapshotMeta, Term};
 use raft_log::wal::{SnapshotWriter, WrittenSnapshot};
 use raft_net::ReceivedChunk;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 const PART: &str = "incoming-snapshot.part";
@@ -57,14 +57,17 @@ struct Staged {
 pub(crate) struct Incoming {
     dir: PathBuf,
     current: Option<Transfer>,
-    /// The sender of the snapshot whose check runs on its thread, if one does.
-    checking: Option<NodeId>,
+    /// The sender of the snapshot whose check runs on its thread, if one does, and the term
+    /// it sent it in.
+    checking: Option<(NodeId, Term)>,
     waiting: Option<Received>,
     staged: Option<Staged>,
 }
 
-fn complete_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
-    dir.join(format!("incoming-snapshot-{}-{}", meta.index.0, meta.term.0))
+/// Where a complete transfer waits for its check: named by transfer, so that a copy of the
+/// same snapshot sent again never lands on the file of one being checked.
+fn complete_path(dir: &Path, from: NodeId, transfer_id: u64) -> PathBuf {
+    dir.join(format!("incoming-snapshot-{from}-{transfer_id}"))
 }
 
 impl Incoming {
@@ -110,7 +113,7 @@ impl Incoming {
         self.current = None;
         let MessageBody::InstallSnapshot { snapshot } = &install.body else { return None };
         let meta = snapshot.clone();
-        let path = complete_path(&self.dir, &meta);
+        let path = complete_path(&self.dir, chunk.from, chunk.transfer_id);
         if let Err(error) = std::fs::rename(self.dir.join(PART), &path) {
             tracing::warn!("receiving a snapshot: {error}");
             return None;
@@ -122,7 +125,7 @@ impl Incoming {
     /// it), else none, and `received` waits in place of any transfer waiting before it.
     pub(crate) fn next_check(&mut self, received: Received) -> Option<Received> {
         if self.checking.is_none() {
-            self.checking = Some(received.install.from);
+            self.checking = Some((received.install.from, received.install.term));
             return Some(received);
         }
         if let Some(older) = self.waiting.replace(received) {
@@ -162,9 +165,13 @@ impl Incoming {
     /// (docs/snapshots.md, "Resend after an election timeout"); a large snapshot can take
     /// longer than that to check and sync, and each resend would be checked again, for
     /// nothing. Unanswered, the leader waits, as it did when the check held up the loop.
+    ///
+    /// Only answers in the term the snapshot was sent in: an answer in a later term tells an
+    /// old leader that a new one was elected (or answers the sender, elected again), and
+    /// must leave.
     pub(crate) fn holds(&self, message: &Message) -> bool {
         matches!(message.body, MessageBody::HeartbeatResponse { .. })
-            && self.checking == Some(message.to)
+            && self.checking == Some((message.to, message.term))
     }
 
     /// The snapshot staged, if the state has reached it already (`applied`): the engine will
@@ -204,23 +211,25 @@ pub(crate) struct CheckEnded {
 /// are written by `writer` (in the log's format, synced). The received file is removed
 /// either way.
 pub(crate) fn check_and_write(received: Received, writer: SnapshotWriter) -> Checked {
-    let outcome = check(&received.path, &received.meta).and_then(|state| {
-        let written = writer
-            .write(&mut |out| {
-                let mut file = File::open(&received.path)?;
-                std::io::copy(&mut file, out).map(|_| ())
-            })
-            .map_err(|e| format!("writing it to the log: {e}"))?;
-        Ok((state, written))
-    });
-    let _ = std::fs::remove_file(&received.path);
+    let path = &received.path;
+    let outcome =
+        File::open(path).map_err(|e| format!("{}: {e}", path.display())).and_then(|mut file| {
+            let state = check(&mut file, &received.meta)?;
+            let written = writer
+                .write(&mut |out| {
+                    file.rewind()?;
+                    std::io::copy(&mut file, out).map(|_| ())
+                })
+                .map_err(|e| format!("writing it to the log: {e}"))?;
+            Ok((state, written))
+        });
+    let _ = std::fs::remove_file(path);
     Checked { install: received.install, outcome }
 }
 
 /// Reads a received snapshot back: it must be a whole, undamaged state at `meta.index`.
-fn check(path: &Path, meta: &SnapshotMeta) -> Result<KvState, String> {
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let state = KvState::read_snapshot(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
+fn check(file: &mut File, meta: &SnapshotMeta) -> Result<KvState, String> {
+    let state = KvState::read_snapshot(file).map_err(|e| e.to_string())?;
     if state.applied() != meta.index.0 {
         return Err(format!("it holds the state at {}, not at {}", state.applied(), meta.index));
     }
@@ -312,6 +321,8 @@ mod tests {
         let received = incoming.next_check(received).expect("no check under way");
         assert!(incoming.holds(&heartbeat_answer(2)));
         assert!(!incoming.holds(&heartbeat_answer(3)));
+        let in_a_later_term = Message { term: Term(2), ..heartbeat_answer(2) };
+        assert!(!incoming.holds(&in_a_later_term), "tells node 2 of a new term");
         let append_answer = Message {
             body: MessageBody::AppendResponse(raft_core::AppendResult::Accepted {
                 match_index: Index(3),
@@ -342,5 +353,22 @@ mod tests {
         let next = ended.next.expect("the newest waited");
         assert_eq!(next.meta.index, Index(9));
         assert!(incoming.holds(&heartbeat_answer(2)), "its check is under way");
+    }
+
+    /// A snapshot staged that the state has reached since will never be installed: it is
+    /// handed back to be discarded. One still ahead of the state stays.
+    #[test]
+    fn a_staged_snapshot_the_state_reached_is_handed_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let mut incoming = Incoming::new(dir.path().to_path_buf());
+        let received = incoming.receive(chunk(2, 1, meta(7), state_at(7))).unwrap();
+        let received = incoming.next_check(received).expect("no check under way");
+        let checked = check_and_write(received, wal.received_snapshot_writer(meta(7)));
+        assert!(incoming.checked(checked).install.is_some(), "a whole snapshot was refused");
+        assert!(incoming.take_overtaken(6).is_none(), "handed back while still ahead");
+        let overtaken = incoming.take_overtaken(7).expect("the state reached it");
+        wal.discard_snapshot(overtaken).unwrap();
+        assert!(incoming.take(&meta(7)).is_none(), "still staged");
     }
 }

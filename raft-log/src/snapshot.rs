@@ -310,9 +310,10 @@ fn remove_all_but(
 ) -> Result<(), SnapshotError> {
     let mut removed = false;
     for path in vfs.list(dir).map_err(io_error(dir))? {
-        let goes = match is_temporary_file(&path) {
-            true => leftovers == Leftovers::Remove,
-            false => is_snapshot_file(&path),
+        let goes = if is_temporary_file(&path) {
+            leftovers == Leftovers::Remove
+        } else {
+            is_snapshot_file(&path)
         };
         if goes && path != keep {
             vfs.remove(&path).map_err(io_error(&path))?;

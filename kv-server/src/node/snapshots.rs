@@ -29,22 +29,36 @@ impl Core {
         }
     }
 
-    /// Starts the check of a snapshot a leader sent, whose bytes all arrived, on a thread of
-    /// its own, unless one is under way (it then waits for it; `incoming.rs`).
+    /// Checks a snapshot a leader sent, whose bytes all arrived, on a thread of its own, or
+    /// queues it behind the check under way (`incoming.rs`).
     pub(super) fn check_received(&mut self, received: Received) {
-        let Some(received) = self.incoming.next_check(received) else { return };
+        if let Some(received) = self.incoming.next_check(received) {
+            self.start_check(received);
+        }
+    }
+
+    /// Starts the check `Incoming` just marked as under way. A check that panics still
+    /// reports (as a refusal), so that the heartbeat answers held meanwhile are not held for
+    /// good.
+    fn start_check(&mut self, received: Received) {
         let writer = self.raw.store().received_snapshot_writer(received.meta.clone());
         let path = received.path.clone();
+        let install = received.install.clone();
         let done = self.snapshot_checks.clone();
         let started = std::thread::Builder::new().name("snapshot-check".into()).spawn(move || {
-            let _ = done.send(crate::incoming::check_and_write(received, writer));
+            let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::incoming::check_and_write(received, writer)
+            }));
+            let checked = checked
+                .unwrap_or_else(|_| Checked { install, outcome: Err("its check panicked".into()) });
+            let _ = done.send(checked);
         });
         if let Err(error) = started {
             // Refused; the leader sends it again once it hears the node is still behind.
             tracing::warn!("cannot start checking a received snapshot: {error}");
             let _ = std::fs::remove_file(path);
             if let Some(next) = self.incoming.check_abandoned() {
-                self.check_received(next);
+                self.start_check(next);
             }
         }
     }
@@ -61,13 +75,15 @@ impl Core {
             self.step(install);
         }
         if let Some(next) = ended.next {
-            self.check_received(next);
+            self.start_check(next);
         }
     }
 
     /// Removes the file of the received snapshot staged if the state has reached it (it was
     /// stale when it arrived, or the entries it covers came another way): the engine will not
-    /// install it. Checked at each tick and each check's end.
+    /// install it, since it restores a snapshot only beyond its commit index, which is at
+    /// least the applied one (`Raft::handle_snapshot`). Checked at each tick and each check's
+    /// end.
     pub(super) fn discard_overtaken_snapshot(&mut self) {
         if let Some(written) = self.incoming.take_overtaken(self.state.applied()) {
             self.discard_received(written);

@@ -424,7 +424,8 @@ impl Wal {
     }
 }
 
-/// Writes one snapshot's file on any thread; made by [`Wal::snapshot_writer`].
+/// Writes one snapshot's file on any thread; made by [`Wal::snapshot_writer`] (a snapshot of
+/// the host's state) or [`Wal::received_snapshot_writer`] (one received from a leader).
 pub struct SnapshotWriter {
     vfs: std::sync::Arc<dyn crate::vfs::Vfs>,
     dir: std::path::PathBuf,
@@ -438,8 +439,8 @@ impl SnapshotWriter {
     }
 
     /// Writes the state machine's bytes, produced by `fill`, to a temporary file and syncs it.
-    /// Nothing is in force until [`Wal::adopt_snapshot`]; a crash before leaves a temporary
-    /// file that the next open removes.
+    /// Nothing is in force until [`Wal::adopt_snapshot`] or [`Wal::install_written_snapshot`];
+    /// a crash before leaves a temporary file that the next open removes.
     pub fn write(
         self,
         fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
@@ -449,7 +450,8 @@ impl SnapshotWriter {
     }
 }
 
-/// A snapshot written by a [`SnapshotWriter`], waiting for [`Wal::adopt_snapshot`].
+/// A snapshot written by a [`SnapshotWriter`], waiting for [`Wal::adopt_snapshot`] or
+/// [`Wal::install_written_snapshot`] (or [`Wal::discard_snapshot`]).
 #[derive(Debug)]
 pub struct WrittenSnapshot(snapshot::TempSnapshot);
 

@@ -26,6 +26,7 @@ struct OneNode {
     task: LoopTask,
     /// Events for the loop, beside the transport's.
     inject: mpsc::Sender<Event>,
+    metrics: Arc<Metrics>,
 }
 
 /// The election timeout of [`OneNode`]: 3 ticks of 10 ms.
@@ -68,8 +69,8 @@ impl OneNode {
         let runtime = tokio::runtime::Handle::current();
         let metrics = Arc::new(Metrics::new());
         let (node, task) =
-            start(vfs, config, Arc::new(transport), events, runtime, metrics).unwrap();
-        OneNode { node, task, inject }
+            start(vfs, config, Arc::new(transport), events, runtime, metrics.clone()).unwrap();
+        OneNode { node, task, inject, metrics }
     }
 
     /// The node's status, once it answers.

@@ -11,7 +11,7 @@ use std::io;
 use std::path::Path;
 use std::sync::{Condvar, Mutex};
 
-/// What a sync of a log segment does.
+/// What a gated sync does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) enum SyncMode {
     /// Syncs at once.
@@ -31,9 +31,10 @@ struct GateState {
     held: usize,
 }
 
-/// The test's hold on the syncs the `wal-sync` thread runs on the log's segment files. Other
-/// syncs (the loop's own, when it seals or cuts a segment, and the one at open) pass at once,
-/// so that holding one never blocks a runtime thread.
+/// The test's hold on the syncs of some files ([`GatedVfs`] says which): the log's segment
+/// files synced by the `wal-sync` thread (the loop's own syncs, when it seals or cuts a
+/// segment, and the one at open pass at once, so that holding one never blocks a runtime
+/// thread), or the temporary snapshot files.
 #[derive(Default)]
 pub(super) struct Gate {
     state: Mutex<GateState>,
@@ -54,7 +55,7 @@ impl Gate {
         self.state().held
     }
 
-    /// Runs before a segment's real sync.
+    /// Runs before a gated file's real sync.
     fn pass(&self) {
         let mut state = self.state();
         match state.mode {
