@@ -140,13 +140,17 @@ impl Incoming {
         self.waiting.take().and_then(|received| self.next_check(received))
     }
 
-    /// The check under way ended with `checked`. Returns the message to step, if the
-    /// snapshot passed, the snapshot it replaces as the one staged (to discard), and the
-    /// transfer to check next, if one waited.
-    pub(crate) fn checked(&mut self, checked: Checked) -> CheckEnded {
+    /// The check under way ended with `checked`, the node being in `term`. Returns the
+    /// message to step, if the snapshot passed, a written snapshot to discard (the one it
+    /// replaces as the one staged, or itself if it was sent in a term before `term`: the
+    /// engine refuses it), and the transfer to check next, if one waited.
+    pub(crate) fn checked(&mut self, checked: Checked, term: Term) -> CheckEnded {
         let next = self.check_abandoned();
         let Checked { install, outcome } = checked;
         match outcome {
+            Ok((_, written)) if install.term < term => {
+                CheckEnded { install: Some(install), replaced: Some(written), next }
+            }
             Ok((state, written)) => {
                 let meta = written.meta().clone();
                 let replaced = self.staged.replace(Staged { meta, state, written });
@@ -159,8 +163,8 @@ impl Incoming {
         }
     }
 
-    /// Whether `message` must not leave: a heartbeat's answer to the leader whose snapshot is
-    /// being checked. The leader sends a snapshot again when a follower answers its heartbeats
+    /// Whether `message` must not leave (it is dropped, not sent later): a heartbeat's answer
+    /// to the leader whose snapshot is being checked. The leader sends a snapshot again when a follower answers its heartbeats
     /// an election timeout after the snapshot went out without having installed it
     /// (docs/snapshots.md, "Resend after an election timeout"); a large snapshot can take
     /// longer than that to check and sync, and each resend would be checked again, for
@@ -331,7 +335,7 @@ mod tests {
         };
         assert!(!incoming.holds(&append_answer));
         let install = received.install;
-        incoming.checked(Checked { install, outcome: Err("refused".into()) });
+        incoming.checked(Checked { install, outcome: Err("refused".into()) }, Term(1));
         assert!(!incoming.holds(&heartbeat_answer(2)));
     }
 
@@ -348,11 +352,22 @@ mod tests {
         let third = incoming.receive(chunk(2, 3, meta(9), state_at(9))).unwrap();
         assert!(incoming.next_check(third).is_none());
         assert_eq!(incoming_files(dir.path()), 2, "the first's and the newest's");
-        let ended = incoming.checked(Checked { install: first.install, outcome: Err("no".into()) });
+        let refused = Checked { install: first.install, outcome: Err("no".into()) };
+        let ended = incoming.checked(refused, Term(1));
         assert!(ended.install.is_none(), "a refused snapshot was stepped");
         let next = ended.next.expect("the newest waited");
         assert_eq!(next.meta.index, Index(9));
         assert!(incoming.holds(&heartbeat_answer(2)), "its check is under way");
+    }
+
+    /// A log and an `Incoming` in `dir`, and node 2's snapshot at 7 received and checked.
+    fn snapshot_at_7_checked(dir: &Path) -> (Wal, Incoming, Checked) {
+        let wal = Wal::open(dir, WalOptions::default()).unwrap();
+        let mut incoming = Incoming::new(dir.to_path_buf());
+        let received = incoming.receive(chunk(2, 1, meta(7), state_at(7))).unwrap();
+        let received = incoming.next_check(received).expect("no check under way");
+        let checked = check_and_write(received, wal.received_snapshot_writer(meta(7)));
+        (wal, incoming, checked)
     }
 
     /// A snapshot staged that the state has reached since will never be installed: it is
@@ -360,15 +375,24 @@ mod tests {
     #[test]
     fn a_staged_snapshot_the_state_reached_is_handed_back() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
-        let mut incoming = Incoming::new(dir.path().to_path_buf());
-        let received = incoming.receive(chunk(2, 1, meta(7), state_at(7))).unwrap();
-        let received = incoming.next_check(received).expect("no check under way");
-        let checked = check_and_write(received, wal.received_snapshot_writer(meta(7)));
-        assert!(incoming.checked(checked).install.is_some(), "a whole snapshot was refused");
+        let (wal, mut incoming, checked) = snapshot_at_7_checked(dir.path());
+        assert!(incoming.checked(checked, Term(1)).install.is_some(), "a whole one was refused");
         assert!(incoming.take_overtaken(6).is_none(), "handed back while still ahead");
         let overtaken = incoming.take_overtaken(7).expect("the state reached it");
         wal.discard_snapshot(overtaken).unwrap();
         assert!(incoming.take(&meta(7)).is_none(), "still staged");
+    }
+
+    /// A snapshot sent in a term before the node's is not staged (the engine refuses the
+    /// message): handed back to be discarded, the message still stepped (its answer tells
+    /// the sender of the new term).
+    #[test]
+    fn a_snapshot_sent_in_an_earlier_term_is_not_staged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, mut incoming, checked) = snapshot_at_7_checked(dir.path());
+        let ended = incoming.checked(checked, Term(2));
+        assert!(ended.install.is_some(), "the message was not stepped");
+        wal.discard_snapshot(ended.replaced.expect("not handed back")).unwrap();
+        assert!(incoming.take(&meta(7)).is_none(), "staged");
     }
 }

@@ -45,12 +45,15 @@ impl Core {
         let path = received.path.clone();
         let install = received.install.clone();
         let done = self.snapshot_checks.clone();
+        let received_path = path.clone();
         let started = std::thread::Builder::new().name("snapshot-check".into()).spawn(move || {
             let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 crate::incoming::check_and_write(received, writer)
             }));
-            let checked = checked
-                .unwrap_or_else(|_| Checked { install, outcome: Err("its check panicked".into()) });
+            let checked = checked.unwrap_or_else(|_| {
+                let _ = std::fs::remove_file(received_path);
+                Checked { install, outcome: Err("its check panicked".into()) }
+            });
             let _ = done.send(checked);
         });
         if let Err(error) = started {
@@ -63,10 +66,12 @@ impl Core {
         }
     }
 
-    /// A check ended: a snapshot that passed is staged and its `InstallSnapshot` stepped;
-    /// the snapshot it replaces as the one staged is discarded; the next check starts.
+    /// A check ended: a snapshot that passed is staged and its `InstallSnapshot` stepped
+    /// (one sent in an earlier term is discarded, the message still stepped: the engine
+    /// answers its sender with the new term); the snapshot it replaces as the one staged is
+    /// discarded; the next check starts.
     pub(super) fn on_snapshot_checked(&mut self, checked: Checked) {
-        let ended = self.incoming.checked(checked);
+        let ended = self.incoming.checked(checked, self.raw.term());
         if let Some(replaced) = ended.replaced {
             self.discard_received(replaced);
         }

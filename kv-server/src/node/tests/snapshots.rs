@@ -4,7 +4,7 @@
 
 use super::super::*;
 use super::persist::{Gate, GatedVfs, Released, SyncMode};
-use super::{until, OneNode};
+use super::{until, OneNode, ELECTION_TIMEOUT};
 use raft_core::{Membership, SnapshotMeta, Term};
 use raft_net::ReceivedChunk;
 
@@ -82,9 +82,23 @@ async fn a_received_snapshot_is_checked_and_synced_while_the_loop_answers() {
         entries: Vec::new(),
         commit: Index(50),
     };
-    for body in [heartbeat, probe] {
+    for body in [heartbeat.clone(), probe] {
         one.inject.send(Event::Message(from_node_2(before.term + 1, body))).await.unwrap();
     }
+    // Node 1 now follows node 2 in a configuration of its own alone: without node 2's
+    // heartbeats it would elect itself after an election timeout, and then refuse the
+    // snapshot as sent in an earlier term.
+    let inject = one.inject.clone();
+    let leaders_term = before.term + 1;
+    let heartbeats = tokio::spawn(async move {
+        loop {
+            let sent = from_node_2(leaders_term, heartbeat.clone());
+            if inject.send(Event::Message(sent)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(ELECTION_TIMEOUT / 6).await;
+        }
+    });
     until("an answer to node 2", || dropped() > before_answers).await;
     one.status().await; // a whole turn more: both messages are handled
     one.status().await;
@@ -92,6 +106,7 @@ async fn a_received_snapshot_is_checked_and_synced_while_the_loop_answers() {
 
     gate.set(SyncMode::Pass);
     one.status_when("the snapshot to be installed", |s| s.applied == 50).await;
+    heartbeats.abort();
     let state = one.node.read(false).await.expect("a serializable read is answered");
     assert!(state.get(b"k").is_some(), "the state is not the leader's");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("data"))
