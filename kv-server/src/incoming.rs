@@ -45,9 +45,9 @@ pub(crate) struct Checked {
     pub(crate) outcome: Result<(KvState, WrittenSnapshot), String>,
 }
 
-/// A snapshot checked and written, waiting for the engine to install it.
+/// A snapshot checked and written (`written.meta()` says what it covers), waiting for the
+/// engine to install it.
 struct Staged {
-    meta: SnapshotMeta,
     state: KvState,
     written: WrittenSnapshot,
 }
@@ -134,8 +134,9 @@ impl Incoming {
         None
     }
 
-    /// The check under way could not start: the transfer to check next, if one waited.
-    pub(crate) fn check_abandoned(&mut self) -> Option<Received> {
+    /// The check under way ended (or could not start): the transfer to check next, if one
+    /// waited (marked as under check, for the caller to start).
+    pub(crate) fn end_check(&mut self) -> Option<Received> {
         self.checking = None;
         self.waiting.take().and_then(|received| self.next_check(received))
     }
@@ -145,15 +146,14 @@ impl Incoming {
     /// replaces as the one staged, or itself if it was sent in a term before `term`: the
     /// engine refuses it), and the transfer to check next, if one waited.
     pub(crate) fn checked(&mut self, checked: Checked, term: Term) -> CheckEnded {
-        let next = self.check_abandoned();
+        let next = self.end_check();
         let Checked { install, outcome } = checked;
         match outcome {
             Ok((_, written)) if install.term < term => {
                 CheckEnded { install: Some(install), replaced: Some(written), next }
             }
             Ok((state, written)) => {
-                let meta = written.meta().clone();
-                let replaced = self.staged.replace(Staged { meta, state, written });
+                let replaced = self.staged.replace(Staged { state, written });
                 CheckEnded { install: Some(install), replaced: replaced.map(|s| s.written), next }
             }
             Err(reason) => {
@@ -182,7 +182,7 @@ impl Incoming {
     /// never install it (it answers such a snapshot without installing it), so its file goes.
     pub(crate) fn take_overtaken(&mut self, applied: u64) -> Option<WrittenSnapshot> {
         match &self.staged {
-            Some(staged) if staged.meta.index.0 <= applied => {
+            Some(staged) if staged.written.meta().index.0 <= applied => {
                 self.staged.take().map(|staged| staged.written)
             }
             _ => None,
@@ -192,7 +192,7 @@ impl Incoming {
     /// The state and written file of the checked snapshot `meta`, if it is the one staged.
     pub(crate) fn take(&mut self, meta: &SnapshotMeta) -> Option<(KvState, WrittenSnapshot)> {
         match self.staged.take() {
-            Some(staged) if staged.meta.index == meta.index && staged.meta.term == meta.term => {
+            Some(staged) if staged.written.meta().last() == meta.last() => {
                 Some((staged.state, staged.written))
             }
             other => {
@@ -213,22 +213,30 @@ pub(crate) struct CheckEnded {
 /// The check of a received snapshot, on a thread of its own: the file is read back into a
 /// state, which must be whole, undamaged and at the index the message names; then its bytes
 /// are written by `writer` (in the log's format, synced). The received file is removed
-/// either way.
+/// either way. A check that panics is a refusal, so that it still reports and the heartbeat
+/// answers withheld meanwhile are not withheld for good.
 pub(crate) fn check_and_write(received: Received, writer: SnapshotWriter) -> Checked {
-    let path = &received.path;
+    let checking = std::panic::AssertUnwindSafe(|| check_and_write_file(&received, writer));
     let outcome =
-        File::open(path).map_err(|e| format!("{}: {e}", path.display())).and_then(|mut file| {
-            let state = check(&mut file, &received.meta)?;
-            let written = writer
-                .write(&mut |out| {
-                    file.rewind()?;
-                    std::io::copy(&mut file, out).map(|_| ())
-                })
-                .map_err(|e| format!("writing it to the log: {e}"))?;
-            Ok((state, written))
-        });
-    let _ = std::fs::remove_file(path);
+        std::panic::catch_unwind(checking).unwrap_or_else(|_| Err("its check panicked".into()));
+    let _ = std::fs::remove_file(&received.path);
     Checked { install: received.install, outcome }
+}
+
+fn check_and_write_file(
+    received: &Received,
+    writer: SnapshotWriter,
+) -> Result<(KvState, WrittenSnapshot), String> {
+    let path = &received.path;
+    let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let state = check(&mut file, &received.meta)?;
+    let written = writer
+        .write(&mut |out| {
+            file.rewind()?;
+            std::io::copy(&mut file, out).map(|_| ())
+        })
+        .map_err(|e| format!("writing it to the log: {e}"))?;
+    Ok((state, written))
 }
 
 /// Reads a received snapshot back: it must be a whole, undamaged state at `meta.index`.
@@ -320,9 +328,7 @@ mod tests {
     #[test]
     fn heartbeat_answers_to_the_sender_are_held_while_its_snapshot_is_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let mut incoming = Incoming::new(dir.path().to_path_buf());
-        let received = incoming.receive(chunk(2, 1, meta(7), state_at(7))).unwrap();
-        let received = incoming.next_check(received).expect("no check under way");
+        let (mut incoming, received) = checking_snapshot_at_7(dir.path());
         assert!(incoming.holds(&heartbeat_answer(2)));
         assert!(!incoming.holds(&heartbeat_answer(3)));
         let in_a_later_term = Message { term: Term(2), ..heartbeat_answer(2) };
@@ -344,9 +350,7 @@ mod tests {
     #[test]
     fn only_the_newest_transfer_waits_for_the_check_under_way() {
         let dir = tempfile::tempdir().unwrap();
-        let mut incoming = Incoming::new(dir.path().to_path_buf());
-        let first = incoming.receive(chunk(2, 1, meta(7), state_at(7))).unwrap();
-        let first = incoming.next_check(first).expect("no check under way");
+        let (mut incoming, first) = checking_snapshot_at_7(dir.path());
         let second = incoming.receive(chunk(2, 2, meta(8), state_at(8))).unwrap();
         assert!(incoming.next_check(second).is_none(), "checked beside the one under way");
         let third = incoming.receive(chunk(2, 3, meta(9), state_at(9))).unwrap();
@@ -360,12 +364,19 @@ mod tests {
         assert!(incoming.holds(&heartbeat_answer(2)), "its check is under way");
     }
 
-    /// A log and an `Incoming` in `dir`, and node 2's snapshot at 7 received and checked.
-    fn snapshot_at_7_checked(dir: &Path) -> (Wal, Incoming, Checked) {
-        let wal = Wal::open(dir, WalOptions::default()).unwrap();
+    /// An `Incoming` in `dir` that received node 2's snapshot at 7 and marked its check as
+    /// under way.
+    fn checking_snapshot_at_7(dir: &Path) -> (Incoming, Received) {
         let mut incoming = Incoming::new(dir.to_path_buf());
         let received = incoming.receive(chunk(2, 1, meta(7), state_at(7))).unwrap();
         let received = incoming.next_check(received).expect("no check under way");
+        (incoming, received)
+    }
+
+    /// A log and an `Incoming` in `dir`, and node 2's snapshot at 7 received and checked.
+    fn snapshot_at_7_checked(dir: &Path) -> (Wal, Incoming, Checked) {
+        let wal = Wal::open(dir, WalOptions::default()).unwrap();
+        let (incoming, received) = checking_snapshot_at_7(dir);
         let checked = check_and_write(received, wal.received_snapshot_writer(meta(7)));
         (wal, incoming, checked)
     }

@@ -297,12 +297,18 @@ fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
     names.map(|n| n.to_string_lossy().into_owned()).filter(|n| n.ends_with(suffix)).collect()
 }
 
+/// A log in `dir` holding entries 1 to 30 of term 1, all committed.
+fn log_of_30_entries(dir: &Path) -> Wal {
+    let mut wal = Wal::open(dir, WalOptions::default()).unwrap();
+    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i)).collect();
+    wal.write(Some(hard_state(1, 30)), &entries).unwrap();
+    wal
+}
+
 #[test]
 fn a_snapshot_written_on_another_thread_is_adopted_and_a_stale_one_discarded() {
     let dir = tempfile::tempdir().unwrap();
-    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
-    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i)).collect();
-    wal.write(Some(hard_state(1, 30)), &entries).unwrap();
+    let mut wal = log_of_30_entries(dir.path());
     let membership = raft_core::Membership::new([NodeId(1)]);
     let writer = wal.snapshot_writer(Index(10), membership.clone()).unwrap();
     let written = std::thread::spawn(move || writer.write(&mut |out| out.write_all(b"at 10")));
@@ -333,9 +339,7 @@ fn a_snapshot_written_on_another_thread_is_adopted_and_a_stale_one_discarded() {
 #[test]
 fn a_received_snapshot_written_beside_the_log_is_installed_by_a_rename() {
     let dir = tempfile::tempdir().unwrap();
-    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
-    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i)).collect();
-    wal.write(Some(hard_state(1, 30)), &entries).unwrap();
+    let mut wal = log_of_30_entries(dir.path());
     let membership = Membership::new([NodeId(1), NodeId(2)]);
     let received = raft_core::SnapshotMeta { index: Index(20), term: Term(1), membership };
     let writer = wal.received_snapshot_writer(received.clone());
@@ -362,9 +366,7 @@ fn a_received_snapshot_written_beside_the_log_is_installed_by_a_rename() {
 #[test]
 fn two_writers_of_one_snapshot_keep_their_own_files() {
     let dir = tempfile::tempdir().unwrap();
-    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
-    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i)).collect();
-    wal.write(Some(hard_state(1, 30)), &entries).unwrap();
+    let mut wal = log_of_30_entries(dir.path());
     let membership = Membership::new([NodeId(1)]);
     let own = wal.snapshot_writer(Index(20), membership.clone()).unwrap();
     let received = wal.received_snapshot_writer(own.meta().clone());
@@ -385,9 +387,7 @@ fn two_writers_of_one_snapshot_keep_their_own_files() {
 #[test]
 fn a_received_snapshot_written_beside_a_log_it_contradicts_replaces_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
-    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i)).collect();
-    wal.write(Some(hard_state(1, 30)), &entries).unwrap();
+    let mut wal = log_of_30_entries(dir.path());
     let meta = raft_core::SnapshotMeta {
         index: Index(25),
         term: Term(2),
@@ -403,9 +403,7 @@ fn a_received_snapshot_written_beside_a_log_it_contradicts_replaces_the_log() {
 #[test]
 fn a_crash_between_writing_and_adopting_a_snapshot_keeps_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
-    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i)).collect();
-    wal.write(Some(hard_state(1, 30)), &entries).unwrap();
+    let mut wal = log_of_30_entries(dir.path());
     let membership = raft_core::Membership::new([NodeId(1)]);
     wal.save_snapshot(Index(10), membership.clone(), b"at 10").unwrap();
     let writer = wal.snapshot_writer(Index(20), membership).unwrap();

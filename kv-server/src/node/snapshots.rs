@@ -37,30 +37,19 @@ impl Core {
         }
     }
 
-    /// Starts the check `Incoming` just marked as under way. A check that panics still
-    /// reports (as a refusal), so that the heartbeat answers held meanwhile are not held for
-    /// good.
+    /// Starts the check `Incoming` just marked as under way.
     fn start_check(&mut self, received: Received) {
         let writer = self.raw.store().received_snapshot_writer(received.meta.clone());
         let path = received.path.clone();
-        let install = received.install.clone();
         let done = self.snapshot_checks.clone();
-        let received_path = path.clone();
         let started = std::thread::Builder::new().name("snapshot-check".into()).spawn(move || {
-            let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                crate::incoming::check_and_write(received, writer)
-            }));
-            let checked = checked.unwrap_or_else(|_| {
-                let _ = std::fs::remove_file(received_path);
-                Checked { install, outcome: Err("its check panicked".into()) }
-            });
-            let _ = done.send(checked);
+            let _ = done.send(crate::incoming::check_and_write(received, writer));
         });
         if let Err(error) = started {
             // Refused; the leader sends it again once it hears the node is still behind.
             tracing::warn!("cannot start checking a received snapshot: {error}");
             let _ = std::fs::remove_file(path);
-            if let Some(next) = self.incoming.check_abandoned() {
+            if let Some(next) = self.incoming.end_check() {
                 self.start_check(next);
             }
         }

@@ -295,8 +295,7 @@ impl Wal {
         membership: Membership,
     ) -> Result<SnapshotWriter, WalError> {
         let term = self.term(index).map_err(|e| WalError::InvalidWrite(e.to_string()))?;
-        let meta = SnapshotMeta { index, term, membership };
-        Ok(SnapshotWriter { vfs: self.vfs.clone(), dir: self.dir.clone(), meta })
+        Ok(self.received_snapshot_writer(SnapshotMeta { index, term, membership }))
     }
 
     /// Puts in force a snapshot written by a [`SnapshotWriter`], unless the log already holds
@@ -304,7 +303,7 @@ impl Wal {
     /// file removed. Returns whether it was put in force. The log can then be compacted to it.
     pub fn adopt_snapshot(&mut self, written: WrittenSnapshot) -> Result<bool, WalError> {
         if written.0.meta().index <= self.snapshot().index {
-            written.0.discard(&*self.vfs)?;
+            self.discard_snapshot(written)?;
             return Ok(false);
         }
         self.guarded(|wal| {
