@@ -4,7 +4,7 @@
 
 use super::super::*;
 use super::persist::{Gate, GatedVfs, Released, SyncMode};
-use super::{until, OneNode, ELECTION_TIMEOUT};
+use super::{until, within, OneNode, ELECTION_TIMEOUT};
 use raft_core::{Membership, SnapshotMeta, Term};
 use raft_net::ReceivedChunk;
 
@@ -25,13 +25,17 @@ fn from_node_2(term: u64, body: MessageBody) -> Message {
     Message { from: NodeId(2), to: NodeId(1), term: Term(term), body }
 }
 
-/// The whole snapshot `data` at `meta`, sent by node 2 in `term` as one chunk.
-fn snapshot_from_node_2(term: u64, meta: SnapshotMeta, data: Bytes) -> Event {
+/// Node 2's snapshot at `index` (the state of [`leaders_state`], voters 1 and 2), sent in
+/// `term` as transfer `transfer_id`, whole in one chunk.
+fn snapshot_from_node_2(term: u64, index: u64, transfer_id: u64) -> Event {
+    let membership = Membership::new([NodeId(1), NodeId(2)]);
+    let meta = SnapshotMeta { index: Index(index), term: Term(term), membership };
     let install = from_node_2(term, MessageBody::InstallSnapshot { snapshot: meta });
+    let data = leaders_state(index);
     let total_len = data.len() as u64;
     let chunk = ReceivedChunk {
         from: NodeId(2),
-        transfer_id: 1,
+        transfer_id,
         offset: 0,
         total_len,
         data,
@@ -40,12 +44,20 @@ fn snapshot_from_node_2(term: u64, meta: SnapshotMeta, data: Bytes) -> Event {
     Event::SnapshotChunk(chunk)
 }
 
-/// A one-node cluster that leads, with the syncs of temporary snapshot files gated.
+/// A one-node cluster that leads and has written itself into the member table, with the
+/// syncs of temporary snapshot files gated. (Once it follows node 2, a registration still
+/// to write would go to node 2 too, and count among the messages dropped.)
 async fn one_node_with_gated_snapshot_syncs() -> (tempfile::TempDir, Arc<Gate>, OneNode) {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Gate::default());
     let one = OneNode::start(dir.path(), Arc::new(GatedVfs::snapshot_syncs(gate.clone()))).await;
     one.status_when("node 1 to lead", |s| s.role == Role::Leader).await;
+    within("node 1 to register", async {
+        while one.node.read(false).await.expect("a serializable read").members().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     (dir, gate, one)
 }
 
@@ -65,9 +77,7 @@ async fn a_received_snapshot_is_checked_and_synced_while_the_loop_answers() {
     let _released = Released(gate.clone());
 
     gate.set(SyncMode::Hold);
-    let membership = Membership::new([NodeId(1), NodeId(2)]);
-    let meta = SnapshotMeta { index: Index(50), term: Term(before.term + 1), membership };
-    let sent = snapshot_from_node_2(before.term + 1, meta, leaders_state(50));
+    let sent = snapshot_from_node_2(before.term + 1, 50, 1);
     one.inject.send(sent).await.unwrap();
     until("the snapshot's sync to be held", || gate.held() == 1).await;
     let meanwhile = one.status().await; // panics if the loop does not answer
@@ -128,17 +138,34 @@ async fn a_snapshot_received_during_a_check_is_checked_after_it() {
     let _released = Released(gate.clone());
 
     gate.set(SyncMode::Hold);
-    let membership = Membership::new([NodeId(1), NodeId(2)]);
     for (transfer, index) in [(1, 50), (2, 60)] {
-        let meta =
-            SnapshotMeta { index: Index(index), term: Term(term), membership: membership.clone() };
-        let mut sent = snapshot_from_node_2(term, meta, leaders_state(index));
-        if let Event::SnapshotChunk(chunk) = &mut sent {
-            chunk.transfer_id = transfer;
-        }
-        one.inject.send(sent).await.unwrap();
+        one.inject.send(snapshot_from_node_2(term, index, transfer)).await.unwrap();
     }
     until("the first snapshot's sync to be held", || gate.held() == 1).await;
     gate.set(SyncMode::Pass);
     one.status_when("the second snapshot to be installed", |s| s.applied == 60).await;
+}
+
+/// The check of node 2's snapshot panics (its sync does). The check must still end, as a
+/// refusal: otherwise the node would withhold its heartbeat answers to node 2 for good, and
+/// node 2 would never send the snapshot again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_that_panics_is_a_refusal_and_ends_the_hold() {
+    let (_dir, gate, one) = one_node_with_gated_snapshot_syncs().await;
+    let term = one.status().await.term + 1;
+    let _released = Released(gate.clone());
+
+    gate.set(SyncMode::Panic);
+    one.inject.send(snapshot_from_node_2(term, 50, 1)).await.unwrap();
+    let dropped = || one.metrics.messages_dropped.get_or_create(&peer_label(NodeId(2))).get();
+    let heartbeat = MessageBody::Heartbeat { commit: Index(0), read_round: 0 };
+    within("a heartbeat answer to node 2", async {
+        while dropped() == 0 {
+            let sent = from_node_2(term, heartbeat.clone());
+            one.inject.send(Event::Message(sent)).await.unwrap();
+            tokio::time::sleep(ELECTION_TIMEOUT / 6).await;
+        }
+    })
+    .await;
+    assert!(one.status().await.applied < 50, "a snapshot whose check panicked was installed");
 }
