@@ -14,6 +14,8 @@
 //! - [`index`]: the index file of a sealed segment;
 //! - [`vote`]: the term and vote, in a file of two checksummed slots;
 //! - [`snapshot`]: snapshot files, written aside and renamed into place;
+//! - [`given_up`]: files the log no longer uses, renamed out of its way and removed by its
+//!   owner on any thread (removing a large file is slow);
 //! - [`wal`]: the log: batches, cuts, roll-over, compaction, snapshots, reopening, and
 //!   `raft_core::LogStore` for the engine;
 //! - [`vfs`]: the file layer, with a fake that keeps written and synced bytes apart for
@@ -23,6 +25,7 @@
 //! recovery rules in `docs/wal.md`.
 
 pub mod codec;
+pub mod given_up;
 pub mod index;
 pub mod record;
 pub mod segment;

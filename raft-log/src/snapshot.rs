@@ -20,6 +20,7 @@
 //! ```
 
 use crate::codec::{self, PayloadError};
+use crate::given_up;
 use crate::vfs::{remove_if_present, Vfs};
 use bytes::Bytes;
 use raft_core::{Entry, EntryKind, Index, SnapshotMeta, Term};
@@ -158,14 +159,18 @@ impl io::Read for SnapshotData {
     }
 }
 
-/// Writes the snapshot `meta` with `data` durably into `dir`, then removes older snapshot
+/// A snapshot put in force, and the older snapshot files it made useless: given up
+/// (`given_up.rs`), for the caller to remove.
+pub type Published = (SnapshotFile, Vec<PathBuf>);
+
+/// Writes the snapshot `meta` with `data` durably into `dir`, then gives up older snapshot
 /// files. When this returns, the snapshot survives any crash.
 pub fn write(
     vfs: &dyn Vfs,
     dir: &Path,
     meta: &SnapshotMeta,
     data: &[u8],
-) -> Result<SnapshotFile, SnapshotError> {
+) -> Result<Published, SnapshotError> {
     write_streamed(vfs, dir, meta, &mut |out| io::Write::write_all(out, data))
 }
 
@@ -177,7 +182,7 @@ pub fn write_streamed(
     dir: &Path,
     meta: &SnapshotMeta,
     fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
-) -> Result<SnapshotFile, SnapshotError> {
+) -> Result<Published, SnapshotError> {
     write_temp(vfs, dir, meta, fill)?.publish(vfs, dir)
 }
 
@@ -195,14 +200,14 @@ impl TempSnapshot {
         &self.file.meta
     }
 
-    /// Gives the snapshot its name (durably: the directory is synced), then removes the
+    /// Gives the snapshot its name (durably: the directory is synced), then gives up the
     /// other snapshot files (not the temporary ones: those are their writers').
-    pub fn publish(self, vfs: &dyn Vfs, dir: &Path) -> Result<SnapshotFile, SnapshotError> {
+    pub fn publish(self, vfs: &dyn Vfs, dir: &Path) -> Result<Published, SnapshotError> {
         let path = &self.file.path;
         vfs.rename(&self.temp, path).map_err(io_error(path))?;
         vfs.sync_dir(dir).map_err(io_error(dir))?;
-        remove_all_but(vfs, dir, path, Leftovers::Keep)?;
-        Ok(self.file)
+        let given_up = clear_all_but(vfs, dir, path, Leftovers::Keep)?;
+        Ok((self.file, given_up))
     }
 
     /// Removes the temporary file (a newer snapshot took its place meanwhile).
@@ -291,39 +296,47 @@ fn encode_meta(meta: &SnapshotMeta) -> Vec<u8> {
     payload
 }
 
-/// Whether [`remove_all_but`] removes temporary files too.
+/// What [`clear_all_but`] does with the files it clears.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Leftovers {
-    /// At open: every temporary file is a dead writer's.
+    /// At open: every temporary file is a dead writer's, and every file is removed here.
     Remove,
-    /// While running: a temporary file may be a live writer's.
+    /// While running: a temporary file may be a live writer's, and an older snapshot is
+    /// given up, for the caller to remove away from the log's owner.
     Keep,
 }
 
-/// Removes every snapshot file in `dir` but `keep`, and the temporary files if `leftovers`
-/// says so (durably).
-fn remove_all_but(
+/// Clears every snapshot file in `dir` but `keep` (durably), as `leftovers` says: removed,
+/// with the temporary files, or given up. Returns the files given up.
+fn clear_all_but(
     vfs: &dyn Vfs,
     dir: &Path,
     keep: &Path,
     leftovers: Leftovers,
-) -> Result<(), SnapshotError> {
-    let mut removed = false;
+) -> Result<Vec<PathBuf>, SnapshotError> {
+    let mut cleared = false;
+    let mut given_up = Vec::new();
     for path in vfs.list(dir).map_err(io_error(dir))? {
         let goes = if is_temporary_file(&path) {
             leftovers == Leftovers::Remove
         } else {
             is_snapshot_file(&path)
         };
-        if goes && path != keep {
-            vfs.remove(&path).map_err(io_error(&path))?;
-            removed = true;
+        if !goes || path == keep {
+            continue;
         }
+        match leftovers {
+            Leftovers::Remove => vfs.remove(&path).map_err(io_error(&path))?,
+            Leftovers::Keep => {
+                given_up.extend(given_up::give_up(vfs, &path).map_err(io_error(&path))?)
+            }
+        }
+        cleared = true;
     }
-    if removed {
+    if cleared {
         vfs.sync_dir(dir).map_err(io_error(dir))?;
     }
-    Ok(())
+    Ok(given_up)
 }
 
 fn is_snapshot_file(path: &Path) -> bool {
@@ -347,11 +360,11 @@ pub fn open_latest(vfs: &dyn Vfs, dir: &Path) -> Result<Option<SnapshotFile>, Sn
         }
     }
     let Some((_, _, path)) = newest else {
-        remove_all_but(vfs, dir, Path::new(""), Leftovers::Remove)?;
+        clear_all_but(vfs, dir, Path::new(""), Leftovers::Remove)?;
         return Ok(None);
     };
     let file = check(vfs, &path)?;
-    remove_all_but(vfs, dir, &path, Leftovers::Remove)?;
+    clear_all_but(vfs, dir, &path, Leftovers::Remove)?;
     Ok(Some(file))
 }
 
@@ -441,10 +454,10 @@ mod tests {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
         let (whole, streamed) = (FakeVfs::new(), FakeVfs::new());
         let dir = Path::new("/d");
-        let file = write(&whole, dir, &meta(9, 2), &data).unwrap();
+        let (file, _) = write(&whole, dir, &meta(9, 2), &data).unwrap();
         let mut pieces = data.chunks(70_001);
         let mut fill = |out: &mut dyn io::Write| pieces.try_for_each(|p| out.write_all(p));
-        let streamed_file = write_streamed(&streamed, dir, &meta(9, 2), &mut fill).unwrap();
+        let (streamed_file, _) = write_streamed(&streamed, dir, &meta(9, 2), &mut fill).unwrap();
         assert_eq!(whole.contents(&file.path), streamed.contents(&streamed_file.path));
         let mut read = Vec::new();
         io::Read::read_to_end(&mut streamed_file.open_data(&streamed).unwrap(), &mut read).unwrap();
@@ -459,8 +472,13 @@ mod tests {
     fn a_snapshot_reads_back_and_replaces_the_older_one() {
         let vfs = FakeVfs::new();
         let dir = Path::new("/log");
-        write(&vfs, dir, &meta(10, 2), b"old state").unwrap();
-        write(&vfs, dir, &meta(20, 3), b"new state").unwrap();
+        let (old, _) = write(&vfs, dir, &meta(10, 2), b"old state").unwrap();
+        let (_, given_up) = write(&vfs, dir, &meta(20, 3), b"new state").unwrap();
+        assert_eq!(given_up.len(), 1, "the older snapshot is given up");
+        let name = given_up[0].to_string_lossy();
+        assert!(name.starts_with(&*old.path.to_string_lossy()) && name.ends_with(".gone"));
+        assert!(!vfs.list(dir).unwrap().contains(&old.path));
+        vfs.remove(&given_up[0]).unwrap(); // as the log's owner does
         let latest = open_latest(&vfs, dir).unwrap().unwrap();
         assert_eq!(latest.meta, meta(20, 3));
         assert_eq!(latest.read_data(&vfs).unwrap(), b"new state");
@@ -497,7 +515,7 @@ mod tests {
     fn damage_anywhere_is_refused() {
         let vfs = FakeVfs::new();
         let dir = Path::new("/log");
-        let file = write(&vfs, dir, &meta(20, 3), b"some state").unwrap();
+        let (file, _) = write(&vfs, dir, &meta(20, 3), b"some state").unwrap();
         let bytes = vfs.contents(&file.path).unwrap();
         for bit in 0..bytes.len() * 8 {
             let mut damaged = bytes.clone();

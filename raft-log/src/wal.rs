@@ -7,6 +7,7 @@
 //! <dir>/00000000000000052431.seg   entries 52431.. (newest: takes appends, scanned at open)
 //! <dir>/vote                        term and vote (vote.rs)
 //! <dir>/<index>-<term>.snap         the newest snapshot (snapshot.rs)
+//! <dir>/<name>.<n>.gone             a file given up, not yet removed (given_up.rs)
 //! ```
 //!
 //! - Segments are named after the first index they hold and roll over once they exceed
@@ -18,13 +19,16 @@
 //! - Entries replacing a conflicting suffix cut the log at the first replaced index (later
 //!   segments are deleted), then the batch is appended.
 //! - A batch with nothing new (no entries, unchanged hard state) costs no write and no sync.
-//! - The directory is synced after a segment or snapshot is created, renamed or removed.
+//! - The directory is synced after a segment or snapshot is created, renamed or given up.
+//!   A file the log no longer needs is given up, not removed: renamed out of the log, to be
+//!   removed by the owner on another thread ([`Wal::take_given_up`]), or at the next open.
 //!
 //! Invariants: segments are contiguous (each one's entries start at its name, and the next
 //! starts where it ends); the newest segment's index is in memory; every entry's term is at
 //! most the durable term.
 
 use crate::codec::{self, PayloadError};
+use crate::given_up::{self, GivenUp};
 use crate::index::{self, IndexHeader, Location, SegmentIndex};
 use crate::record::{self, RecordKind};
 use crate::segment::{OpenMode, Segment, SegmentError};
@@ -189,6 +193,8 @@ pub struct Wal {
     /// change waits ([`Wal::finish_sync`]).
     sync_pending: bool,
     report: RecoveryReport,
+    /// Files renamed out of the log, not yet handed over for removal ([`Wal::take_given_up`]).
+    given_up: Vec<PathBuf>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
@@ -237,6 +243,7 @@ impl Wal {
             read_only: false,
             sync_pending: false,
             report: RecoveryReport::default(),
+            given_up: Vec::new(),
         };
         wal.load_segments(&names)?;
         wal.reconcile_with_snapshot()?;
@@ -252,6 +259,9 @@ impl Wal {
         // kept the hint and lost entries, so it is clamped.
         wal.commit = wal.commit.min(wal.last_index());
         wal.commit_recorded = wal.commit;
+        // What recovery gave up (a repair's cut, an interrupted install) goes now: nothing
+        // waits for the open.
+        wal.take_given_up().remove()?;
         Ok(wal)
     }
 
@@ -436,11 +446,22 @@ impl Wal {
         self.roll(meta.index.next())
     }
 
-    /// Removes a segment's index file, then the segment (the caller syncs the directory).
-    fn remove_segment_files(&self, first: Index) -> Result<(), WalError> {
-        self.remove_index_file(first)?;
-        let path = segment_path(&self.dir, first);
-        self.vfs.remove(&path).map_err(io_error(&path))
+    /// Gives up a segment's index file, then the segment (the caller syncs the directory):
+    /// they leave the log now, and [`Wal::take_given_up`] hands them over for removal.
+    fn remove_segment_files(&mut self, first: Index) -> Result<(), WalError> {
+        for path in [index_path(&self.dir, first), segment_path(&self.dir, first)] {
+            let gone = given_up::give_up(&*self.vfs, &path).map_err(io_error(&path))?;
+            self.given_up.extend(gone);
+        }
+        Ok(())
+    }
+
+    /// The files the log has given up since the last call (segments a snapshot or a cut made
+    /// useless, older snapshots), for the caller to remove, on any thread: removing a large
+    /// file can take tens of milliseconds (`given_up.rs`). Call it after each change that
+    /// may give files up; the ones never removed are removed by the next open.
+    pub fn take_given_up(&mut self) -> GivenUp {
+        GivenUp::new(self.vfs.clone(), std::mem::take(&mut self.given_up))
     }
 
     /// Removes a segment's index file, before the segment changes or goes. It is a cache, so
@@ -500,7 +521,7 @@ fn segment_names(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(Index, PathBuf)>, Wal
         let orphan = numbered(path, "idx")
             .is_some_and(|first| !names.iter().any(|(segment, _)| *segment == first));
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if orphan || name.ends_with(".idx.tmp") {
+        if orphan || name.ends_with(".idx.tmp") || given_up::is_given_up(path) {
             vfs.remove(path).map_err(io_error(path))?;
         }
     }

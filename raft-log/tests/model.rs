@@ -67,6 +67,9 @@ enum Op {
     /// entry with another term, 2 beyond the last index, 3 at or below the compaction
     /// boundary (nothing to do); then the Ready's hard state (a new term if `new_term`).
     InstallSnapshot { at: u8, kind: u8, new_term: bool },
+    /// The owner removes the files the log gave up (segments and snapshots it no longer
+    /// uses). Without it they stay until the next open, which must remove them.
+    RemoveGivenUp,
     /// The process dies; every written byte remains.
     Reopen,
     /// The power goes; only synced bytes and names remain.
@@ -103,6 +106,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<u8>().prop_map(|at| Op::SaveSnapshot { at }),
         2 => any::<u8>().prop_map(|at| Op::Compact { at }),
         2 => install,
+        1 => Just(Op::RemoveGivenUp),
         1 => Just(Op::Reopen),
         1 => Just(Op::PowerCut),
         1 => (0..4u8, 1..=8u8, 0..=6u8, any::<bool>()).prop_map(
@@ -269,6 +273,7 @@ impl Harness {
             Op::SaveSnapshot { at } => self.save_snapshot(at),
             Op::Compact { at } => self.compact(at),
             Op::InstallSnapshot { at, kind, new_term } => self.install_snapshot(at, kind, new_term),
+            Op::RemoveGivenUp => self.remove_given_up(),
             Op::Reopen => self.reopen(false),
             Op::PowerCut => self.reopen(true),
             Op::AppendThenPowerCut { syncs_ok, count, conflict_back, new_term } => {
@@ -496,6 +501,12 @@ impl Harness {
 }
 
 impl Harness {
+    fn remove_given_up(&mut self) -> Result<(), String> {
+        let given_up = self.wal.take_given_up();
+        self.note(format!("remove {} given-up files", given_up.paths().len()));
+        given_up.remove().map_err(|e| format!("removing given-up files: {e}"))
+    }
+
     /// Drops the log and opens it again on what a killed process (or a power cut) leaves, then
     /// checks what may differ and reconciles the model (see the module comment).
     fn reopen(&mut self, power_cut: bool) -> Result<(), String> {
@@ -597,6 +608,9 @@ impl Harness {
             // Every sealed segment left its index file: only the newest one is read.
             ensure!(report.segments_scanned == 1, "scanned more than the newest: {report:?}");
         }
+        let files = self.vfs.list(Path::new(DIR)).unwrap_or_default();
+        let left = files.iter().filter(|p| p.to_string_lossy().ends_with(".gone")).count();
+        ensure!(left == 0, "{left} given-up files left after an open");
         let segments = self.segment_files().len();
         ensure_same!(
             report.segments_indexed + report.segments_scanned,

@@ -454,3 +454,44 @@ fn a_batch_synced_on_another_thread_is_durable_once_finished() {
     let refused = wal.write(None, &[entry(1, 5)]);
     assert!(matches!(refused, Err(raft_log::wal::WalError::ReadOnly)), "{refused:?}");
 }
+
+/// Compaction gives up the segments it no longer needs (renamed out of the log, as slow to
+/// remove as they are large): the owner removes them, and a crash before that leaves them to
+/// the next open, which removes them too.
+#[test]
+fn compaction_gives_up_segments_for_the_owner_to_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path(), small_segments()).unwrap();
+    let entries: Vec<Entry> = (1..=40).map(|i| entry(1, i)).collect();
+    for batch in entries.chunks(4) {
+        wal.write(Some(hard_state(1, batch[0].index.0)), batch).unwrap();
+    }
+    let before = segment_files(dir.path());
+    wal.save_snapshot(Index(30), Membership::new([NodeId(1)]), b"at 30").unwrap();
+    wal.compact(Index(30)).unwrap();
+    let after = segment_files(dir.path());
+    assert!(after.len() < before.len(), "no segment left the log: {after:?}");
+    let given_up = wal.take_given_up();
+    let gone = before.len() - after.len();
+    assert_eq!(given_up.paths().len(), gone * 2, "each segment with its index file");
+    assert!(given_up.paths().iter().all(|p| p.exists()), "removed inside the compaction");
+    assert_eq!(files_ending(dir.path(), ".gone").len(), gone * 2);
+    assert!(wal.take_given_up().is_empty(), "handed over twice");
+    given_up.remove().unwrap();
+    assert!(files_ending(dir.path(), ".gone").is_empty());
+
+    // Given up again by the next snapshot, and left behind by a crash.
+    let entries: Vec<Entry> = (41..=80).map(|i| entry(1, i)).collect();
+    for batch in entries.chunks(4) {
+        wal.write(Some(hard_state(1, batch[0].index.0)), batch).unwrap();
+    }
+    wal.save_snapshot(Index(70), Membership::new([NodeId(1)]), b"at 70").unwrap();
+    wal.compact(Index(70)).unwrap();
+    assert!(files_ending(dir.path(), ".gone").len() > 2, "the old snapshot and segments");
+    drop(wal);
+    let wal = Wal::open(dir.path(), small_segments()).unwrap();
+    assert!(files_ending(dir.path(), ".gone").is_empty(), "the open left given-up files");
+    assert_eq!(wal.last_index(), Index(80));
+    assert!(wal.first_index() <= Index(71), "entries after the snapshot lost");
+    assert_eq!(wal.snapshot_data().unwrap().unwrap(), b"at 70");
+}

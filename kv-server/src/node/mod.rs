@@ -512,6 +512,7 @@ impl Core {
             if now >= next_tick {
                 self.raw.tick();
                 self.discard_overtaken_snapshot();
+                self.remove_given_up_files();
                 self.promote_caught_up_learners();
                 self.measure_replication_lag();
                 next_tick = (next_tick + tick).max(now);

@@ -84,6 +84,22 @@ impl Core {
         }
     }
 
+    /// Hands the files the log gave up (segments and snapshots it no longer uses) to a
+    /// blocking thread to remove: removing a large file takes tens of milliseconds, which
+    /// the loop would otherwise spend (raft-log's `given_up.rs`). Files not removed before
+    /// the process stops are removed by the log's next open.
+    pub(super) fn remove_given_up_files(&mut self) {
+        let given_up = self.raw.store_mut().take_given_up();
+        if given_up.is_empty() {
+            return;
+        }
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = given_up.remove() {
+                tracing::warn!("removing files the log no longer uses: {error}");
+            }
+        });
+    }
+
     fn discard_received(&mut self, written: raft_log::wal::WrittenSnapshot) {
         if let Err(error) = self.raw.store().discard_snapshot(written) {
             tracing::warn!("removing a received snapshot that will not be installed: {error}");

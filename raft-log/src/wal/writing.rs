@@ -232,7 +232,7 @@ impl Wal {
 
     /// Drops the entries up to `index`, which the latest snapshot must cover (paper §7):
     /// they are no longer served, and every sealed segment holding only such entries is
-    /// deleted.
+    /// given up ([`Wal::take_given_up`]).
     pub fn compact(&mut self, index: Index) -> Result<(), WalError> {
         self.guarded(|wal| wal.compact_prefix(index))
     }
@@ -307,7 +307,8 @@ impl Wal {
             return Ok(false);
         }
         self.guarded(|wal| {
-            wal.snapshot = Some(written.0.publish(&*wal.vfs, &wal.dir)?);
+            let published = written.0.publish(&*wal.vfs, &wal.dir)?;
+            wal.snapshot = Some(wal.take_over(published));
             Ok(true)
         })
     }
@@ -323,8 +324,16 @@ impl Wal {
         }
         let term = self.term(index).map_err(|e| WalError::InvalidWrite(e.to_string()))?;
         let meta = SnapshotMeta { index, term, membership };
-        self.snapshot = Some(snapshot::write_streamed(&*self.vfs, &self.dir, &meta, fill)?);
+        let published = snapshot::write_streamed(&*self.vfs, &self.dir, &meta, fill)?;
+        self.snapshot = Some(self.take_over(published));
         Ok(())
+    }
+
+    /// A snapshot just put in force: its file, once the older files it made useless join
+    /// those given up.
+    fn take_over(&mut self, (file, given_up): snapshot::Published) -> snapshot::SnapshotFile {
+        self.given_up.extend(given_up);
+        file
     }
 
     /// Installs a snapshot received from the leader (a Ready's `snapshot`), before the
@@ -353,7 +362,8 @@ impl Wal {
         if meta.index <= self.compacted.index {
             return Ok(());
         }
-        let file = snapshot::write_streamed(&*self.vfs, &self.dir, meta, fill)?;
+        let published = snapshot::write_streamed(&*self.vfs, &self.dir, meta, fill)?;
+        let file = self.take_over(published);
         self.put_installed_in_force(file)
     }
 
@@ -373,7 +383,8 @@ impl Wal {
             return self.discard_snapshot(written);
         }
         self.guarded(|wal| {
-            let file = written.0.publish(&*wal.vfs, &wal.dir)?;
+            let published = written.0.publish(&*wal.vfs, &wal.dir)?;
+            let file = wal.take_over(published);
             wal.put_installed_in_force(file)
         })
     }

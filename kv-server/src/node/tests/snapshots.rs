@@ -119,12 +119,17 @@ async fn a_received_snapshot_is_checked_and_synced_while_the_loop_answers() {
     heartbeats.abort();
     let state = one.node.read(false).await.expect("a serializable read is answered");
     assert!(state.get(b"k").is_some(), "the state is not the leader's");
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("data"))
-        .unwrap()
-        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.contains("incoming") || name.ends_with(".tmp"))
-        .collect();
+    let files = || -> Vec<String> {
+        let names = std::fs::read_dir(dir.path().join("data")).unwrap();
+        names.map(|f| f.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    };
+    let leftovers: Vec<_> =
+        files().into_iter().filter(|n| n.contains("incoming") || n.ends_with(".tmp")).collect();
     assert!(leftovers.is_empty(), "files left behind: {leftovers:?}");
+    // The log the snapshot replaced was given up, and is removed beside the loop.
+    assert!(!files().contains(&format!("{:020}.seg", 1)), "the old log is still in use");
+    until("the old log's files to be removed", || !files().iter().any(|n| n.ends_with(".gone")))
+        .await;
 }
 
 /// Node 2 sends its snapshot at 50, then, while that one is checked (its sync held), a newer
