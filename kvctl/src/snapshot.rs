@@ -105,6 +105,7 @@ pub fn restore(file: &Path, data_dir: &Path, members: &[NodeId]) -> Result<Saved
         .map_err(failed)?;
     let hard_state = HardState { term: Term(1), vote: None, commit: Index(applied) };
     wal.write(Some(hard_state), &[]).map_err(failed)?;
+    wal.take_given_up().remove().map_err(failed)?; // the empty log the install replaced
     let (bytes, crc32) = checksum(file).map_err(|e| format!("{}: {e}", file.display()))?;
     Ok(Saved { keys: state.len(), applied, bytes, crc32 })
 }

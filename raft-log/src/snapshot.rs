@@ -3,14 +3,14 @@
 //!
 //! A snapshot is written to `<index>-<term>.<n>.snap.tmp`, synced, renamed to
 //! `<index>-<term>.snap`, and the directory synced; only then are older snapshot files
-//! removed. A crash at any step leaves either the old snapshot or the new one whole, plus at
+//! given up (`given_up.rs`). A crash at any step leaves either the old snapshot or the new one whole, plus at
 //! worst a temporary file, which the next open removes.
 //!
 //! Two snapshots may be written at once: one the node took of its own state and one received
 //! from a leader, each on a thread of its own. So a temporary file is its writer's alone
 //! until the next open: `n` tells apart two writers of the same index and term, and putting
-//! one snapshot in force removes older snapshot files but never another writer's temporary
-//! file.
+//! one snapshot in force gives up older snapshot files but never touches another writer's
+//! temporary file.
 //!
 //! ```text
 //! magic "RLSN" | version u32 (1) | meta length u32 | meta | data length u64 | data | CRC-32

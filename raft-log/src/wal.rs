@@ -17,7 +17,7 @@
 //!   sync of the vote file only when the term or vote changed. When it returns, the caller may
 //!   tell the engine the batch is durable.
 //! - Entries replacing a conflicting suffix cut the log at the first replaced index (later
-//!   segments are deleted), then the batch is appended.
+//!   segments are given up), then the batch is appended.
 //! - A batch with nothing new (no entries, unchanged hard state) costs no write and no sync.
 //! - The directory is synced after a segment or snapshot is created, renamed or given up.
 //!   A file the log no longer needs is given up, not removed: renamed out of the log, to be
@@ -265,7 +265,7 @@ impl Wal {
         Ok(wal)
     }
 
-    /// Loads every segment, oldest first. With repair, a cut in one removes those after it.
+    /// Loads every segment, oldest first. With repair, a cut in one gives up those after it.
     fn load_segments(&mut self, names: &[(Index, PathBuf)]) -> Result<(), WalError> {
         for (position, (first, path)) in names.iter().enumerate() {
             let last = position + 1 == names.len();
@@ -277,8 +277,9 @@ impl Wal {
             }
             let cut = self.load_segment(*first, path, last)?;
             if cut {
-                for (first, _) in &names[position + 1..] {
-                    self.remove_segment_files(*first)?;
+                // Newest first: a crash amid the renames leaves the log contiguous.
+                for (first, _) in names[position + 1..].iter().rev() {
+                    self.give_up_segment_files(*first)?;
                 }
                 self.sync_dir()?;
                 break;
@@ -435,12 +436,14 @@ impl Wal {
         Ok(())
     }
 
-    /// Removes every segment and starts an empty one after the snapshot `meta`. The vote
+    /// Gives up every segment and starts an empty one after the snapshot `meta`. The vote
     /// file keeps the term and vote; the commit hint goes with the segments.
     fn replace_log_after(&mut self, meta: &SnapshotMeta) -> Result<(), WalError> {
         self.recent.clear();
-        for gone in std::mem::take(&mut self.segments) {
-            self.remove_segment_files(gone.first)?;
+        // Newest first: a crash amid the renames leaves a contiguous log, which the next
+        // open replaces again since it does not hold the snapshot's last entry.
+        for gone in std::mem::take(&mut self.segments).into_iter().rev() {
+            self.give_up_segment_files(gone.first)?;
         }
         self.sync_dir()?;
         self.roll(meta.index.next())
@@ -448,7 +451,7 @@ impl Wal {
 
     /// Gives up a segment's index file, then the segment (the caller syncs the directory):
     /// they leave the log now, and [`Wal::take_given_up`] hands them over for removal.
-    fn remove_segment_files(&mut self, first: Index) -> Result<(), WalError> {
+    fn give_up_segment_files(&mut self, first: Index) -> Result<(), WalError> {
         for path in [index_path(&self.dir, first), segment_path(&self.dir, first)] {
             let gone = given_up::give_up(&*self.vfs, &path).map_err(io_error(&path))?;
             self.given_up.extend(gone);
@@ -507,8 +510,8 @@ impl Wal {
     }
 }
 
-/// The segment files in `dir`, oldest first. Leftover temporary index files and index files
-/// without their segment are removed.
+/// The segment files in `dir`, oldest first. Leftover temporary index files, index files
+/// without their segment and files given up before are removed.
 fn segment_names(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(Index, PathBuf)>, WalError> {
     let files = vfs.list(dir).map_err(io_error(dir))?;
     let mut names = Vec::new();
@@ -522,7 +525,7 @@ fn segment_names(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(Index, PathBuf)>, Wal
             .is_some_and(|first| !names.iter().any(|(segment, _)| *segment == first));
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if orphan || name.ends_with(".idx.tmp") || given_up::is_given_up(path) {
-            vfs.remove(path).map_err(io_error(path))?;
+            remove_if_present(vfs, path).map_err(io_error(path))?;
         }
     }
     Ok(names)

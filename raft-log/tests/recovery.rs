@@ -226,14 +226,14 @@ fn a_crash_at_any_step_of_a_snapshot_install_leaves_old_or_new() {
 }
 
 /// A snapshot whose last entry the log holds keeps the suffix after it (paper §7), and
-/// whole segments it covers are deleted.
+/// whole segments it covers are given up.
 #[test]
 fn a_snapshot_the_log_holds_keeps_the_suffix() {
     let (vfs, entries) = written_log(60);
     let mut wal = open(&vfs, small_segments()).unwrap();
     let before = files_named(&vfs, "seg").len();
     wal.install_snapshot(&snapshot_meta(40, 3), b"state at 40").unwrap();
-    assert!(files_named(&vfs, "seg").len() < before, "covered segments deleted");
+    assert!(files_named(&vfs, "seg").len() < before, "covered segments given up");
     assert_eq!(wal.first_index(), Index(41));
     assert_eq!(all_entries(&wal).unwrap(), entries[40..]);
     drop(wal);

@@ -398,6 +398,11 @@ fn a_received_snapshot_written_beside_a_log_it_contradicts_replaces_the_log() {
     wal.install_written_snapshot(written).unwrap();
     assert_eq!(wal.snapshot(), meta);
     assert_eq!((wal.first_index(), wal.last_index()), (Index(26), Index(25)), "the log went");
+    let given_up = wal.take_given_up();
+    assert_eq!(given_up.paths().len(), 1, "the old segment, given up: {given_up:?}");
+    assert!(given_up.paths()[0].exists(), "removed inside the install");
+    given_up.remove().unwrap();
+    assert!(files_ending(dir.path(), ".gone").is_empty());
 }
 
 #[test]

@@ -512,7 +512,7 @@ impl Core {
             if now >= next_tick {
                 self.raw.tick();
                 self.discard_overtaken_snapshot();
-                self.remove_given_up_files();
+                let _removal_goes_on = self.remove_given_up_files(); // beside the loop
                 self.promote_caught_up_learners();
                 self.measure_replication_lag();
                 next_tick = (next_tick + tick).max(now);
@@ -555,6 +555,10 @@ impl Core {
             tracing::error!("stopping: {error}");
         }
         self.fail_everything();
+        // A node removed from the cluster may never open its log again to remove these.
+        if let Some(removal) = self.remove_given_up_files() {
+            let _ = removal.await;
+        }
         finished
     }
 

@@ -86,18 +86,19 @@ impl Core {
 
     /// Hands the files the log gave up (segments and snapshots it no longer uses) to a
     /// blocking thread to remove: removing a large file takes tens of milliseconds, which
-    /// the loop would otherwise spend (raft-log's `given_up.rs`). Files not removed before
-    /// the process stops are removed by the log's next open.
-    pub(super) fn remove_given_up_files(&mut self) {
+    /// the loop would otherwise spend (raft-log's `given_up.rs`). The removal goes on
+    /// whether or not the returned task is awaited; files not removed before the process
+    /// stops are removed by the log's next open. `None` if there is nothing to remove.
+    pub(super) fn remove_given_up_files(&mut self) -> Option<tokio::task::JoinHandle<()>> {
         let given_up = self.raw.store_mut().take_given_up();
         if given_up.is_empty() {
-            return;
+            return None;
         }
-        tokio::task::spawn_blocking(move || {
+        Some(tokio::task::spawn_blocking(move || {
             if let Err(error) = given_up.remove() {
                 tracing::warn!("removing files the log no longer uses: {error}");
             }
-        });
+        }))
     }
 
     fn discard_received(&mut self, written: raft_log::wal::WrittenSnapshot) {

@@ -214,7 +214,7 @@ impl Wal {
         self.recent.cut_from(index);
         if self.segments.len() > position + 1 {
             for gone in self.segments.split_off(position + 1).into_iter().rev() {
-                self.remove_segment_files(gone.first)?;
+                self.give_up_segment_files(gone.first)?;
             }
             let first = self.segments[position].first;
             self.remove_index_file(first)?;
@@ -258,7 +258,7 @@ impl Wal {
             return Ok(());
         }
         for gone in self.segments.drain(..removable).collect::<Vec<_>>() {
-            self.remove_segment_files(gone.first)?;
+            self.give_up_segment_files(gone.first)?;
         }
         self.sync_dir()
     }

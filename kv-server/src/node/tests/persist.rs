@@ -92,6 +92,8 @@ pub(super) struct GatedVfs {
     suffix: &'static str,
     /// Only the syncs run by this thread pass it, if set.
     thread: Option<&'static str>,
+    /// If set, the removals of files the log gave up (`.gone`) pass this gate.
+    removals: Option<Arc<Gate>>,
 }
 
 /// A file whose syncs pass the gate.
@@ -104,12 +106,13 @@ struct GatedFile {
 impl GatedVfs {
     /// Gates the syncs of the log's segment files that the `wal-sync` thread runs.
     pub(super) fn wal_syncs(gate: Arc<Gate>) -> GatedVfs {
-        GatedVfs { gate, suffix: ".seg", thread: Some("wal-sync") }
+        GatedVfs { gate, suffix: ".seg", thread: Some("wal-sync"), removals: None }
     }
 
-    /// Gates the syncs of every temporary snapshot file, on any thread.
-    pub(super) fn snapshot_syncs(gate: Arc<Gate>) -> GatedVfs {
-        GatedVfs { gate, suffix: ".snap.tmp", thread: None }
+    /// Gates the syncs of every temporary snapshot file, on any thread, and the removals of
+    /// files the log gave up behind `removals`.
+    pub(super) fn snapshot_syncs(gate: Arc<Gate>, removals: Arc<Gate>) -> GatedVfs {
+        GatedVfs { gate, suffix: ".snap.tmp", thread: None, removals: Some(removals) }
     }
 
     fn wrap(&self, path: &Path, file: Box<dyn VfsFile>) -> Box<dyn VfsFile> {
@@ -119,6 +122,10 @@ impl GatedVfs {
             file
         }
     }
+}
+
+fn is_given_up(path: &Path) -> bool {
+    path.to_string_lossy().ends_with(".gone")
 }
 
 impl Vfs for GatedVfs {
@@ -132,6 +139,9 @@ impl Vfs for GatedVfs {
         StdVfs.map(path)
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
+        if let Some(removals) = self.removals.as_ref().filter(|_| is_given_up(path)) {
+            removals.pass();
+        }
         StdVfs.remove(path)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

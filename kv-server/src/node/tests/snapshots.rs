@@ -47,10 +47,12 @@ fn snapshot_from_node_2(term: u64, index: u64, transfer_id: u64) -> Event {
 /// A one-node cluster that leads and has written itself into the member table, with the
 /// syncs of temporary snapshot files gated. (Once it follows node 2, a registration still
 /// to write would go to node 2 too, and count among the messages dropped.)
-async fn one_node_with_gated_snapshot_syncs() -> (tempfile::TempDir, Arc<Gate>, OneNode) {
+async fn one_node_with_gated_snapshot_syncs() -> (tempfile::TempDir, Arc<Gate>, Arc<Gate>, OneNode)
+{
     let dir = tempfile::tempdir().unwrap();
-    let gate = Arc::new(Gate::default());
-    let one = OneNode::start(dir.path(), Arc::new(GatedVfs::snapshot_syncs(gate.clone()))).await;
+    let (gate, removals) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+    let vfs = GatedVfs::snapshot_syncs(gate.clone(), removals.clone());
+    let one = OneNode::start(dir.path(), Arc::new(vfs)).await;
     one.status_when("node 1 to lead", |s| s.role == Role::Leader).await;
     within("node 1 to register", async {
         while one.node.read(false).await.expect("a serializable read").members().is_empty() {
@@ -58,7 +60,7 @@ async fn one_node_with_gated_snapshot_syncs() -> (tempfile::TempDir, Arc<Gate>, 
         }
     })
     .await;
-    (dir, gate, one)
+    (dir, gate, removals, one)
 }
 
 /// Node 2 leads a later term and sends node 1 its snapshot at 50. While the snapshot's file
@@ -72,9 +74,11 @@ async fn one_node_with_gated_snapshot_syncs() -> (tempfile::TempDir, Arc<Gate>, 
 /// (`messages_dropped`): that is how the test sees what leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_received_snapshot_is_checked_and_synced_while_the_loop_answers() {
-    let (dir, gate, one) = one_node_with_gated_snapshot_syncs().await;
+    let (dir, gate, removals, one) = one_node_with_gated_snapshot_syncs().await;
     let before = one.status().await;
     let _released = Released(gate.clone());
+    let _removals_released = Released(removals.clone());
+    removals.set(SyncMode::Hold);
 
     gate.set(SyncMode::Hold);
     let sent = snapshot_from_node_2(before.term + 1, 50, 1);
@@ -126,8 +130,13 @@ async fn a_received_snapshot_is_checked_and_synced_while_the_loop_answers() {
     let leftovers: Vec<_> =
         files().into_iter().filter(|n| n.contains("incoming") || n.ends_with(".tmp")).collect();
     assert!(leftovers.is_empty(), "files left behind: {leftovers:?}");
-    // The log the snapshot replaced was given up, and is removed beside the loop.
+    // The log the snapshot replaced was given up, and is removed beside the loop: while
+    // the removal is held, the loop answers.
     assert!(!files().contains(&format!("{:020}.seg", 1)), "the old log is still in use");
+    until("the old log's removal to be held", || removals.held() == 1).await;
+    one.status().await;
+    assert!(files().iter().any(|n| n.ends_with(".gone")), "no file was given up");
+    removals.set(SyncMode::Pass);
     until("the old log's files to be removed", || !files().iter().any(|n| n.ends_with(".gone")))
         .await;
 }
@@ -138,7 +147,7 @@ async fn a_received_snapshot_is_checked_and_synced_while_the_loop_answers() {
 /// the first and held its answers to node 2 for good.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_received_during_a_check_is_checked_after_it() {
-    let (_dir, gate, one) = one_node_with_gated_snapshot_syncs().await;
+    let (_dir, gate, _removals, one) = one_node_with_gated_snapshot_syncs().await;
     let term = one.status().await.term + 1;
     let _released = Released(gate.clone());
 
@@ -156,7 +165,7 @@ async fn a_snapshot_received_during_a_check_is_checked_after_it() {
 /// node 2 would never send the snapshot again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_that_panics_is_a_refusal_and_ends_the_hold() {
-    let (_dir, gate, one) = one_node_with_gated_snapshot_syncs().await;
+    let (_dir, gate, _removals, one) = one_node_with_gated_snapshot_syncs().await;
     let term = one.status().await.term + 1;
     let _released = Released(gate.clone());
 
