@@ -164,11 +164,11 @@ impl Incoming {
     }
 
     /// Whether `message` must not leave (it is dropped, not sent later): a heartbeat's answer
-    /// to the leader whose snapshot is being checked. The leader sends a snapshot again when a follower answers its heartbeats
-    /// an election timeout after the snapshot went out without having installed it
-    /// (docs/snapshots.md, "Resend after an election timeout"); a large snapshot can take
-    /// longer than that to check and sync, and each resend would be checked again, for
-    /// nothing. Unanswered, the leader waits, as it did when the check held up the loop.
+    /// to the leader whose snapshot is being checked. The leader sends a snapshot again when
+    /// a follower answers its heartbeats an election timeout after the snapshot went out
+    /// without having installed it (docs/snapshots.md, "Resend after an election timeout");
+    /// a large snapshot can take longer than that to check and sync, and each resend would
+    /// be checked again, for nothing. Unanswered, the leader waits, as it did when the check held up the loop.
     ///
     /// Only answers in the term the snapshot was sent in: an answer in a later term tells an
     /// old leader that a new one was elected (or answers the sender, elected again), and

@@ -42,7 +42,7 @@ pub(crate) fn give_up(vfs: &dyn Vfs, path: &Path) -> io::Result<Option<PathBuf>>
 }
 
 /// Whether `path` names a file the log gave up.
-pub(crate) fn is_given_up(path: &Path) -> bool {
+pub fn is_given_up(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(SUFFIX))
 }
 

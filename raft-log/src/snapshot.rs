@@ -3,8 +3,8 @@
 //!
 //! A snapshot is written to `<index>-<term>.<n>.snap.tmp`, synced, renamed to
 //! `<index>-<term>.snap`, and the directory synced; only then are older snapshot files
-//! given up (`given_up.rs`). A crash at any step leaves either the old snapshot or the new one whole, plus at
-//! worst a temporary file, which the next open removes.
+//! given up (`given_up.rs`). A crash at any step leaves either the old snapshot or the new
+//! one whole, plus at worst a temporary file, which the next open removes.
 //!
 //! Two snapshots may be written at once: one the node took of its own state and one received
 //! from a leader, each on a thread of its own. So a temporary file is its writer's alone

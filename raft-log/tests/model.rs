@@ -609,7 +609,7 @@ impl Harness {
             ensure!(report.segments_scanned == 1, "scanned more than the newest: {report:?}");
         }
         let files = self.vfs.list(Path::new(DIR)).unwrap_or_default();
-        let left = files.iter().filter(|p| p.to_string_lossy().ends_with(".gone")).count();
+        let left = files.iter().filter(|p| raft_log::given_up::is_given_up(p)).count();
         ensure!(left == 0, "{left} given-up files left after an open");
         let segments = self.segment_files().len();
         ensure_same!(

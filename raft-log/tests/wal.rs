@@ -467,10 +467,13 @@ fn a_batch_synced_on_another_thread_is_durable_once_finished() {
 fn compaction_gives_up_segments_for_the_owner_to_remove() {
     let dir = tempfile::tempdir().unwrap();
     let mut wal = Wal::open(dir.path(), small_segments()).unwrap();
-    let entries: Vec<Entry> = (1..=40).map(|i| entry(1, i)).collect();
-    for batch in entries.chunks(4) {
-        wal.write(Some(hard_state(1, batch[0].index.0)), batch).unwrap();
-    }
+    let write_up_to = |wal: &mut Wal, last: u64| {
+        let entries: Vec<Entry> = (wal.last_index().0 + 1..=last).map(|i| entry(1, i)).collect();
+        for batch in entries.chunks(4) {
+            wal.write(Some(hard_state(1, batch[0].index.0)), batch).unwrap();
+        }
+    };
+    write_up_to(&mut wal, 40);
     let before = segment_files(dir.path());
     wal.save_snapshot(Index(30), Membership::new([NodeId(1)]), b"at 30").unwrap();
     wal.compact(Index(30)).unwrap();
@@ -486,10 +489,7 @@ fn compaction_gives_up_segments_for_the_owner_to_remove() {
     assert!(files_ending(dir.path(), ".gone").is_empty());
 
     // Given up again by the next snapshot, and left behind by a crash.
-    let entries: Vec<Entry> = (41..=80).map(|i| entry(1, i)).collect();
-    for batch in entries.chunks(4) {
-        wal.write(Some(hard_state(1, batch[0].index.0)), batch).unwrap();
-    }
+    write_up_to(&mut wal, 80);
     wal.save_snapshot(Index(70), Membership::new([NodeId(1)]), b"at 70").unwrap();
     wal.compact(Index(70)).unwrap();
     assert!(files_ending(dir.path(), ".gone").len() > 2, "the old snapshot and segments");

@@ -124,10 +124,6 @@ impl GatedVfs {
     }
 }
 
-fn is_given_up(path: &Path) -> bool {
-    path.to_string_lossy().ends_with(".gone")
-}
-
 impl Vfs for GatedVfs {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
         Ok(self.wrap(path, StdVfs.create_new(path)?))
@@ -139,7 +135,8 @@ impl Vfs for GatedVfs {
         StdVfs.map(path)
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
-        if let Some(removals) = self.removals.as_ref().filter(|_| is_given_up(path)) {
+        let given_up = raft_log::given_up::is_given_up(path);
+        if let Some(removals) = self.removals.as_ref().filter(|_| given_up) {
             removals.pass();
         }
         StdVfs.remove(path)

@@ -44,23 +44,56 @@ fn snapshot_from_node_2(term: u64, index: u64, transfer_id: u64) -> Event {
     Event::SnapshotChunk(chunk)
 }
 
-/// A one-node cluster that leads and has written itself into the member table, with the
-/// syncs of temporary snapshot files gated. (Once it follows node 2, a registration still
-/// to write would go to node 2 too, and count among the messages dropped.)
-async fn one_node_with_gated_snapshot_syncs() -> (tempfile::TempDir, Arc<Gate>, Arc<Gate>, OneNode)
-{
-    let dir = tempfile::tempdir().unwrap();
-    let (gate, removals) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
-    let vfs = GatedVfs::snapshot_syncs(gate.clone(), removals.clone());
-    let one = OneNode::start(dir.path(), Arc::new(vfs)).await;
-    one.status_when("node 1 to lead", |s| s.role == Role::Leader).await;
-    within("node 1 to register", async {
-        while one.node.read(false).await.expect("a serializable read").members().is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+/// A one-node cluster that leads and has written itself into the member table (once it
+/// follows node 2, a registration still to write would go to node 2 too, and count among
+/// the messages dropped), on a file system where the syncs of temporary snapshot files pass
+/// `syncs` and the removals of files the log gave up pass `removals`. Dropping it opens both
+/// gates first (fields drop in order), so that a failed assertion leaves no thread waiting.
+struct GatedNode {
+    _released: [Released; 2],
+    syncs: Arc<Gate>,
+    removals: Arc<Gate>,
+    one: OneNode,
+    dir: tempfile::TempDir,
+}
+
+impl GatedNode {
+    async fn start() -> GatedNode {
+        let dir = tempfile::tempdir().unwrap();
+        let (syncs, removals) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+        let vfs = GatedVfs::snapshot_syncs(syncs.clone(), removals.clone());
+        let one = OneNode::start(dir.path(), Arc::new(vfs)).await;
+        one.status_when("node 1 to lead", |s| s.role == Role::Leader).await;
+        within("node 1 to register", async {
+            while one.node.read(false).await.expect("a serializable read").members().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        let _released = [Released(syncs.clone()), Released(removals.clone())];
+        GatedNode { _released, syncs, removals, one, dir }
+    }
+
+    /// The term node 2 leads in: the one after node 1's.
+    async fn next_term(&self) -> u64 {
+        self.one.status().await.term + 1
+    }
+}
+
+/// Sends node 1 node 2's heartbeats in `term`, six per election timeout, until aborted.
+fn heartbeats_from_node_2(one: &OneNode, term: u64) -> tokio::task::JoinHandle<()> {
+    let inject = one.inject.clone();
+    tokio::spawn(async move {
+        let heartbeat = MessageBody::Heartbeat { commit: Index(0), read_round: 0 };
+        while inject.send(Event::Message(from_node_2(term, heartbeat.clone()))).await.is_ok() {
+            tokio::time::sleep(ELECTION_TIMEOUT / 6).await;
         }
     })
-    .await;
-    (dir, gate, removals, one)
+}
+
+/// The messages node 1 sent node 2 (dropped and counted: node 2 has no address).
+fn sent_to_node_2(one: &OneNode) -> u64 {
+    one.metrics.messages_dropped.get_or_create(&peer_label(NodeId(2))).get()
 }
 
 /// Node 2 leads a later term and sends node 1 its snapshot at 50. While the snapshot's file
@@ -74,10 +107,9 @@ async fn one_node_with_gated_snapshot_syncs() -> (tempfile::TempDir, Arc<Gate>, 
 /// (`messages_dropped`): that is how the test sees what leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_received_snapshot_is_checked_and_synced_while_the_loop_answers() {
-    let (dir, gate, removals, one) = one_node_with_gated_snapshot_syncs().await;
+    let node = GatedNode::start().await;
+    let (one, gate, removals) = (&node.one, &node.syncs, &node.removals);
     let before = one.status().await;
-    let _released = Released(gate.clone());
-    let _removals_released = Released(removals.clone());
     removals.set(SyncMode::Hold);
 
     gate.set(SyncMode::Hold);
@@ -88,57 +120,48 @@ async fn a_received_snapshot_is_checked_and_synced_while_the_loop_answers() {
     assert!(meanwhile.applied < 50, "installed before its sync ended: {meanwhile:?}");
     let state = one.node.read(false).await.expect("a serializable read is answered");
     assert!(state.get(b"k").is_none(), "the leader's state is in force before its sync ended");
-    let dropped = || one.metrics.messages_dropped.get_or_create(&peer_label(NodeId(2))).get();
-    let before_answers = dropped();
-    let heartbeat = MessageBody::Heartbeat { commit: Index(0), read_round: 0 };
+    let before_answers = sent_to_node_2(one);
     let probe = MessageBody::Append {
         prev: raft_core::EntryId { index: Index(50), term: Term(before.term + 1) },
         entries: Vec::new(),
         commit: Index(50),
     };
-    for body in [heartbeat.clone(), probe] {
-        one.inject.send(Event::Message(from_node_2(before.term + 1, body))).await.unwrap();
-    }
+    one.inject.send(Event::Message(from_node_2(before.term + 1, probe))).await.unwrap();
     // Node 1 now follows node 2 in a configuration of its own alone: without node 2's
     // heartbeats it would elect itself after an election timeout, and then refuse the
     // snapshot as sent in an earlier term.
-    let inject = one.inject.clone();
-    let leaders_term = before.term + 1;
-    let heartbeats = tokio::spawn(async move {
-        loop {
-            let sent = from_node_2(leaders_term, heartbeat.clone());
-            if inject.send(Event::Message(sent)).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(ELECTION_TIMEOUT / 6).await;
-        }
-    });
-    until("an answer to node 2", || dropped() > before_answers).await;
-    one.status().await; // a whole turn more: both messages are handled
+    let heartbeats = heartbeats_from_node_2(one, before.term + 1);
+    until("an answer to node 2", || sent_to_node_2(one) > before_answers).await;
+    one.status().await; // a whole turn more: the probe and a heartbeat are handled
     one.status().await;
-    assert_eq!(dropped(), before_answers + 1, "not the probe's answer alone");
+    assert_eq!(sent_to_node_2(one), before_answers + 1, "not the probe's answer alone");
 
     gate.set(SyncMode::Pass);
     one.status_when("the snapshot to be installed", |s| s.applied == 50).await;
     heartbeats.abort();
     let state = one.node.read(false).await.expect("a serializable read is answered");
     assert!(state.get(b"k").is_some(), "the state is not the leader's");
-    let files = || -> Vec<String> {
-        let names = std::fs::read_dir(dir.path().join("data")).unwrap();
-        names.map(|f| f.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    let files = || -> Vec<std::path::PathBuf> {
+        let names = std::fs::read_dir(node.dir.path().join("data")).unwrap();
+        names.map(|f| f.unwrap().path()).collect()
     };
-    let leftovers: Vec<_> =
-        files().into_iter().filter(|n| n.contains("incoming") || n.ends_with(".tmp")).collect();
+    let given_up = || files().into_iter().filter(|p| raft_log::given_up::is_given_up(p)).count();
+    let leftovers: Vec<_> = files()
+        .into_iter()
+        .filter(|p| {
+            p.to_string_lossy().contains("incoming") || p.extension().is_some_and(|e| e == "tmp")
+        })
+        .collect();
     assert!(leftovers.is_empty(), "files left behind: {leftovers:?}");
     // The log the snapshot replaced was given up, and is removed beside the loop: while
     // the removal is held, the loop answers.
-    assert!(!files().contains(&format!("{:020}.seg", 1)), "the old log is still in use");
+    let old_log = node.dir.path().join("data").join(format!("{:020}.seg", 1));
+    assert!(!files().contains(&old_log), "the old log is still in use");
     until("the old log's removal to be held", || removals.held() == 1).await;
     one.status().await;
-    assert!(files().iter().any(|n| n.ends_with(".gone")), "no file was given up");
+    assert!(given_up() > 0, "no file was given up");
     removals.set(SyncMode::Pass);
-    until("the old log's files to be removed", || !files().iter().any(|n| n.ends_with(".gone")))
-        .await;
+    until("the old log's files to be removed", || given_up() == 0).await;
 }
 
 /// Node 2 sends its snapshot at 50, then, while that one is checked (its sync held), a newer
@@ -147,10 +170,8 @@ async fn a_received_snapshot_is_checked_and_synced_while_the_loop_answers() {
 /// the first and held its answers to node 2 for good.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_received_during_a_check_is_checked_after_it() {
-    let (_dir, gate, _removals, one) = one_node_with_gated_snapshot_syncs().await;
-    let term = one.status().await.term + 1;
-    let _released = Released(gate.clone());
-
+    let node = GatedNode::start().await;
+    let (one, gate, term) = (&node.one, &node.syncs, node.next_term().await);
     gate.set(SyncMode::Hold);
     for (transfer, index) in [(1, 50), (2, 60)] {
         one.inject.send(snapshot_from_node_2(term, index, transfer)).await.unwrap();
@@ -165,21 +186,12 @@ async fn a_snapshot_received_during_a_check_is_checked_after_it() {
 /// node 2 would never send the snapshot again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_that_panics_is_a_refusal_and_ends_the_hold() {
-    let (_dir, gate, _removals, one) = one_node_with_gated_snapshot_syncs().await;
-    let term = one.status().await.term + 1;
-    let _released = Released(gate.clone());
-
-    gate.set(SyncMode::Panic);
+    let node = GatedNode::start().await;
+    let (one, term) = (&node.one, node.next_term().await);
+    node.syncs.set(SyncMode::Panic);
     one.inject.send(snapshot_from_node_2(term, 50, 1)).await.unwrap();
-    let dropped = || one.metrics.messages_dropped.get_or_create(&peer_label(NodeId(2))).get();
-    let heartbeat = MessageBody::Heartbeat { commit: Index(0), read_round: 0 };
-    within("a heartbeat answer to node 2", async {
-        while dropped() == 0 {
-            let sent = from_node_2(term, heartbeat.clone());
-            one.inject.send(Event::Message(sent)).await.unwrap();
-            tokio::time::sleep(ELECTION_TIMEOUT / 6).await;
-        }
-    })
-    .await;
+    let heartbeats = heartbeats_from_node_2(one, term);
+    until("a heartbeat answer to node 2", || sent_to_node_2(one) > 0).await;
+    heartbeats.abort();
     assert!(one.status().await.applied < 50, "a snapshot whose check panicked was installed");
 }
