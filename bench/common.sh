@@ -3,6 +3,8 @@
 # LOADGEN: the loadgen binary (default: ../shared/loadgen beside this repository).
 # ETCD_CLUSTER: loadgen's etcd-cluster.sh (default: beside loadgen's sources).
 # NODEENV: a command prefix for the cluster, such as "env KV_SNAPSHOT_ENTRIES=10000".
+# CLIENTS=plain: the nodes serve clients over plain TCP with no access policy, as etcd runs
+#   under loadgen (peers keep mutual TLS); the default is `kvctl dev`'s mutual TLS and policy.
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN=${BIN:-$HERE/../target/release}
 LOADGEN=${LOADGEN:-$HERE/../../shared/loadgen/target/release/loadgen}
@@ -35,6 +37,43 @@ start_dev() {
 stop_dev() {
   [ -n "$DEV" ] && kill -INT "$DEV" 2> /dev/null && wait "$DEV" 2> /dev/null
   DEV=
+  [ -n "${PLAIN_PIDS:-}" ] && kill -TERM $PLAIN_PIDS 2> /dev/null && wait $PLAIN_PIDS 2> /dev/null
+  PLAIN_PIDS=
+}
+
+# Like start_dev, with clients over plain TCP and no access policy (CLIENTS=plain): the
+# three nodes are started here with `kvctl dev`'s other flags (one thread each, batch
+# scheduling on 2 cores), peers over mutual TLS with certificates from `kvctl certs`.
+# Sets NODE_PIDS.
+start_plain() {
+  pkill -TERM -f "kvctl node --name=p[123] " 2> /dev/null
+  for _ in $(seq 1 150); do pgrep -f "kvctl node --name=p[123] " > /dev/null || break; sleep 0.1; done
+  rm -rf "$DEV_DIR" && mkdir -p "$DEV_DIR"
+  local certs=$DEV_DIR/certs i cluster=
+  "$BIN/kvctl" certs --dir "$certs" --nodes p1,p2,p3 > /dev/null || exit 1
+  for i in 1 2 3; do cluster="$cluster${cluster:+,}p$i=127.0.0.1:$((BASE_PORT + 10 + i))"; done
+  PLAIN_PIDS=
+  for i in 1 2 3; do
+    ${NODEENV:-} "$BIN/kvctl" node --name=p$i --initial-cluster=$cluster --data-dir="$DEV_DIR/p$i" \
+      --listen-peer-address=127.0.0.1:$((BASE_PORT + 10 + i)) \
+      --listen-client-address=127.0.0.1:$((BASE_PORT + i)) \
+      --peer-cert-file="$certs/p$i.pem" --peer-key-file="$certs/p$i-key.pem" \
+      --peer-trusted-ca-file="$certs/ca.pem" --threads=1 --scheduling=batch \
+      --listen-metrics-address=127.0.0.1:$((BASE_PORT + 20 + i)) \
+      < /dev/null > /dev/null 2> "$DEV_DIR/p$i.log" &
+    PLAIN_PIDS="$PLAIN_PIDS $!"
+  done
+  sleep 4 # an election, and the members' own rows written
+  NODE_PIDS=$PLAIN_PIDS
+}
+
+# Saves each node's metrics (CLIENTS=plain, which serves them) as $DEV_DIR/metrics-pN.
+save_metrics() {
+  local i
+  for i in 1 2 3; do
+    python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$((BASE_PORT + 20 + i))/metrics').read().decode())" \
+      > "$DEV_DIR/metrics-p$i" 2> /dev/null
+  done
 }
 
 # Sum of user and system clock ticks of the processes given.

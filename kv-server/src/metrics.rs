@@ -44,6 +44,13 @@ pub struct RequestLabels {
     pub code: &'static str,
 }
 
+/// Labels naming a step of the node that took too long (`node/slow.rs`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlowStepLabel {
+    /// `wal_sync`, `loop_turn` or `late_tick`.
+    pub step: &'static str,
+}
+
 /// Labels of a proposal's outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -73,6 +80,10 @@ pub struct Metrics {
     pub wal_sync_seconds: Histogram,
     /// Entries per log batch (one fdatasync each).
     pub wal_batch_entries: Histogram,
+    /// Seconds per turn of the Raft loop.
+    pub loop_turn_seconds: Histogram,
+    /// Steps that took longer than 100 ms, by step (each also logged as a warning).
+    pub slow_steps: Family<SlowStepLabel, Counter>,
     /// On the leader: entries each member's log lags behind the leader's.
     pub replication_lag: Family<PeerLabel, Gauge>,
     /// Messages to each peer that the transport refused (its queue full or no connection).
@@ -178,6 +189,8 @@ impl Metrics {
             proposal_seconds: Histogram::new(seconds_buckets()),
             wal_sync_seconds: Histogram::new(seconds_buckets()),
             wal_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            loop_turn_seconds: Histogram::new(seconds_buckets()),
+            slow_steps: Family::default(),
             replication_lag: Family::default(),
             messages_dropped: Family::default(),
             snapshots: Counter::default(),
@@ -219,6 +232,16 @@ impl Metrics {
             "wal_batch_entries",
             "Entries per log batch (one fdatasync each)",
             self.wal_batch_entries.clone(),
+        );
+        r.register(
+            "raft_loop_turn_duration_seconds",
+            "One turn of the Raft loop: taking inputs, handling Readies, applying",
+            self.loop_turn_seconds.clone(),
+        );
+        r.register(
+            "slow_steps",
+            "Log syncs and loop turns over 100 ms, and ticks come to 100 ms late (each logged)",
+            self.slow_steps.clone(),
         );
         r.register(
             "raft_replication_lag_entries",

@@ -18,7 +18,7 @@
 //! once too.
 
 use crate::incoming::{Checked, Incoming};
-use crate::metrics::{gauge_value, Metrics, PeerLabel};
+use crate::metrics::{gauge_value, observe, Metrics, PeerLabel};
 use bytes::Bytes;
 use kv_fsm::{ApplyError, KvState, WriteResult};
 use kv_proto::kv::{command::Op, Command, WriteSession as ClientSession};
@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 mod membership;
 mod persist;
 mod reads;
+mod slow;
 mod snapshots;
 #[cfg(test)]
 mod tests;
@@ -484,6 +485,7 @@ impl Core {
             let side =
                 SideChannels { synced: &mut self.synced, checked: &mut self.snapshot_checked };
             let woken = next_wake(&mut inputs, &mut events, side, events_open, wait).await;
+            let turn_started = Instant::now();
             let mut stop = None;
             let mut failed = None;
             match woken {
@@ -510,6 +512,7 @@ impl Core {
             self.request_read_index();
             let now = Instant::now();
             if now >= next_tick {
+                slow::watch(&self.metrics, slow::Step::LateTick, now - next_tick);
                 self.raw.tick();
                 self.discard_overtaken_snapshot();
                 let _removal_goes_on = self.remove_given_up_files(); // beside the loop
@@ -528,6 +531,9 @@ impl Core {
                 self.fail_everything();
                 return Err(error);
             }
+            let took = turn_started.elapsed();
+            observe(&self.metrics.loop_turn_seconds, took);
+            slow::watch(&self.metrics, slow::Step::Turn, took);
             if let Some(reply) = stop {
                 let stopped = self.finish_and_fail_everything().await;
                 let _ = reply.send(());

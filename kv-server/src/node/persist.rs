@@ -184,7 +184,13 @@ impl Core {
             return Err("a sync ended that was never started".into());
         };
         self.raw.store_mut().finish_sync(outcome).map_err(|e| format!("syncing the log: {e}"))?;
-        observe(&self.metrics.wal_sync_seconds, syncing.started.elapsed());
+        let took = syncing.started.elapsed();
+        observe(&self.metrics.wal_sync_seconds, took);
+        super::slow::watch(
+            &self.metrics,
+            super::slow::Step::Sync { entries: syncing.entries },
+            took,
+        );
         self.metrics.wal_batch_entries.observe(syncing.entries as f64);
         self.persisted(syncing.number, syncing.after_persist);
         self.adopt_written_snapshot()?;

@@ -255,3 +255,29 @@ async fn a_node_whose_sync_thread_died_stops_with_an_error() {
     let error = within("the loop", task).await.unwrap().expect_err("the loop went on");
     assert!(error.contains("sync thread"), "the error does not name the sync thread: {error}");
 }
+
+/// A sync the disk holds past [`slow::SLOW_STEP`] is counted (and logged) as a slow sync of
+/// the log, once, while the loop goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_held_past_the_threshold_is_counted_as_slow() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let one = OneNode::start(dir.path(), Arc::new(GatedVfs::wal_syncs(gate.clone()))).await;
+    let _released = Released(gate.clone());
+    within("the first write", one.node.write(put("a"), None)).await.expect("applied");
+    let slow_syncs = || {
+        let label = crate::metrics::SlowStepLabel { step: "wal_sync" };
+        one.metrics.slow_steps.get_or_create(&label).get()
+    };
+    assert_eq!(slow_syncs(), 0, "a sync passing at once was counted slow");
+
+    let write = write_held(&gate, &one.node).await;
+    tokio::time::sleep(slow::SLOW_STEP + Duration::from_millis(50)).await;
+    one.status().await; // the loop answers while the disk holds the sync
+    assert_eq!(slow_syncs(), 0, "counted before the sync ended");
+    gate.set(SyncMode::Pass);
+    within("the held write", write).await.unwrap().expect("applied");
+    assert_eq!(slow_syncs(), 1);
+    let text = one.metrics.encode();
+    assert!(!text.contains("kv_raft_loop_turn_duration_seconds_count 0"), "no turn measured");
+}
