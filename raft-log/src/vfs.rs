@@ -166,6 +166,8 @@ struct FakeDisk {
     durable_names: BTreeMap<PathBuf, usize>,
     /// Syncs that will still succeed (`None`: all of them).
     syncs_left: Option<u64>,
+    /// Renames that will still succeed (`None`: all of them).
+    renames_left: Option<u64>,
     syncs: u64,
     /// Positional reads served.
     reads: u64,
@@ -243,6 +245,12 @@ impl FakeVfs {
     /// stops a multi-step operation after any of its durable steps.
     pub fn fail_syncs_after(&self, n: u64) {
         self.disk().syncs_left = Some(n);
+    }
+
+    /// The next `n` renames succeed, every later one fails. With [`FakeVfs::kill`], this
+    /// stops a sequence of renames after any of them, as a process killed amid it would.
+    pub fn fail_renames_after(&self, n: u64) {
+        self.disk().renames_left = Some(n);
     }
 
     /// How many file and directory syncs succeeded so far.
@@ -348,6 +356,15 @@ impl Vfs for FakeVfs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut disk = self.disk();
+        if !disk.names.contains_key(from) {
+            return Err(not_found(from));
+        }
+        if let Some(left) = disk.renames_left.as_mut() {
+            if *left == 0 {
+                return Err(io::Error::other(format!("{}: rename failed", from.display())));
+            }
+            *left -= 1;
+        }
         let inode = disk.names.remove(from).ok_or_else(|| not_found(from))?;
         disk.names.insert(to.to_path_buf(), inode);
         Ok(())

@@ -500,3 +500,90 @@ fn compaction_gives_up_segments_for_the_owner_to_remove() {
     assert!(wal.first_index() <= Index(71), "entries after the snapshot lost");
     assert_eq!(wal.snapshot_data().unwrap().unwrap(), b"at 70");
 }
+
+/// A log on a fake disk in many small segments, holding entries 1 to 20 of term 1.
+fn fake_log_in_small_segments() -> (FakeVfs, &'static Path, Vec<Entry>) {
+    let dir = Path::new("/node-1");
+    let vfs = FakeVfs::new();
+    let mut wal = Wal::open_with(Arc::new(vfs.clone()), dir, small_segments()).unwrap();
+    let old: Vec<Entry> = (1..=20).map(|i| entry(1, i)).collect();
+    for batch in old.chunks(2) {
+        wal.write(Some(hard_state(1, 3)), batch).unwrap(); // a segment holds about 4
+    }
+    (vfs, dir, old)
+}
+
+/// Runs `change` on a copy of the log in `base` whose renames fail after `renames` of them,
+/// as a process killed amid them would stop; returns whether `change` finished, and the log
+/// opened again from what the stopped process left.
+fn stopped_after_renames(
+    base: &FakeVfs,
+    dir: &Path,
+    renames: u64,
+    change: impl FnOnce(&mut Wal) -> Result<(), WalError>,
+) -> (bool, Wal) {
+    let vfs = base.kill(); // a copy of the disk as the log left it
+    let mut wal = Wal::open_with(Arc::new(vfs.clone()), dir, small_segments()).unwrap();
+    vfs.fail_renames_after(renames);
+    let finished = change(&mut wal).is_ok();
+    drop(wal);
+    let reopened = Wal::open_with(Arc::new(vfs.kill()), dir, small_segments())
+        .unwrap_or_else(|e| panic!("stopped after {renames} renames, the log is refused: {e}"));
+    (finished, reopened)
+}
+
+/// A cut that gives up several segments is stopped after each of its renames in turn. The
+/// segments go newest first, so every stop leaves a log that opens: the entries before the
+/// cut point intact, then a contiguous run of the old entries after it, or the new ones.
+/// (Oldest first, a stop after the first segment leaves a gap, and the log is refused.)
+#[test]
+fn a_cut_stopped_amid_its_renames_leaves_a_log_that_opens() {
+    let (base, dir, old) = fake_log_in_small_segments();
+    let new: Vec<Entry> = (6..=8).map(|i| entry(2, i)).collect();
+    for renames in 0.. {
+        let (cut, reopened) = stopped_after_renames(&base, dir, renames, |wal| {
+            wal.write(Some(hard_state(2, 5)), &new)
+        });
+        let entries = all_entries(&reopened);
+        assert_eq!(entries[..5], old[..5], "stopped after {renames} renames");
+        if cut {
+            assert_eq!(entries[5..], new[..]);
+            assert!(renames >= 4, "only {renames} renames: too few segments given up");
+            break;
+        }
+        assert!(entries[5..].iter().all(|e| e.term == Term(1)), "a half-written cut");
+    }
+}
+
+/// An installed snapshot that contradicts the log replaces every segment, stopped after each
+/// of its renames in turn: every stop leaves a log that opens, on the old log whole if the
+/// snapshot's own rename did not happen, else on the new snapshot, the old segments left
+/// behind replaced again by that open.
+#[test]
+fn an_install_stopped_amid_its_renames_leaves_a_log_that_opens() {
+    let (base, dir, old) = fake_log_in_small_segments();
+    let meta = raft_core::SnapshotMeta {
+        index: Index(15),
+        term: Term(2),
+        membership: Membership::new([NodeId(1)]),
+    };
+    for renames in 0.. {
+        let (installed, reopened) = stopped_after_renames(&base, dir, renames, |wal| {
+            let writer = wal.received_snapshot_writer(meta.clone());
+            let written = writer.write(&mut |out| out.write_all(b"at 15 of term 2"))?;
+            wal.install_written_snapshot(written).map(|_| ())
+        });
+        if reopened.snapshot().index == Index(0) {
+            // Stopped at the snapshot's own rename: the old log, whole.
+            assert!(!installed);
+            assert_eq!(all_entries(&reopened), old, "stopped after {renames} renames");
+            continue;
+        }
+        assert_eq!(reopened.snapshot(), meta, "stopped after {renames} renames");
+        assert_eq!(reopened.last_index(), Index(15), "stopped after {renames} renames");
+        if installed {
+            assert!(renames >= 8, "only {renames} renames: too few segments given up");
+            break;
+        }
+    }
+}
