@@ -54,7 +54,7 @@ pub(super) fn watch(metrics: &Metrics, step: Step, took: Duration) -> bool {
              the batch's writes and every one behind them waited for it"
         ),
         Step::Turn => tracing::warn!(
-            "a turn of the Raft loop took {took:.0?}: the node took no input meanwhile"
+            "a turn of the Raft loop took {took:.0?}: the loop took no input meanwhile"
         ),
         Step::LateTick => tracing::warn!(
             "the Raft loop came to its tick {took:.0?} late: a long turn, or the node's \
