@@ -316,12 +316,21 @@ fn torn_bytes(inode: &Inode, sector: usize, random: &mut Rng) -> Vec<u8> {
     bytes
 }
 
-fn sync_result(disk: &mut FakeDisk) -> io::Result<()> {
-    match &mut disk.syncs_left {
-        Some(0) => return Err(io::Error::other("injected sync failure")),
-        Some(left) => *left -= 1,
-        None => {}
+/// Takes one from a budget of operations that will still succeed (`None`: no limit), or
+/// fails as injected once it is spent.
+fn spend(left: &mut Option<u64>, what: &str) -> io::Result<()> {
+    match left {
+        Some(0) => Err(io::Error::other(format!("injected {what} failure"))),
+        Some(left) => {
+            *left -= 1;
+            Ok(())
+        }
+        None => Ok(()),
     }
+}
+
+fn sync_result(disk: &mut FakeDisk) -> io::Result<()> {
+    spend(&mut disk.syncs_left, "sync")?;
     disk.syncs += 1;
     Ok(())
 }
@@ -357,14 +366,9 @@ impl Vfs for FakeVfs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut disk = self.disk();
         if !disk.names.contains_key(from) {
-            return Err(not_found(from));
+            return Err(not_found(from)); // not spending the budget: nothing was renamed
         }
-        if let Some(left) = disk.renames_left.as_mut() {
-            if *left == 0 {
-                return Err(io::Error::other(format!("{}: rename failed", from.display())));
-            }
-            *left -= 1;
-        }
+        spend(&mut disk.renames_left, "rename")?;
         let inode = disk.names.remove(from).ok_or_else(|| not_found(from))?;
         disk.names.insert(to.to_path_buf(), inode);
         Ok(())

@@ -501,6 +501,10 @@ fn compaction_gives_up_segments_for_the_owner_to_remove() {
     assert_eq!(wal.snapshot_data().unwrap().unwrap(), b"at 70");
 }
 
+/// More renames than any change below makes: a change that never finishes fails its test
+/// rather than looping for ever.
+const RENAMES_MAX: u64 = 64;
+
 /// A log on a fake disk in many small segments, holding entries 1 to 20 of term 1.
 fn fake_log_in_small_segments() -> (FakeVfs, &'static Path, Vec<Entry>) {
     let dir = Path::new("/node-1");
@@ -522,6 +526,7 @@ fn stopped_after_renames(
     renames: u64,
     change: impl FnOnce(&mut Wal) -> Result<(), WalError>,
 ) -> (bool, Wal) {
+    assert!(renames <= RENAMES_MAX, "the change never finished");
     let vfs = base.kill(); // a copy of the disk as the log left it
     let mut wal = Wal::open_with(Arc::new(vfs.clone()), dir, small_segments()).unwrap();
     vfs.fail_renames_after(renames);

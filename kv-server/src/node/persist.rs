@@ -15,7 +15,7 @@
 //! - Apply only what is durable here: the engine hands out committed entries only up to
 //!   what `on_persisted` reported.
 
-use super::Core;
+use super::{slow, Core};
 use crate::metrics::observe;
 use raft_core::{Entry, HardState, Message, ReadyNumber};
 use raft_log::wal::{PendingSync, WalError};
@@ -186,11 +186,7 @@ impl Core {
         self.raw.store_mut().finish_sync(outcome).map_err(|e| format!("syncing the log: {e}"))?;
         let took = syncing.started.elapsed();
         observe(&self.metrics.wal_sync_seconds, took);
-        super::slow::watch(
-            &self.metrics,
-            super::slow::Step::Sync { entries: syncing.entries },
-            took,
-        );
+        slow::watch(&self.metrics, slow::Step::Sync { entries: syncing.entries }, took);
         self.metrics.wal_batch_entries.observe(syncing.entries as f64);
         self.persisted(syncing.number, syncing.after_persist);
         self.adopt_written_snapshot()?;
